@@ -1,0 +1,94 @@
+//! `FreeQueue`: an explicit, owned queue of deferred frees.
+
+use std::fmt;
+
+use crate::item::{self, Buffer};
+
+/// An owned queue of values to free later: the kernel's `kmem_free_q_head`
+/// as a value. Push under a lock, [`drain`](FreeQueue::drain) after it;
+/// dropping the queue drains it too, so nothing is ever lost.
+///
+/// Unlike the per-thread queue it is `Send`: fill it on one thread, free it
+/// on another.
+///
+/// ```
+/// let m = std::sync::Mutex::new(vec![vec![0u8; 64]; 8]);
+/// let mut q = freeq::FreeQueue::new();
+/// {
+///     let mut g = m.lock().unwrap();
+///     for slot in g.iter_mut() {
+///         q.push(std::mem::take(slot));
+///     }
+/// }
+/// assert_eq!(q.len(), 8);
+/// q.drain(); // after the unlock
+/// assert!(q.is_empty());
+/// ```
+#[derive(Default)]
+pub struct FreeQueue {
+    items: Buffer,
+}
+
+impl FreeQueue {
+    /// An empty queue; allocates on first push.
+    pub const fn new() -> Self {
+        FreeQueue {
+            items: Buffer::new(),
+        }
+    }
+
+    /// Queues `value` to be dropped at the next drain.
+    #[inline]
+    pub fn push<T: Send + 'static>(&mut self, value: T) {
+        self.items.push(move || drop(value));
+    }
+
+    /// Queues `value` to be freed by `free(value)` at the next drain.
+    #[inline]
+    pub fn push_with<T, F>(&mut self, value: T, free: F)
+    where
+        T: Send + 'static,
+        F: FnOnce(T) + Send + 'static,
+    {
+        self.items.push(move || free(value));
+    }
+
+    /// Queues `action` to run at the next drain.
+    #[inline]
+    pub fn push_fn<F: FnOnce() + Send + 'static>(&mut self, action: F) {
+        self.items.push(action);
+    }
+
+    /// Items waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Frees everything, oldest first, keeping the memory for reuse. If a
+    /// free panics, the rest are still freed and the first panic resumes
+    /// afterwards.
+    pub fn drain(&mut self) {
+        let mut first = None;
+        self.items.run_all(&mut first);
+        self.items.trim(crate::max_retained());
+        item::resume(first);
+    }
+
+    /// Moves everything into this thread's free queue, to be freed when the
+    /// thread leaves its outermost section (at once outside a section).
+    pub fn defer_all(mut self) {
+        let items = std::mem::take(&mut self.items);
+        crate::defer_fn(move || drop(items));
+    }
+}
+
+impl fmt::Debug for FreeQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FreeQueue").field("len", &self.len()).finish()
+    }
+}

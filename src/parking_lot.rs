@@ -1,0 +1,94 @@
+//! parking_lot's locks, deferring (feature `parking_lot`, on by default).
+//!
+//! Each type is the lock_api type over [`RawDeferred`] of parking_lot's raw
+//! lock, so the whole parking_lot API is here unchanged: `lock`,
+//! `try_lock_for`, `upgradable_read`, mapped guards, `unlocked`, `bump`,
+//! `lock_arc`. Every acquisition is a section; the queue drains when the
+//! thread's outermost section is released.
+//!
+//! ```
+//! use freeq::parking_lot::{Mutex, RwLock};
+//! let m = Mutex::new(vec![String::from("a")]);
+//! let rw = RwLock::new(0u32);
+//! {
+//!     let r = rw.read();          // section 1
+//!     let mut g = m.lock();       // section 2
+//!     freeq::defer(std::mem::take(&mut *g));
+//!     drop(g);                    // inner release: nothing freed yet
+//!     assert_eq!(freeq::pending(), 1);
+//!     drop(r);                    // outermost release: freed now
+//! }
+//! assert_eq!(freeq::pending(), 0);
+//! ```
+
+use crate::RawDeferred;
+
+/// parking_lot's raw mutex, deferring.
+pub type RawMutex = RawDeferred<parking_lot::RawMutex>;
+/// parking_lot's eventually-fair raw mutex, with every unlock fair, deferring.
+pub type RawFairMutex = RawDeferred<parking_lot::RawFairMutex>;
+/// parking_lot's raw reader-writer lock, deferring.
+pub type RawRwLock = RawDeferred<parking_lot::RawRwLock>;
+/// parking_lot's thread id source, for [`ReentrantMutex`].
+pub type RawThreadId = parking_lot::RawThreadId;
+
+/// A deferring mutex.
+pub type Mutex<T> = lock_api::Mutex<RawMutex, T>;
+/// Guard of a [`Mutex`].
+pub type MutexGuard<'a, T> = lock_api::MutexGuard<'a, RawMutex, T>;
+/// A [`MutexGuard`] narrowed to part of the data.
+pub type MappedMutexGuard<'a, T> = lock_api::MappedMutexGuard<'a, RawMutex, T>;
+/// An `Arc`-owned [`MutexGuard`] (`Mutex::lock_arc`).
+pub type ArcMutexGuard<T> = lock_api::ArcMutexGuard<RawMutex, T>;
+
+/// A deferring fair mutex.
+pub type FairMutex<T> = lock_api::Mutex<RawFairMutex, T>;
+/// Guard of a [`FairMutex`].
+pub type FairMutexGuard<'a, T> = lock_api::MutexGuard<'a, RawFairMutex, T>;
+/// A [`FairMutexGuard`] narrowed to part of the data.
+pub type MappedFairMutexGuard<'a, T> = lock_api::MappedMutexGuard<'a, RawFairMutex, T>;
+
+/// A deferring reader-writer lock.
+pub type RwLock<T> = lock_api::RwLock<RawRwLock, T>;
+/// Shared guard of a [`RwLock`].
+pub type RwLockReadGuard<'a, T> = lock_api::RwLockReadGuard<'a, RawRwLock, T>;
+/// Exclusive guard of a [`RwLock`].
+pub type RwLockWriteGuard<'a, T> = lock_api::RwLockWriteGuard<'a, RawRwLock, T>;
+/// Upgradable shared guard of a [`RwLock`].
+pub type RwLockUpgradableReadGuard<'a, T> = lock_api::RwLockUpgradableReadGuard<'a, RawRwLock, T>;
+/// A [`RwLockReadGuard`] narrowed to part of the data.
+pub type MappedRwLockReadGuard<'a, T> = lock_api::MappedRwLockReadGuard<'a, RawRwLock, T>;
+/// A [`RwLockWriteGuard`] narrowed to part of the data.
+pub type MappedRwLockWriteGuard<'a, T> = lock_api::MappedRwLockWriteGuard<'a, RawRwLock, T>;
+/// `Arc`-owned shared guard.
+pub type ArcRwLockReadGuard<T> = lock_api::ArcRwLockReadGuard<RawRwLock, T>;
+/// `Arc`-owned exclusive guard.
+pub type ArcRwLockWriteGuard<T> = lock_api::ArcRwLockWriteGuard<RawRwLock, T>;
+/// `Arc`-owned upgradable guard.
+pub type ArcRwLockUpgradableReadGuard<T> = lock_api::ArcRwLockUpgradableReadGuard<RawRwLock, T>;
+
+/// A deferring re-entrant mutex: only the outermost acquisition by a thread
+/// opens a section.
+pub type ReentrantMutex<T> = lock_api::ReentrantMutex<RawMutex, RawThreadId, T>;
+/// Guard of a [`ReentrantMutex`].
+pub type ReentrantMutexGuard<'a, T> = lock_api::ReentrantMutexGuard<'a, RawMutex, RawThreadId, T>;
+/// A [`ReentrantMutexGuard`] narrowed to part of the data.
+pub type MappedReentrantMutexGuard<'a, T> =
+    lock_api::MappedReentrantMutexGuard<'a, RawMutex, RawThreadId, T>;
+/// `Arc`-owned [`ReentrantMutexGuard`].
+pub type ArcReentrantMutexGuard<T> = lock_api::ArcReentrantMutexGuard<RawMutex, RawThreadId, T>;
+
+/// A new [`Mutex`] in a `const` context.
+pub const fn const_mutex<T>(value: T) -> Mutex<T> {
+    Mutex::from_raw(<RawMutex as lock_api::RawMutex>::INIT, value)
+}
+
+/// A new [`FairMutex`] in a `const` context.
+pub const fn const_fair_mutex<T>(value: T) -> FairMutex<T> {
+    FairMutex::from_raw(<RawFairMutex as lock_api::RawMutex>::INIT, value)
+}
+
+/// A new [`RwLock`] in a `const` context.
+pub const fn const_rwlock<T>(value: T) -> RwLock<T> {
+    RwLock::from_raw(<RawRwLock as lock_api::RawRwLock>::INIT, value)
+}

@@ -1,0 +1,242 @@
+//! The per-thread free queue and section depth.
+//!
+//! Each thread owns a [`Local`]: how deeply it is nested in sections, whether
+//! it is draining, the queue of deferred items and a spare buffer that the
+//! queue swaps with at drain time, so a drain never allocates and items
+//! deferred while a batch is being freed land in the other buffer. Drains are
+//! a loop, never a recursion: an item freed during a drain that defers more
+//! only appends to the queue, and the loop picks it up.
+
+use std::mem;
+
+use crate::item::{self, Buffer, Panic};
+use crate::sync::{freeq_thread_local, Cell, StaticAtomicUsize, UnsafeCell};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Default cap on the memory a thread's queue keeps after a drain.
+pub const DEFAULT_MAX_RETAINED: usize = 64 * 1024;
+
+static MAX_RETAINED: StaticAtomicUsize = StaticAtomicUsize::new(DEFAULT_MAX_RETAINED);
+
+/// Sets how many bytes of queue memory each thread may keep between drains
+/// (default [`DEFAULT_MAX_RETAINED`], 64 KiB). A spike may grow a queue past
+/// this; the excess is released after the drain that follows it.
+///
+/// ```
+/// freeq::set_max_retained(16 * 1024);
+/// assert_eq!(freeq::max_retained(), 16 * 1024);
+/// # freeq::set_max_retained(freeq::DEFAULT_MAX_RETAINED);
+/// ```
+pub fn set_max_retained(bytes: usize) {
+    MAX_RETAINED.store(bytes, Relaxed);
+}
+
+/// The current cap set by [`set_max_retained`].
+pub fn max_retained() -> usize {
+    MAX_RETAINED.load(Relaxed)
+}
+
+pub(crate) struct Local {
+    /// Open sections on this thread.
+    depth: Cell<usize>,
+    /// A drain (or flush) is running on this thread.
+    draining: Cell<bool>,
+    /// Items waiting for the outermost section to close.
+    queue: UnsafeCell<Buffer>,
+    /// An empty buffer with capacity, swapped in for the queue at drain time.
+    spare: UnsafeCell<Buffer>,
+}
+
+freeq_thread_local! {
+    static LOCAL: Local = Local::new();
+}
+
+impl Local {
+    const fn new() -> Self {
+        Local {
+            depth: Cell::new(0),
+            draining: Cell::new(false),
+            queue: UnsafeCell::new(Buffer::new()),
+            spare: UnsafeCell::new(Buffer::new()),
+        }
+    }
+
+    /// # Safety
+    /// No other reference to the queue may exist while the returned one
+    /// lives, and no user code (which could reach this thread's queue) may
+    /// run during that time.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn queue(&self) -> &mut Buffer {
+        // SAFETY: (1) `Local` is thread-confined (a thread-local, never
+        // shared), and the caller upholds exclusivity as documented.
+        unsafe { &mut *self.queue.get() }
+    }
+
+    /// # Safety
+    /// As for [`Local::queue`], for the spare buffer.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn spare(&self) -> &mut Buffer {
+        // SAFETY: (2) as in `queue`.
+        unsafe { &mut *self.spare.get() }
+    }
+
+    #[inline(always)]
+    fn queues_now(&self) -> bool {
+        self.depth.get() > 0 || self.draining.get()
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // SAFETY: (3) a momentary shared read; no user code runs.
+        unsafe { self.queue().len() }
+    }
+
+    /// Frees queued items until the queue is empty, or, unless `flush`, until
+    /// a freed item leaves a section open on this thread.
+    #[cold]
+    #[inline(never)]
+    fn drain(&self, flush: bool) {
+        self.draining.set(true);
+        let mut first: Option<Panic> = None;
+        let stop = || !flush && self.depth.get() > 0;
+        while !stop() && self.len() > 0 {
+            // SAFETY: (4) the two borrows are disjoint and end before any
+            // item runs; no user code runs in between.
+            let mut batch = unsafe { mem::replace(self.queue(), mem::take(self.spare())) };
+            if !batch.run_until(&mut first, stop) {
+                // A freed item left a section open: the rest of the batch
+                // waits, oldest first, ahead of anything deferred since.
+                // SAFETY: (5) as in (4); `append` moves bytes, runs nothing.
+                unsafe {
+                    let queue = self.queue();
+                    batch.append(queue);
+                    mem::swap(queue, &mut batch);
+                }
+            }
+            self.recycle(batch);
+        }
+        self.draining.set(false);
+        item::resume(first);
+    }
+
+    /// Keeps an emptied buffer as the spare, within the retention cap.
+    fn recycle(&self, mut batch: Buffer) {
+        debug_assert!(batch.is_empty());
+        batch.trim(max_retained());
+        // SAFETY: (6) no user code runs; the buffer dropped here is empty,
+        // so its drop only frees memory.
+        unsafe {
+            let spare = self.spare();
+            if spare.capacity_bytes() < batch.capacity_bytes() {
+                mem::swap(spare, &mut batch);
+            }
+        }
+    }
+}
+
+impl Drop for Local {
+    /// Thread exit: whatever is still queued (a leaked guard, say) is freed
+    /// here. A panic from one of those frees is reported by the panic hook
+    /// and then discarded, since unwinding out of a thread-local destructor
+    /// would abort the process.
+    fn drop(&mut self) {
+        self.depth.set(0);
+        let mut first = None;
+        self.queue.get_mut().run_all(&mut first);
+        self.spare.get_mut().run_all(&mut first);
+        if let Some(payload) = first {
+            item::drop_quietly(payload);
+        }
+    }
+}
+
+/// Queues `f` if this thread is in a section (or draining); runs it at once
+/// otherwise.
+#[inline]
+pub(crate) fn push<F: FnOnce() + Send + 'static>(f: F) {
+    let mut f = Some(f);
+    let _ = LOCAL.try_with(|l| {
+        if l.queues_now() {
+            if let Some(f) = f.take() {
+                // SAFETY: (7) pushing runs no user code.
+                unsafe { l.queue() }.push(f);
+            }
+        }
+    });
+    if let Some(f) = f {
+        f();
+    }
+}
+
+/// Opens a section on this thread.
+#[inline]
+pub(crate) fn enter() {
+    let _ = LOCAL.try_with(|l| l.depth.set(l.depth.get() + 1));
+}
+
+/// Closes a section; closing the outermost one drains the queue.
+#[inline]
+pub(crate) fn leave() {
+    let _ = LOCAL.try_with(|l| {
+        let depth = l.depth.get();
+        debug_assert!(depth > 0, "freeq: section closed more often than opened");
+        let depth = depth.saturating_sub(1);
+        l.depth.set(depth);
+        if depth == 0 && !l.draining.get() && l.len() > 0 {
+            l.drain(false);
+        }
+    });
+}
+
+/// Frees everything queued on this thread now, even inside a section.
+///
+/// Sections normally make this unnecessary: the queue drains by itself when
+/// the outermost section closes. `flush` is for long-running sections that
+/// reach a point where freeing is safe. Called while this thread is already
+/// draining, it does nothing (the running drain frees everything anyway).
+///
+/// ```
+/// let _s = freeq::section();
+/// freeq::defer(vec![1, 2, 3]);
+/// assert_eq!(freeq::pending(), 1);
+/// freeq::flush();
+/// assert_eq!(freeq::pending(), 0);
+/// ```
+pub fn flush() {
+    let _ = LOCAL.try_with(|l| {
+        if !l.draining.get() {
+            l.drain(true);
+        }
+    });
+}
+
+/// Number of items queued on this thread and not yet freed.
+///
+/// ```
+/// assert_eq!(freeq::pending(), 0);
+/// {
+///     let _s = freeq::section();
+///     freeq::defer(String::from("later"));
+///     assert_eq!(freeq::pending(), 1);
+/// }
+/// assert_eq!(freeq::pending(), 0);
+/// ```
+pub fn pending() -> usize {
+    LOCAL.try_with(|l| l.len()).unwrap_or(0)
+}
+
+/// Whether this thread is inside at least one section (a freeq lock guard
+/// or a [`Section`](crate::Section)).
+///
+/// ```
+/// assert!(!freeq::in_section());
+/// let s = freeq::section();
+/// assert!(freeq::in_section());
+/// drop(s);
+/// assert!(!freeq::in_section());
+/// ```
+pub fn in_section() -> bool {
+    LOCAL.try_with(|l| l.depth.get() > 0).unwrap_or(false)
+}

@@ -1,0 +1,393 @@
+//! `RawDeferred<R>`: any lock_api raw lock, made deferring.
+//!
+//! Every acquisition opens a section after the inner lock is taken; every
+//! release closes it after the inner lock is let go. lock_api builds the
+//! guards (plain, mapped, upgradable, Arc-owned, `unlocked`, `bump`) on top,
+//! unchanged. Upgrades, downgrades and bumps keep the one section open: the
+//! guard is still held, so nothing drains.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use lock_api::{
+    GetThreadId, RawMutex, RawMutexFair, RawMutexTimed, RawRwLock, RawRwLockDowngrade,
+    RawRwLockFair, RawRwLockTimed, RawRwLockUpgrade, RawRwLockUpgradeDowngrade,
+    RawRwLockUpgradeFair, RawRwLockUpgradeTimed,
+};
+
+use crate::queue::{enter, leave};
+
+/// A lock_api raw lock `R` whose acquisitions are freeq sections.
+///
+/// Build any lock_api lock on it: `lock_api::Mutex<RawDeferred<R>, T>`,
+/// `lock_api::RwLock<RawDeferred<R>, T>`, `lock_api::ReentrantMutex<...>`.
+/// [`freeq::parking_lot`](crate::parking_lot) does exactly that for
+/// parking_lot's raw locks. Guards are `!Send` whatever `R` says, because a
+/// section belongs to one thread.
+///
+/// ```
+/// type Mutex<T> = lock_api::Mutex<freeq::RawDeferred<parking_lot::RawMutex>, T>;
+/// let m = Mutex::new(vec![String::from("x")]);
+/// let mut g = m.lock();
+/// freeq::defer(std::mem::take(&mut *g));
+/// assert!(freeq::in_section());
+/// drop(g);
+/// assert_eq!(freeq::pending(), 0);
+/// ```
+///
+/// ```compile_fail
+/// type Mutex<T> = lock_api::Mutex<freeq::RawDeferred<parking_lot::RawMutex>, T>;
+/// fn assert_send<T: Send>(_: T) {}
+/// let m = Mutex::new(0);
+/// assert_send(m.lock());
+/// ```
+#[derive(Default)]
+pub struct RawDeferred<R> {
+    inner: R,
+}
+
+impl<R> RawDeferred<R> {
+    /// Wraps an existing raw lock.
+    pub const fn from_raw(inner: R) -> Self {
+        RawDeferred { inner }
+    }
+
+    /// The wrapped raw lock.
+    pub const fn inner(&self) -> &R {
+        &self.inner
+    }
+}
+
+impl<R> fmt::Debug for RawDeferred<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawDeferred").finish_non_exhaustive()
+    }
+}
+
+/// Guard state of a [`RawDeferred`] acquisition: the inner lock's state,
+/// made `!Send` so the section closes on the thread that opened it.
+pub struct DeferredGuard<G> {
+    inner: G,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<G> DeferredGuard<G> {
+    #[inline]
+    fn new(inner: G) -> Self {
+        DeferredGuard {
+            inner,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The inner lock's guard state.
+    pub fn inner(&self) -> &G {
+        &self.inner
+    }
+
+    /// The inner lock's guard state, mutably (for condvar adapters that
+    /// hand it to the inner lock's own wait).
+    pub fn inner_mut(&mut self) -> &mut G {
+        &mut self.inner
+    }
+}
+
+impl<G> fmt::Debug for DeferredGuard<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeferredGuard").finish_non_exhaustive()
+    }
+}
+
+/// Wraps the state of an acquisition that just succeeded, opening its section.
+#[inline]
+fn acquired<G>(inner: G) -> DeferredGuard<G> {
+    enter();
+    DeferredGuard::new(inner)
+}
+
+#[inline]
+fn acquired_opt<G>(inner: Option<G>) -> Option<DeferredGuard<G>> {
+    inner.map(acquired)
+}
+
+/// Re-wraps a state that changes kind (upgrade, downgrade): same section.
+#[inline]
+fn same<G>(inner: G) -> DeferredGuard<G> {
+    DeferredGuard::new(inner)
+}
+
+#[inline]
+fn same_res<A, B>(r: Result<A, B>) -> Result<DeferredGuard<A>, DeferredGuard<B>> {
+    r.map(same).map_err(same)
+}
+
+// SAFETY (all impls below): (1) every operation delegates to `R`, which
+// provides the exclusion, ordering and unwinding guarantees lock_api asks
+// for; freeq only adds section bookkeeping after a successful acquisition
+// and after a completed release. `leave` may run user destructors and
+// panic, but only once the inner lock is released, which is what lock_api
+// requires of an unwinding release.
+unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = RawDeferred { inner: R::INIT };
+    type Guard = DeferredGuard<R::Guard>;
+
+    #[inline]
+    fn lock(&self) -> Self::Guard {
+        acquired(self.inner.lock())
+    }
+
+    #[inline]
+    fn try_lock(&self) -> Option<Self::Guard> {
+        acquired_opt(self.inner.try_lock())
+    }
+
+    #[inline]
+    unsafe fn unlock(&self, guard: Self::Guard) {
+        // SAFETY: (2) the caller hands us the state of its acquisition of
+        // this lock, which wraps the inner lock's state for the same one.
+        unsafe { self.inner.unlock(guard.inner) };
+        leave();
+    }
+
+    #[inline]
+    fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawMutexFair> RawMutexFair for RawDeferred<R> {
+    unsafe fn unlock_fair(&self, guard: Self::Guard) {
+        // SAFETY: (3) as in (2).
+        unsafe { self.inner.unlock_fair(guard.inner) };
+        leave();
+    }
+
+    unsafe fn bump(&self, guard: &mut Self::Guard) {
+        // SAFETY: (4) as in (2); the guard stays held, so does the section.
+        unsafe { self.inner.bump(&mut guard.inner) }
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawMutexTimed> RawMutexTimed for RawDeferred<R> {
+    type Duration = R::Duration;
+    type Instant = R::Instant;
+
+    fn try_lock_for(&self, timeout: Self::Duration) -> Option<Self::Guard> {
+        acquired_opt(self.inner.try_lock_for(timeout))
+    }
+
+    fn try_lock_until(&self, timeout: Self::Instant) -> Option<Self::Guard> {
+        acquired_opt(self.inner.try_lock_until(timeout))
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLock> RawRwLock for RawDeferred<R> {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = RawDeferred { inner: R::INIT };
+    type SharedGuard = DeferredGuard<R::SharedGuard>;
+    type ExclusiveGuard = DeferredGuard<R::ExclusiveGuard>;
+
+    #[inline]
+    fn lock_shared(&self) -> Self::SharedGuard {
+        acquired(self.inner.lock_shared())
+    }
+
+    #[inline]
+    fn try_lock_shared(&self) -> Option<Self::SharedGuard> {
+        acquired_opt(self.inner.try_lock_shared())
+    }
+
+    #[inline]
+    unsafe fn unlock_shared(&self, guard: Self::SharedGuard) {
+        // SAFETY: (5) as in (2).
+        unsafe { self.inner.unlock_shared(guard.inner) };
+        leave();
+    }
+
+    #[inline]
+    fn lock_exclusive(&self) -> Self::ExclusiveGuard {
+        acquired(self.inner.lock_exclusive())
+    }
+
+    #[inline]
+    fn try_lock_exclusive(&self) -> Option<Self::ExclusiveGuard> {
+        acquired_opt(self.inner.try_lock_exclusive())
+    }
+
+    #[inline]
+    unsafe fn unlock_exclusive(&self, guard: Self::ExclusiveGuard) {
+        // SAFETY: (6) as in (2).
+        unsafe { self.inner.unlock_exclusive(guard.inner) };
+        leave();
+    }
+
+    #[inline]
+    fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+
+    #[inline]
+    fn is_locked_exclusive(&self) -> bool {
+        self.inner.is_locked_exclusive()
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLockFair> RawRwLockFair for RawDeferred<R> {
+    unsafe fn unlock_shared_fair(&self, guard: Self::SharedGuard) {
+        // SAFETY: (7) as in (2).
+        unsafe { self.inner.unlock_shared_fair(guard.inner) };
+        leave();
+    }
+
+    unsafe fn unlock_exclusive_fair(&self, guard: Self::ExclusiveGuard) {
+        // SAFETY: (8) as in (2).
+        unsafe { self.inner.unlock_exclusive_fair(guard.inner) };
+        leave();
+    }
+
+    unsafe fn bump_shared(&self, guard: &mut Self::SharedGuard) {
+        // SAFETY: (9) as in (4).
+        unsafe { self.inner.bump_shared(&mut guard.inner) }
+    }
+
+    unsafe fn bump_exclusive(&self, guard: &mut Self::ExclusiveGuard) {
+        // SAFETY: (10) as in (4).
+        unsafe { self.inner.bump_exclusive(&mut guard.inner) }
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLockDowngrade> RawRwLockDowngrade for RawDeferred<R> {
+    unsafe fn downgrade(&self, guard: Self::ExclusiveGuard) -> Self::SharedGuard {
+        // SAFETY: (11) as in (2); the section carries over.
+        same(unsafe { self.inner.downgrade(guard.inner) })
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLockTimed> RawRwLockTimed for RawDeferred<R> {
+    type Duration = R::Duration;
+    type Instant = R::Instant;
+
+    fn try_lock_shared_for(&self, timeout: Self::Duration) -> Option<Self::SharedGuard> {
+        acquired_opt(self.inner.try_lock_shared_for(timeout))
+    }
+
+    fn try_lock_shared_until(&self, timeout: Self::Instant) -> Option<Self::SharedGuard> {
+        acquired_opt(self.inner.try_lock_shared_until(timeout))
+    }
+
+    fn try_lock_exclusive_for(&self, timeout: Self::Duration) -> Option<Self::ExclusiveGuard> {
+        acquired_opt(self.inner.try_lock_exclusive_for(timeout))
+    }
+
+    fn try_lock_exclusive_until(&self, timeout: Self::Instant) -> Option<Self::ExclusiveGuard> {
+        acquired_opt(self.inner.try_lock_exclusive_until(timeout))
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLockUpgrade> RawRwLockUpgrade for RawDeferred<R> {
+    type UpgradableGuard = DeferredGuard<R::UpgradableGuard>;
+
+    fn lock_upgradable(&self) -> Self::UpgradableGuard {
+        acquired(self.inner.lock_upgradable())
+    }
+
+    fn try_lock_upgradable(&self) -> Option<Self::UpgradableGuard> {
+        acquired_opt(self.inner.try_lock_upgradable())
+    }
+
+    unsafe fn unlock_upgradable(&self, guard: Self::UpgradableGuard) {
+        // SAFETY: (12) as in (2).
+        unsafe { self.inner.unlock_upgradable(guard.inner) };
+        leave();
+    }
+
+    unsafe fn upgrade(&self, guard: Self::UpgradableGuard) -> Self::ExclusiveGuard {
+        // SAFETY: (13) as in (2); the section carries over.
+        same(unsafe { self.inner.upgrade(guard.inner) })
+    }
+
+    unsafe fn try_upgrade(
+        &self,
+        guard: Self::UpgradableGuard,
+    ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        // SAFETY: (14) as in (13).
+        same_res(unsafe { self.inner.try_upgrade(guard.inner) })
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLockUpgradeFair> RawRwLockUpgradeFair for RawDeferred<R> {
+    unsafe fn unlock_upgradable_fair(&self, guard: Self::UpgradableGuard) {
+        // SAFETY: (15) as in (2).
+        unsafe { self.inner.unlock_upgradable_fair(guard.inner) };
+        leave();
+    }
+
+    unsafe fn bump_upgradable(&self, guard: &mut Self::UpgradableGuard) {
+        // SAFETY: (16) as in (4).
+        unsafe { self.inner.bump_upgradable(&mut guard.inner) }
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLockUpgradeDowngrade> RawRwLockUpgradeDowngrade for RawDeferred<R> {
+    unsafe fn downgrade_upgradable(&self, guard: Self::UpgradableGuard) -> Self::SharedGuard {
+        // SAFETY: (17) as in (13).
+        same(unsafe { self.inner.downgrade_upgradable(guard.inner) })
+    }
+
+    unsafe fn downgrade_to_upgradable(
+        &self,
+        guard: Self::ExclusiveGuard,
+    ) -> Self::UpgradableGuard {
+        // SAFETY: (18) as in (13).
+        same(unsafe { self.inner.downgrade_to_upgradable(guard.inner) })
+    }
+}
+
+// SAFETY: see (1).
+unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
+    fn try_lock_upgradable_for(&self, timeout: Self::Duration) -> Option<Self::UpgradableGuard> {
+        acquired_opt(self.inner.try_lock_upgradable_for(timeout))
+    }
+
+    fn try_lock_upgradable_until(&self, timeout: Self::Instant) -> Option<Self::UpgradableGuard> {
+        acquired_opt(self.inner.try_lock_upgradable_until(timeout))
+    }
+
+    unsafe fn try_upgrade_for(
+        &self,
+        guard: Self::UpgradableGuard,
+        timeout: Self::Duration,
+    ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        // SAFETY: (19) as in (13).
+        same_res(unsafe { self.inner.try_upgrade_for(guard.inner, timeout) })
+    }
+
+    unsafe fn try_upgrade_until(
+        &self,
+        guard: Self::UpgradableGuard,
+        timeout: Self::Instant,
+    ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        // SAFETY: (20) as in (13).
+        same_res(unsafe { self.inner.try_upgrade_until(guard.inner, timeout) })
+    }
+}
+
+// SAFETY: (21) thread ids come straight from `R`, which guarantees them.
+unsafe impl<R: GetThreadId> GetThreadId for RawDeferred<R> {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: Self = RawDeferred { inner: R::INIT };
+
+    fn nonzero_thread_id(&self) -> std::num::NonZeroUsize {
+        self.inner.nonzero_thread_id()
+    }
+}

@@ -1,0 +1,50 @@
+//! The one place that chooses between `std` and loom.
+//!
+//! Every atomic, cell, thread-local and thread primitive in freeq comes from
+//! here, so the loom models (`--cfg loom`) exercise exactly the code that
+//! ships. Thread-confined cells (`Cell`, `UnsafeCell` inside the per-thread
+//! state) stay `std` in both modes: they are never shared, so loom has
+//! nothing to track there.
+#![allow(unused_imports)]
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Condvar, Mutex};
+#[cfg(not(loom))]
+pub(crate) use std::thread;
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Condvar, Mutex};
+#[cfg(loom)]
+pub(crate) use loom::thread;
+
+pub(crate) use std::cell::{Cell, UnsafeCell};
+
+/// Atomics for process-wide settings held in `static`s. loom atomics cannot
+/// live in statics, and settings are not what the models check, so these
+/// are `std`'s in both modes.
+pub(crate) use std::sync::atomic::AtomicUsize as StaticAtomicUsize;
+
+/// `thread_local!` with a `const` initialiser under `std` (the fast,
+/// lazily-registered kind) and loom's tracked thread-locals under loom.
+macro_rules! freeq_thread_local {
+    ($(#[$m:meta])* static $name:ident: $t:ty = $init:expr;) => {
+        #[cfg(not(loom))]
+        std::thread_local!($(#[$m])* static $name: $t = const { $init });
+        #[cfg(loom)]
+        loom::thread_local!($(#[$m])* static $name: $t = $init);
+    };
+}
+pub(crate) use freeq_thread_local;
+
+/// Shrinks a constant under loom and Miri, where every step costs.
+pub(crate) const fn scaled(normal: usize, small: usize) -> usize {
+    if cfg!(any(loom, miri)) {
+        small
+    } else {
+        normal
+    }
+}
