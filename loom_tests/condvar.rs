@@ -1,0 +1,2 @@
+//! loom models (placeholder until written).
+#![cfg(loom)]
