@@ -79,6 +79,10 @@ impl FreeQueue {
         item::resume(first);
     }
 
+    pub(crate) fn buffer_mut(&mut self) -> &mut Buffer {
+        &mut self.items
+    }
+
     /// Moves everything into this thread's free queue, to be freed when the
     /// thread leaves its outermost section (at once outside a section).
     pub fn defer_all(mut self) {

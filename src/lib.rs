@@ -32,17 +32,27 @@
 //!   afterwards), and happen at thread exit for anything left queued.
 //! - **Explicit queues.** [`FreeQueue`] is an owned, `Send` queue for code
 //!   that prefers to say when.
+//! - **Policies.** [`Policy::Inline`] (default) frees on the unlocking
+//!   thread; [`Policy::Offload`] hands the whole batch, in O(1), to a
+//!   per-CPU reclaimer thread ([`set_policy`], [`quiesce`]).
+//! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
+//!   [`epoch::pin`](crate::epoch::pin).
+//! - **Stats.** [`stats`] sums counters over all threads.
 //! - **Memory.** Each thread's queue reuses its buffer; what it keeps after
 //!   a spike is capped ([`set_max_retained`], 64 KiB by default).
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod defer;
+mod retire;
 mod free_queue;
 mod guard;
 mod item;
+mod offload;
+mod policy;
 mod queue;
 mod raw;
+mod stats;
 mod std_lock;
 mod sync;
 
@@ -52,9 +62,23 @@ pub mod parking_lot;
 pub use defer::{defer, defer_fn, defer_with};
 pub use free_queue::FreeQueue;
 pub use guard::{section, LockGuard, Section};
-pub use queue::{flush, in_section, max_retained, pending, set_max_retained, DEFAULT_MAX_RETAINED};
+pub use retire::retire;
+pub use offload::{offload_bound, quiesce, set_offload_bound, DEFAULT_OFFLOAD_BOUND};
+pub use policy::{default_policy, set_default_policy, Policy};
+pub use queue::{
+    flush, in_section, max_retained, pending, policy, set_max_retained, set_policy,
+    DEFAULT_MAX_RETAINED,
+};
+pub use stats::{stats, Stats};
 pub use raw::{DeferredGuard, RawDeferred};
 pub use std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Re-export of the `lock_api` crate freeq builds on.
 pub use lock_api;
+
+/// crossbeam-epoch, re-exported: pin lock-free readers with
+/// `freeq::epoch::pin()`; [`retire`] waits for them.
+pub use crossbeam_epoch as epoch;
+
+#[doc(hidden)]
+pub use offload::Reclaimer as __Reclaimer;

@@ -10,7 +10,10 @@
 use std::mem;
 
 use crate::item::{self, Buffer, Panic};
+use crate::policy::{default_policy, Policy};
+use crate::stats::LocalCounts;
 use crate::sync::{freeq_thread_local, Cell, StaticAtomicUsize, UnsafeCell};
+use crate::{offload, retire as epoch};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Default cap on the memory a thread's queue keeps after a drain.
@@ -45,6 +48,12 @@ pub(crate) struct Local {
     queue: UnsafeCell<Buffer>,
     /// An empty buffer with capacity, swapped in for the queue at drain time.
     spare: UnsafeCell<Buffer>,
+    /// Items for [`retire`](crate::retire), handed to the epoch as one batch.
+    retired: UnsafeCell<Buffer>,
+    /// This thread's policy (`Policy::to_u8`), or 0 for the process default.
+    policy: Cell<u8>,
+    /// Counts not yet published to [`stats`](crate::stats).
+    counts: LocalCounts,
 }
 
 freeq_thread_local! {
@@ -58,6 +67,9 @@ impl Local {
             draining: Cell::new(false),
             queue: UnsafeCell::new(Buffer::new()),
             spare: UnsafeCell::new(Buffer::new()),
+            retired: UnsafeCell::new(Buffer::new()),
+            policy: Cell::new(0),
+            counts: LocalCounts::new(),
         }
     }
 
@@ -82,6 +94,19 @@ impl Local {
         unsafe { &mut *self.spare.get() }
     }
 
+    /// # Safety
+    /// As for [`Local::queue`], for the retired buffer.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    unsafe fn retired(&self) -> &mut Buffer {
+        // SAFETY: (2b) as in `queue`.
+        unsafe { &mut *self.retired.get() }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy::from_u8(self.policy.get()).unwrap_or_else(default_policy)
+    }
+
     #[inline(always)]
     fn queues_now(&self) -> bool {
         self.depth.get() > 0 || self.draining.get()
@@ -94,21 +119,50 @@ impl Local {
     }
 
     /// Frees queued items until the queue is empty, or, unless `flush`, until
-    /// a freed item leaves a section open on this thread.
+    /// a freed item leaves a section open on this thread. Retired items go
+    /// to the epoch as one batch; under `Policy::Offload` each batch goes to
+    /// a reclaimer instead of being freed here.
     #[cold]
     #[inline(never)]
     fn drain(&self, flush: bool) {
         self.draining.set(true);
+        LocalCounts::add(&self.counts.drains, 1);
         let mut first: Option<Panic> = None;
         let stop = || !flush && self.depth.get() > 0;
-        while !stop() && self.len() > 0 {
-            // SAFETY: (4) the two borrows are disjoint and end before any
+        while !stop() {
+            // SAFETY: (4) the borrow ends before anything runs.
+            let retired = unsafe { mem::take(self.retired()) };
+            if !retired.is_empty() {
+                // May run epoch garbage, which lands in this queue.
+                epoch::defer_batch(retired);
+            }
+            if self.len() == 0 {
+                break;
+            }
+            // SAFETY: (5) the two borrows are disjoint and end before any
             // item runs; no user code runs in between.
             let mut batch = unsafe { mem::replace(self.queue(), mem::take(self.spare())) };
-            if !batch.run_until(&mut first, stop) {
+            let n = batch.len();
+            let c = &self.counts;
+            c.max_pending.set(c.max_pending.get().max(n as u64));
+            if self.policy() == Policy::Offload {
+                match offload::hand_off(batch) {
+                    Ok(()) => {
+                        LocalCounts::add(&c.offloaded, n);
+                        continue;
+                    }
+                    Err(back) => {
+                        batch = back;
+                        LocalCounts::add(&c.inline_fallbacks, 1);
+                    }
+                }
+            }
+            let emptied = batch.run_until(&mut first, stop);
+            LocalCounts::add(&c.freed, n - batch.len());
+            if !emptied {
                 // A freed item left a section open: the rest of the batch
                 // waits, oldest first, ahead of anything deferred since.
-                // SAFETY: (5) as in (4); `append` moves bytes, runs nothing.
+                // SAFETY: (6) as in (5); `append` moves bytes, runs nothing.
                 unsafe {
                     let queue = self.queue();
                     batch.append(queue);
@@ -118,6 +172,7 @@ impl Local {
             self.recycle(batch);
         }
         self.draining.set(false);
+        self.counts.publish();
         item::resume(first);
     }
 
@@ -125,7 +180,7 @@ impl Local {
     fn recycle(&self, mut batch: Buffer) {
         debug_assert!(batch.is_empty());
         batch.trim(max_retained());
-        // SAFETY: (6) no user code runs; the buffer dropped here is empty,
+        // SAFETY: (7) no user code runs; the buffer dropped here is empty,
         // so its drop only frees memory.
         unsafe {
             let spare = self.spare();
@@ -138,36 +193,102 @@ impl Local {
 
 impl Drop for Local {
     /// Thread exit: whatever is still queued (a leaked guard, say) is freed
-    /// here. A panic from one of those frees is reported by the panic hook
-    /// and then discarded, since unwinding out of a thread-local destructor
-    /// would abort the process.
+    /// here, and retired items go to the epoch. A panic from one of those
+    /// frees is reported by the panic hook and then discarded, since
+    /// unwinding out of a thread-local destructor would abort the process.
     fn drop(&mut self) {
         self.depth.set(0);
         let mut first = None;
-        self.queue.get_mut().run_all(&mut first);
-        self.spare.get_mut().run_all(&mut first);
+        let queue = self.queue.get_mut();
+        let n = queue.len();
+        queue.run_all(&mut first);
+        LocalCounts::add(&self.counts.freed, n);
+        let retired = mem::take(self.retired.get_mut());
+        if !retired.is_empty() {
+            let handed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                epoch::defer_batch(retired)
+            }));
+            if let Err(payload) = handed {
+                item::keep_first(&mut first, payload);
+            }
+        }
+        self.counts.publish();
         if let Some(payload) = first {
             item::drop_quietly(payload);
         }
     }
 }
 
-/// Queues `f` if this thread is in a section (or draining); runs it at once
-/// otherwise.
+/// Queues `f`. Outside a section (and outside a drain) the queue is
+/// drained at once, so the item is freed now, by the thread's policy, and
+/// anything its destructor defers is freed by the same loop.
 #[inline]
 pub(crate) fn push<F: FnOnce() + Send + 'static>(f: F) {
+    push_to(f, false)
+}
+
+/// [`push`], into the retired list.
+#[inline]
+pub(crate) fn retire<F: FnOnce() + Send + 'static>(f: F) {
+    push_to(f, true)
+}
+
+#[inline(always)]
+fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
     let mut f = Some(f);
     let _ = LOCAL.try_with(|l| {
-        if l.queues_now() {
-            if let Some(f) = f.take() {
-                // SAFETY: (7) pushing runs no user code.
+        if let Some(f) = f.take() {
+            LocalCounts::add(&l.counts.deferred, 1);
+            if retire {
+                LocalCounts::add(&l.counts.retired, 1);
+                // SAFETY: (8) pushing runs no user code.
+                unsafe { l.retired() }.push(f);
+            } else {
+                // SAFETY: (9) as in (8).
                 unsafe { l.queue() }.push(f);
+            }
+            if !l.queues_now() {
+                l.drain(false);
             }
         }
     });
     if let Some(f) = f {
+        // This thread's state is gone (thread exit): free in place.
         f();
     }
+}
+
+/// Frees `batch` on this thread: appended to the queue, so inside a section
+/// it waits for the section to close, and drained at once otherwise.
+pub(crate) fn free_here(mut batch: Buffer) {
+    let _ = LOCAL.try_with(|l| {
+        // SAFETY: (10) `append` moves bytes and runs nothing.
+        unsafe { l.queue() }.append(&mut batch);
+        if !l.queues_now() {
+            l.drain(false);
+        }
+    });
+    // Whatever is left (this thread's state is gone) is freed by the drop.
+    drop(batch);
+}
+
+/// Sets the calling thread's [`Policy`], overriding the process default
+/// ([`set_default_policy`](crate::set_default_policy)).
+///
+/// ```
+/// freeq::set_policy(freeq::Policy::Offload);
+/// assert_eq!(freeq::policy(), freeq::Policy::Offload);
+/// freeq::set_policy(freeq::Policy::Inline);
+/// ```
+pub fn set_policy(policy: Policy) {
+    let _ = LOCAL.try_with(|l| l.policy.set(policy.to_u8()));
+}
+
+/// The calling thread's effective [`Policy`].
+pub fn policy() -> Policy {
+    LOCAL
+        .try_with(|l| l.policy())
+        .unwrap_or_else(|_| default_policy())
 }
 
 /// Opens a section on this thread.

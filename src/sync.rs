@@ -8,14 +8,14 @@
 #![allow(unused_imports)]
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex};
 #[cfg(not(loom))]
 pub(crate) use std::thread;
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::{Arc, Condvar, Mutex};
 #[cfg(loom)]
@@ -26,7 +26,7 @@ pub(crate) use std::cell::{Cell, UnsafeCell};
 /// Atomics for process-wide settings held in `static`s. loom atomics cannot
 /// live in statics, and settings are not what the models check, so these
 /// are `std`'s in both modes.
-pub(crate) use std::sync::atomic::AtomicUsize as StaticAtomicUsize;
+pub(crate) use std::sync::atomic::{AtomicU8 as StaticAtomicU8, AtomicUsize as StaticAtomicUsize};
 
 /// `thread_local!` with a `const` initialiser under `std` (the fast,
 /// lazily-registered kind) and loom's tracked thread-locals under loom.

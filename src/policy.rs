@@ -1,0 +1,58 @@
+//! Who frees a drained batch: the unlocking thread, or a reclaimer.
+
+use crate::sync::StaticAtomicU8;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// How a thread frees its drained queue.
+///
+/// ```
+/// let m = freeq::Mutex::new(());
+/// freeq::set_policy(freeq::Policy::Offload);
+/// {
+///     let _g = m.lock().unwrap();
+///     freeq::defer(vec![0u8; 1 << 20]);
+/// } // the batch goes to a reclaimer thread in O(1)
+/// freeq::quiesce(); // everything handed off so far is freed
+/// freeq::set_policy(freeq::Policy::Inline);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// The unlocking thread frees its batch right after the unlock (default).
+    #[default]
+    Inline,
+    /// The whole batch is handed, in O(1) and lock-free, to the reclaimer
+    /// thread of the CPU this thread runs on. When reclaimers are past their
+    /// backlog bound ([`set_offload_bound`](crate::set_offload_bound)), the
+    /// thread frees inline instead.
+    Offload,
+}
+
+impl Policy {
+    pub(crate) const fn to_u8(self) -> u8 {
+        match self {
+            Policy::Inline => 1,
+            Policy::Offload => 2,
+        }
+    }
+
+    pub(crate) const fn from_u8(v: u8) -> Option<Policy> {
+        match v {
+            1 => Some(Policy::Inline),
+            2 => Some(Policy::Offload),
+            _ => None,
+        }
+    }
+}
+
+static DEFAULT: StaticAtomicU8 = StaticAtomicU8::new(Policy::Inline.to_u8());
+
+/// Sets the policy of threads that have not chosen their own with
+/// [`set_policy`](crate::set_policy).
+pub fn set_default_policy(policy: Policy) {
+    DEFAULT.store(policy.to_u8(), Relaxed);
+}
+
+/// The process-wide default policy.
+pub fn default_policy() -> Policy {
+    Policy::from_u8(DEFAULT.load(Relaxed)).unwrap_or_default()
+}

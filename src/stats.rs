@@ -1,0 +1,143 @@
+//! Process-wide counters, aggregated over live and exited threads.
+//!
+//! Each thread counts in plain cells inside its own state and publishes the
+//! deltas to its slot here at the end of each drain (and when it frees
+//! outside a section, and at exit), so the hot path (`defer`) never touches
+//! an atomic. [`stats`] sums the slots.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use thread_local::ThreadLocal;
+
+use crate::sync::Cell;
+
+/// A snapshot of freeq's counters, summed over every thread that has used
+/// freeq (exited ones included). Counters only grow. A thread's figures
+/// reach the snapshot when it next drains, frees outside a section, or
+/// exits; items still sitting in an open section are not yet counted.
+///
+/// ```
+/// let before = freeq::stats();
+/// {
+///     let _s = freeq::section();
+///     freeq::defer(vec![1u8; 10]);
+///     freeq::defer(String::from("x"));
+/// }
+/// let after = freeq::stats();
+/// assert!(after.deferred >= before.deferred + 2);
+/// assert!(after.freed >= before.freed + 2);
+/// assert!(after.drains > before.drains);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Items handed to freeq (`defer`, `defer_with`, `defer_fn`, `retire`).
+    pub deferred: u64,
+    /// Items freed (run), on whichever thread freed them.
+    pub freed: u64,
+    /// Drains: outermost section closes that found work, and flushes.
+    pub drains: u64,
+    /// The longest queue any thread drained at once.
+    pub max_pending: u64,
+    /// Items handed to reclaimer threads (`Policy::Offload`).
+    pub offloaded: u64,
+    /// Items retired through the epoch (`retire`).
+    pub retired: u64,
+    /// Batches an offloading thread freed itself because the reclaimers were
+    /// past their backlog bound.
+    pub inline_fallbacks: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Slot {
+    deferred: AtomicU64,
+    freed: AtomicU64,
+    drains: AtomicU64,
+    max_pending: AtomicU64,
+    offloaded: AtomicU64,
+    retired: AtomicU64,
+    inline_fallbacks: AtomicU64,
+}
+
+static SLOTS: ThreadLocal<Slot> = ThreadLocal::new();
+
+/// Reads the counters of every thread and sums them.
+pub fn stats() -> Stats {
+    let mut s = Stats::default();
+    for slot in SLOTS.iter() {
+        s.deferred += slot.deferred.load(Relaxed);
+        s.freed += slot.freed.load(Relaxed);
+        s.drains += slot.drains.load(Relaxed);
+        s.max_pending = s.max_pending.max(slot.max_pending.load(Relaxed));
+        s.offloaded += slot.offloaded.load(Relaxed);
+        s.retired += slot.retired.load(Relaxed);
+        s.inline_fallbacks += slot.inline_fallbacks.load(Relaxed);
+    }
+    s
+}
+
+/// One thread's unpublished counts, kept in its own state.
+pub(crate) struct LocalCounts {
+    pub(crate) deferred: Cell<u64>,
+    pub(crate) freed: Cell<u64>,
+    pub(crate) drains: Cell<u64>,
+    pub(crate) max_pending: Cell<u64>,
+    pub(crate) offloaded: Cell<u64>,
+    pub(crate) retired: Cell<u64>,
+    pub(crate) inline_fallbacks: Cell<u64>,
+    /// This thread's slot, looked up once: at thread exit the slot lookup
+    /// itself may no longer work.
+    slot: Cell<Option<&'static Slot>>,
+}
+
+impl LocalCounts {
+    pub(crate) const fn new() -> Self {
+        LocalCounts {
+            deferred: Cell::new(0),
+            freed: Cell::new(0),
+            drains: Cell::new(0),
+            max_pending: Cell::new(0),
+            offloaded: Cell::new(0),
+            retired: Cell::new(0),
+            inline_fallbacks: Cell::new(0),
+            slot: Cell::new(None),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn add(cell: &Cell<u64>, n: usize) {
+        cell.set(cell.get() + n as u64);
+    }
+
+    /// Moves the counts into this thread's slot.
+    pub(crate) fn publish(&self) {
+        let slot = match self.slot.get() {
+            Some(slot) => slot,
+            None => {
+                // Late in thread exit the lookup may panic; the counts are
+                // then dropped rather than the process aborted.
+                let Ok(slot) = std::panic::catch_unwind(|| SLOTS.get_or_default()) else {
+                    return;
+                };
+                self.slot.set(Some(slot));
+                slot
+            }
+        };
+        let flush = |cell: &Cell<u64>, to: &AtomicU64| {
+            let n = cell.replace(0);
+            if n != 0 {
+                to.fetch_add(n, Relaxed);
+            }
+        };
+        flush(&self.deferred, &slot.deferred);
+        flush(&self.freed, &slot.freed);
+        flush(&self.drains, &slot.drains);
+        flush(&self.offloaded, &slot.offloaded);
+        flush(&self.retired, &slot.retired);
+        flush(&self.inline_fallbacks, &slot.inline_fallbacks);
+        let max = self.max_pending.get();
+        if max > slot.max_pending.load(Relaxed) {
+            slot.max_pending.fetch_max(max, Relaxed);
+        }
+    }
+}
