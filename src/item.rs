@@ -110,7 +110,7 @@ impl Buffer {
     pub(crate) fn push<F: FnOnce() + Send>(&mut self, f: F) {
         if mem::size_of::<F>() > MAX_INLINE || mem::align_of::<F>() > SLOT {
             let boxed = Box::new(f);
-            self.push_inline(move || boxed());
+            self.push_inline(boxed);
         } else {
             self.push_inline(f);
         }

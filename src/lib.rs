@@ -43,6 +43,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod condvar;
 mod defer;
 mod retire;
 mod free_queue;
@@ -59,6 +60,7 @@ mod sync;
 #[cfg(feature = "parking_lot")]
 pub mod parking_lot;
 
+pub use condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use defer::{defer, defer_fn, defer_with};
 pub use free_queue::FreeQueue;
 pub use guard::{section, LockGuard, Section};
@@ -71,7 +73,7 @@ pub use queue::{
 };
 pub use stats::{stats, Stats};
 pub use raw::{DeferredGuard, RawDeferred};
-pub use std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub use std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, StdMutexGuard};
 
 /// Re-export of the `lock_api` crate freeq builds on.
 pub use lock_api;

@@ -78,6 +78,34 @@ pub type MappedReentrantMutexGuard<'a, T> =
 /// `Arc`-owned [`ReentrantMutexGuard`].
 pub type ArcReentrantMutexGuard<T> = lock_api::ArcReentrantMutexGuard<RawMutex, RawThreadId, T>;
 
+/// The raw condition variable behind [`Condvar`].
+pub type RawCondvar = crate::RawDeferredCondvar<parking_lot::RawMutex>;
+/// A condition variable for [`Mutex`], with parking_lot's API
+/// (`wait(&mut guard)`, `wait_while`, `wait_for`, `wait_until`,
+/// `notify_one -> bool`, `notify_all -> usize`). While a thread waits its
+/// lock is released, and if that was its only section, its pending items
+/// are freed before it blocks; no spurious wakeups.
+///
+/// ```
+/// use freeq::parking_lot::{Condvar, Mutex};
+/// use std::sync::Arc;
+/// let pair = Arc::new((Mutex::new(false), Condvar::new()));
+/// let p2 = pair.clone();
+/// let t = std::thread::spawn(move || {
+///     let (m, cv) = &*p2;
+///     *m.lock() = true;
+///     cv.notify_one();
+/// });
+/// let (m, cv) = &*pair;
+/// let mut ready = m.lock();
+/// cv.wait_while(&mut ready, |r| !*r);
+/// assert!(*ready);
+/// # drop(ready); t.join().unwrap();
+/// ```
+pub type Condvar = lock_api::Condvar<RawCondvar>;
+/// Whether a timed [`Condvar`] wait timed out.
+pub type WaitTimeoutResult = lock_api::WaitTimeoutResult;
+
 /// A new [`Mutex`] in a `const` context.
 pub const fn const_mutex<T>(value: T) -> Mutex<T> {
     Mutex::from_raw(<RawMutex as lock_api::RawMutex>::INIT, value)

@@ -121,12 +121,13 @@ fn same_res<A, B>(r: Result<A, B>) -> Result<DeferredGuard<A>, DeferredGuard<B>>
     r.map(same).map_err(same)
 }
 
-// SAFETY (all impls below): (1) every operation delegates to `R`, which
-// provides the exclusion, ordering and unwinding guarantees lock_api asks
-// for; freeq only adds section bookkeeping after a successful acquisition
-// and after a completed release. `leave` may run user destructors and
-// panic, but only once the inner lock is released, which is what lock_api
-// requires of an unwinding release.
+// (1) Every operation below delegates to `R`, which provides the exclusion,
+// ordering and unwinding guarantees lock_api asks for; freeq only adds
+// section bookkeeping after a successful acquisition and after a completed
+// release. `leave` may run user destructors and panic, but only once the
+// inner lock is released, which is what lock_api requires of an unwinding
+// release.
+// SAFETY: see (1).
 unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: Self = RawDeferred { inner: R::INIT };

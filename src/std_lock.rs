@@ -5,28 +5,66 @@ use std::sync::{self as stdsync, LockResult, PoisonError, TryLockError, TryLockR
 
 use crate::guard::LockGuard;
 
-/// Guard of a [`Mutex`]: `std`'s guard in a [`LockGuard`].
-pub type MutexGuard<'a, T> = LockGuard<stdsync::MutexGuard<'a, T>>;
+/// Guard of a [`Mutex`]: `std`'s guard (with its mutex, for
+/// [`Condvar`](crate::Condvar) waits) in a [`LockGuard`].
+pub type MutexGuard<'a, T> = LockGuard<StdMutexGuard<'a, T>>;
+
+/// `std`'s mutex guard together with the mutex it locks, which a
+/// [`Condvar`](crate::Condvar) wait needs to re-acquire it. Derefs to the
+/// protected value; dropping it unlocks.
+pub struct StdMutexGuard<'a, T: ?Sized> {
+    pub(crate) mutex: &'a stdsync::Mutex<T>,
+    guard: stdsync::MutexGuard<'a, T>,
+}
+
+impl<T: ?Sized> std::ops::Deref for StdMutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T: ?Sized> std::ops::DerefMut for StdMutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for StdMutexGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.guard, f)
+    }
+}
+
+impl<T: ?Sized + fmt::Display> fmt::Display for StdMutexGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.guard, f)
+    }
+}
 /// Shared guard of a [`RwLock`].
 pub type RwLockReadGuard<'a, T> = LockGuard<stdsync::RwLockReadGuard<'a, T>>;
 /// Exclusive guard of a [`RwLock`].
 pub type RwLockWriteGuard<'a, T> = LockGuard<stdsync::RwLockWriteGuard<'a, T>>;
 
-fn wrap<G>(r: LockResult<G>) -> LockResult<LockGuard<G>> {
+fn wrap<G, H>(r: LockResult<G>, f: impl FnOnce(G) -> H) -> LockResult<LockGuard<H>> {
     match r {
-        Ok(g) => Ok(LockGuard::new(g)),
-        Err(e) => Err(PoisonError::new(LockGuard::new(e.into_inner()))),
+        Ok(g) => Ok(LockGuard::new(f(g))),
+        Err(e) => Err(PoisonError::new(LockGuard::new(f(e.into_inner())))),
     }
 }
 
-fn wrap_try<G>(r: TryLockResult<G>) -> TryLockResult<LockGuard<G>> {
+fn wrap_try<G, H>(r: TryLockResult<G>, f: impl FnOnce(G) -> H) -> TryLockResult<LockGuard<H>> {
     match r {
-        Ok(g) => Ok(LockGuard::new(g)),
+        Ok(g) => Ok(LockGuard::new(f(g))),
         Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
         Err(TryLockError::Poisoned(e)) => Err(TryLockError::Poisoned(PoisonError::new(
-            LockGuard::new(e.into_inner()),
+            LockGuard::new(f(e.into_inner())),
         ))),
     }
+}
+
+fn same<G>(g: G) -> G {
+    g
 }
 
 /// [`std::sync::Mutex`], deferring: each guard is a section, and values
@@ -85,12 +123,17 @@ impl<T: ?Sized> Mutex<T> {
     /// Blocks until the lock is acquired; an error if poisoned (the guard
     /// is still inside it).
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
-        wrap(self.inner.lock())
+        Self::relock(&self.inner)
+    }
+
+    pub(crate) fn relock(mutex: &stdsync::Mutex<T>) -> LockResult<MutexGuard<'_, T>> {
+        wrap(mutex.lock(), |guard| StdMutexGuard { mutex, guard })
     }
 
     /// Acquires the lock if it is free.
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
-        wrap_try(self.inner.try_lock())
+        let mutex = &self.inner;
+        wrap_try(mutex.try_lock(), |guard| StdMutexGuard { mutex, guard })
     }
 
     /// Whether a thread panicked while holding the lock.
@@ -157,22 +200,22 @@ impl<T> RwLock<T> {
 impl<T: ?Sized> RwLock<T> {
     /// Shared access, blocking.
     pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
-        wrap(self.inner.read())
+        wrap(self.inner.read(), same)
     }
 
     /// Shared access if available now.
     pub fn try_read(&self) -> TryLockResult<RwLockReadGuard<'_, T>> {
-        wrap_try(self.inner.try_read())
+        wrap_try(self.inner.try_read(), same)
     }
 
     /// Exclusive access, blocking.
     pub fn write(&self) -> LockResult<RwLockWriteGuard<'_, T>> {
-        wrap(self.inner.write())
+        wrap(self.inner.write(), same)
     }
 
     /// Exclusive access if available now.
     pub fn try_write(&self) -> TryLockResult<RwLockWriteGuard<'_, T>> {
-        wrap_try(self.inner.try_write())
+        wrap_try(self.inner.try_write(), same)
     }
 
     /// Whether a writer panicked while holding the lock.

@@ -10,14 +10,14 @@
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex};
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]
 pub(crate) use std::thread;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Condvar, Mutex};
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(loom)]
 pub(crate) use loom::thread;
 
@@ -39,6 +39,19 @@ macro_rules! freeq_thread_local {
     };
 }
 pub(crate) use freeq_thread_local;
+
+/// Parks the current thread for at most `timeout`. Under loom, which has
+/// no clock, it yields instead: a timed wait in a model returns spuriously
+/// and its caller re-checks, which is what timed waits must handle anyway.
+pub(crate) fn park_timeout(timeout: std::time::Duration) {
+    #[cfg(not(loom))]
+    std::thread::park_timeout(timeout);
+    #[cfg(loom)]
+    {
+        let _ = timeout;
+        loom::thread::yield_now();
+    }
+}
 
 /// Shrinks a constant under loom and Miri, where every step costs.
 pub(crate) const fn scaled(normal: usize, small: usize) -> usize {
