@@ -1,0 +1,683 @@
+//! How long is the lock held, and how much work gets done, when values
+//! replaced under a lock are freed in different ways?
+//!
+//! The workload is a cache: a `Vec` of records behind one mutex. Every
+//! critical section replaces a few records (8 by default) with fresh ones
+//! built beforehand, outside the lock. Each record owns many heap strings
+//! (17 by default), so freeing a replaced record is what costs. The
+//! strategies differ only in what happens to the replaced records:
+//!
+//! | strategy          | the replaced records are...                                   |
+//! | ----------------- | ------------------------------------------------------------- |
+//! | drop-under-lock   | dropped in place, with the `std` mutex held                   |
+//! | hand-written      | pushed to a local `Vec`, cleared after the unlock             |
+//! | freeq std         | `freeq::defer`red under a `freeq::Mutex`; freed after unlock  |
+//! | freeq parking_lot | the same under a `freeq::parking_lot::Mutex`                  |
+//! | crossbeam-epoch   | `guard.defer(..)`ed under the lock; freed when epochs advance |
+//! | defer-drop        | wrapped in `DeferDrop` and dropped under the lock, which      |
+//! |                   | sends them to defer-drop's global thread                      |
+//!
+//! *Hold time* runs from just after the lock is acquired to just before the
+//! guard is dropped, so work done after the unlock (the hand-written clear,
+//! freeq's drain) is not in it. *Throughput* is critical sections per second
+//! of wall time, where the clock stops only once every replaced record has
+//! been freed: crossbeam-epoch is flushed with repeated `pin().flush()`, and
+//! since defer-drop has no way to wait for its thread, the example polls a
+//! count of freed records until its thread has caught up.
+//!
+//! ```text
+//! cargo run --release --example lock_hold -- [--threads 1,2] [--seconds 20]
+//!     [--records 8] [--strings 17] [--cache 4096] [--rounds 3] [--svg hold.svg]
+//! ```
+
+use std::fmt::Write as _;
+use std::mem;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex as StdMutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_epoch as epoch;
+use defer_drop::DeferDrop;
+use hdrhistogram::Histogram;
+
+// ---------------------------------------------------------------------------
+// The workload
+// ---------------------------------------------------------------------------
+
+/// A cache entry whose destructor costs `strings + 1` calls to `free`.
+struct Record {
+    #[allow(dead_code)] // never read: records exist to be freed
+    fields: Vec<String>,
+}
+
+const TEXT: &str = "the quick brown fox jumps over the lazy dog, then naps for a while";
+
+impl Record {
+    fn new(strings: usize, rng: &mut Rng) -> Record {
+        let fields = (0..strings)
+            .map(|_| TEXT[..16 + rng.below(48)].to_owned())
+            .collect();
+        Record { fields }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        freed::count_one();
+    }
+}
+
+/// Counts freed records, so a run can wait until every replaced record is
+/// really gone. One cache-padded counter per thread slot keeps the count from
+/// adding contention of its own.
+mod freed {
+    use super::*;
+
+    #[repr(align(128))]
+    struct Padded(AtomicU64);
+
+    const SLOTS: usize = 64;
+    static COUNTS: [Padded; SLOTS] = [const { Padded(AtomicU64::new(0)) }; SLOTS];
+    static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+    thread_local! {
+        static SLOT: usize = NEXT_SLOT.fetch_add(1, Relaxed) % SLOTS;
+    }
+
+    pub fn count_one() {
+        let slot = SLOT.try_with(|s| *s).unwrap_or(0);
+        COUNTS[slot].0.fetch_add(1, Relaxed);
+    }
+
+    pub fn total() -> u64 {
+        COUNTS.iter().map(|c| c.0.load(Relaxed)).sum()
+    }
+
+    pub fn reset() {
+        COUNTS.iter().for_each(|c| c.0.store(0, Relaxed));
+    }
+}
+
+/// A small, fast pseudo-random generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % n
+    }
+}
+
+/// Replacements for one critical section: (slot in the cache, new record).
+type Fresh = Vec<(usize, Record)>;
+
+// ---------------------------------------------------------------------------
+// The strategies: one critical section each, returning the lock hold time
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Strategy {
+    DropUnderLock,
+    HandWritten,
+    FreeqStd,
+    FreeqParkingLot,
+    Epoch,
+    DeferDrop,
+}
+
+impl Strategy {
+    const ALL: [Strategy; 6] = [
+        Strategy::DropUnderLock,
+        Strategy::HandWritten,
+        Strategy::FreeqStd,
+        Strategy::FreeqParkingLot,
+        Strategy::Epoch,
+        Strategy::DeferDrop,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::DropUnderLock => "drop-under-lock",
+            Strategy::HandWritten => "hand-written Vec",
+            Strategy::FreeqStd => "freeq std",
+            Strategy::FreeqParkingLot => "freeq parking_lot",
+            Strategy::Epoch => "crossbeam-epoch",
+            Strategy::DeferDrop => "defer-drop",
+        }
+    }
+}
+
+/// The shared cache, behind the kind of lock the strategy uses.
+enum Cache {
+    Std(StdMutex<Vec<Record>>),
+    Freeq(freeq::Mutex<Vec<Record>>),
+    FreeqParkingLot(freeq::parking_lot::Mutex<Vec<Record>>),
+}
+
+impl Cache {
+    fn new(strategy: Strategy, records: Vec<Record>) -> Cache {
+        match strategy {
+            Strategy::FreeqStd => Cache::Freeq(freeq::Mutex::new(records)),
+            Strategy::FreeqParkingLot => {
+                Cache::FreeqParkingLot(freeq::parking_lot::Mutex::new(records))
+            }
+            _ => Cache::Std(StdMutex::new(records)),
+        }
+    }
+}
+
+/// The old records are dropped in place, with the lock held.
+fn drop_under_lock(cache: &StdMutex<Vec<Record>>, fresh: &mut Fresh) -> Duration {
+    let mut cache = cache.lock().unwrap();
+    let start = Instant::now();
+    for (slot, record) in fresh.drain(..) {
+        cache[slot] = record; // frees the old record here
+    }
+    let held = start.elapsed();
+    drop(cache);
+    held
+}
+
+/// The pattern written by hand: collect the old records, free them after
+/// the unlock.
+fn hand_written(
+    cache: &StdMutex<Vec<Record>>,
+    fresh: &mut Fresh,
+    dead: &mut Vec<Record>,
+) -> Duration {
+    let mut cache = cache.lock().unwrap();
+    let start = Instant::now();
+    for (slot, record) in fresh.drain(..) {
+        dead.push(mem::replace(&mut cache[slot], record));
+    }
+    let held = start.elapsed();
+    drop(cache);
+    dead.clear(); // frees the old records, lock released
+    held
+}
+
+/// freeq with its `std`-backed mutex: the same pattern, automatically.
+fn freeq_std(cache: &freeq::Mutex<Vec<Record>>, fresh: &mut Fresh) -> Duration {
+    let mut cache = cache.lock().unwrap();
+    let start = Instant::now();
+    for (slot, record) in fresh.drain(..) {
+        freeq::defer(mem::replace(&mut cache[slot], record));
+    }
+    let held = start.elapsed();
+    drop(cache); // unlocks, then frees what was deferred
+    held
+}
+
+/// freeq with its parking_lot mutex.
+fn freeq_parking_lot(
+    cache: &freeq::parking_lot::Mutex<Vec<Record>>,
+    fresh: &mut Fresh,
+) -> Duration {
+    let mut cache = cache.lock();
+    let start = Instant::now();
+    for (slot, record) in fresh.drain(..) {
+        freeq::defer(mem::replace(&mut cache[slot], record));
+    }
+    let held = start.elapsed();
+    drop(cache);
+    held
+}
+
+/// crossbeam-epoch: pin and defer the drops under the lock; they run once
+/// the global epoch has advanced, on whichever thread collects them.
+fn epoch_defer(cache: &StdMutex<Vec<Record>>, fresh: &mut Fresh) -> Duration {
+    let mut cache = cache.lock().unwrap();
+    let start = Instant::now();
+    let guard = epoch::pin();
+    for (slot, record) in fresh.drain(..) {
+        let old = mem::replace(&mut cache[slot], record);
+        guard.defer(move || drop(old));
+    }
+    let held = start.elapsed();
+    drop(cache);
+    drop(guard);
+    held
+}
+
+/// defer-drop: each old record is boxed into a channel message for
+/// defer-drop's single global thread, which frees it.
+fn defer_drop(cache: &StdMutex<Vec<Record>>, fresh: &mut Fresh) -> Duration {
+    let mut cache = cache.lock().unwrap();
+    let start = Instant::now();
+    for (slot, record) in fresh.drain(..) {
+        drop(DeferDrop::new(mem::replace(&mut cache[slot], record)));
+    }
+    let held = start.elapsed();
+    drop(cache);
+    held
+}
+
+// ---------------------------------------------------------------------------
+// Running one strategy on N threads
+// ---------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Config {
+    threads: Vec<usize>,
+    seconds: f64,
+    records: usize,
+    strings: usize,
+    cache: usize,
+    rounds: usize,
+    svg: Option<String>,
+}
+
+/// Phases of a run, shared with the worker threads.
+const WARM_UP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+struct Outcome {
+    strategy: Strategy,
+    /// Lock hold time per critical section, in nanoseconds.
+    hold: Histogram<u64>,
+    /// Critical sections completed while measuring.
+    ops: u64,
+    /// Wall time from the start of measuring until everything was freed.
+    elapsed: Duration,
+    /// The part of `elapsed` after the workers stopped, waiting for frees.
+    reclaim_wait: Duration,
+}
+
+impl Outcome {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Folds another run of the same strategy into this one.
+    fn merge(&mut self, other: Outcome) {
+        self.hold.add(&other.hold).unwrap();
+        self.ops += other.ops;
+        self.elapsed += other.elapsed;
+        self.reclaim_wait += other.reclaim_wait;
+    }
+}
+
+fn run(strategy: Strategy, threads: usize, slice: Duration, cfg: &Config) -> Outcome {
+    let mut rng = Rng::new(7);
+    let records = (0..cfg.cache)
+        .map(|_| Record::new(cfg.strings, &mut rng))
+        .collect();
+    let cache = Cache::new(strategy, records);
+    let phase = AtomicU8::new(WARM_UP);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    freed::reset();
+
+    let (start, results) = thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (cache, phase, core) =
+                    (&cache, &phase, cores.get(t % cores.len().max(1)).copied());
+                s.spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker(strategy, cache, phase, t as u64, cfg)
+                })
+            })
+            .collect();
+        thread::sleep(slice / 5);
+        let start = Instant::now();
+        phase.store(MEASURE, Relaxed);
+        thread::sleep(slice);
+        phase.store(STOP, Relaxed);
+        let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        (start, results)
+    });
+
+    let stopped = Instant::now();
+    let retired: u64 = results.iter().map(|r| r.retired).sum();
+    wait_until_freed(strategy, retired);
+    let elapsed = start.elapsed();
+    let reclaim_wait = stopped.elapsed();
+    drop(cache);
+
+    let mut hold = new_histogram();
+    for r in &results {
+        hold.add(&r.hold).unwrap();
+    }
+    Outcome {
+        strategy,
+        hold,
+        ops: results.iter().map(|r| r.ops).sum(),
+        elapsed,
+        reclaim_wait,
+    }
+}
+
+struct WorkerResult {
+    hold: Histogram<u64>,
+    /// Critical sections completed while measuring.
+    ops: u64,
+    /// Records replaced in every phase, all of which must be freed.
+    retired: u64,
+}
+
+fn worker(
+    strategy: Strategy,
+    cache: &Cache,
+    phase: &AtomicU8,
+    seed: u64,
+    cfg: &Config,
+) -> WorkerResult {
+    let mut rng = Rng::new(seed + 1);
+    let mut hold = new_histogram();
+    let (mut ops, mut retired) = (0, 0);
+    let mut fresh: Fresh = Vec::with_capacity(cfg.records);
+    let mut dead = Vec::with_capacity(cfg.records);
+    let mut measuring = false;
+    loop {
+        match phase.load(Relaxed) {
+            STOP => break,
+            MEASURE if !measuring => {
+                measuring = true;
+                hold.reset();
+            }
+            _ => {}
+        }
+        // Build the new records before taking the lock.
+        for _ in 0..cfg.records {
+            fresh.push((rng.below(cfg.cache), Record::new(cfg.strings, &mut rng)));
+        }
+        let held = match (strategy, cache) {
+            (Strategy::DropUnderLock, Cache::Std(c)) => drop_under_lock(c, &mut fresh),
+            (Strategy::HandWritten, Cache::Std(c)) => hand_written(c, &mut fresh, &mut dead),
+            (Strategy::FreeqStd, Cache::Freeq(c)) => freeq_std(c, &mut fresh),
+            (Strategy::FreeqParkingLot, Cache::FreeqParkingLot(c)) => {
+                freeq_parking_lot(c, &mut fresh)
+            }
+            (Strategy::Epoch, Cache::Std(c)) => epoch_defer(c, &mut fresh),
+            (Strategy::DeferDrop, Cache::Std(c)) => defer_drop(c, &mut fresh),
+            _ => unreachable!("each strategy is paired with its lock in Cache::new"),
+        };
+        hold.saturating_record(held.as_nanos() as u64);
+        retired += cfg.records as u64;
+        ops += u64::from(measuring);
+    }
+    WorkerResult { hold, ops, retired }
+}
+
+/// Returns once every replaced record has been freed.
+fn wait_until_freed(strategy: Strategy, retired: u64) {
+    while freed::total() < retired {
+        match strategy {
+            // Advance the epoch and collect garbage on this thread.
+            Strategy::Epoch => epoch::pin().flush(),
+            // defer-drop offers no flush: wait for its thread to catch up.
+            _ => thread::sleep(Duration::from_micros(100)),
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap()
+}
+
+/// The cost of the two `Instant::now()` calls every hold time includes.
+fn timer_floor() -> u64 {
+    let lock = StdMutex::new(());
+    let mut h = new_histogram();
+    for _ in 0..100_000 {
+        let g = lock.lock().unwrap();
+        let start = Instant::now();
+        let held = start.elapsed();
+        drop(g);
+        h.saturating_record(held.as_nanos() as u64);
+    }
+    h.value_at_quantile(0.5)
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+fn fmt_ns(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+fn fmt_rate(ops: f64) -> String {
+    if ops >= 1e6 {
+        format!("{:.2} M", ops / 1e6)
+    } else {
+        format!("{:.1} k", ops / 1e3)
+    }
+}
+
+fn print_table(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
+    let base = outcomes
+        .iter()
+        .find(|o| o.strategy == Strategy::HandWritten);
+    let base_p50 = base.map(|b| b.hold.value_at_quantile(0.5) as f64);
+    let base_ops = base.map(|b| b.ops_per_sec());
+    println!(
+        "\n{threads} thread(s): {} records x {} strings replaced per critical section; \
+         {} rounds of {:.2} s per strategy",
+        cfg.records,
+        cfg.strings,
+        cfg.rounds,
+        outcomes[0].elapsed.as_secs_f64() / cfg.rounds as f64,
+    );
+    println!(
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8}",
+        "strategy", "p50", "p99", "max", "mean", "p50/hand", "ops/s", "ops/hand", "reclaim"
+    );
+    for o in outcomes {
+        let p50 = o.hold.value_at_quantile(0.5) as f64;
+        let ratio = |x: Option<f64>, f: &dyn Fn(f64) -> f64| {
+            x.map_or("-".into(), |b| format!("{:.2}x", f(b)))
+        };
+        println!(
+            "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8}",
+            o.strategy.name(),
+            fmt_ns(p50),
+            fmt_ns(o.hold.value_at_quantile(0.99) as f64),
+            fmt_ns(o.hold.max() as f64),
+            fmt_ns(o.hold.mean()),
+            ratio(base_p50, &|b| p50 / b),
+            fmt_rate(o.ops_per_sec()),
+            ratio(base_ops, &|b| o.ops_per_sec() / b),
+            format!("{:.0} ms", o.reclaim_wait.as_secs_f64() * 1e3),
+        );
+    }
+}
+
+/// A horizontal bar chart of p50 and p99 hold times, log scale, one panel
+/// per thread count.
+fn svg_chart(results: &[(usize, Vec<Outcome>)]) -> String {
+    const LEFT: f64 = 170.0;
+    const WIDTH: f64 = 600.0;
+    const ROW: f64 = 34.0;
+    let all = results.iter().flat_map(|(_, o)| o);
+    let lo = all
+        .clone()
+        .map(|o| o.hold.value_at_quantile(0.5))
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    let hi = all
+        .map(|o| o.hold.value_at_quantile(0.99))
+        .max()
+        .unwrap_or(10)
+        .max(lo + 1);
+    let (d0, d1) = ((lo as f64).log10().floor(), (hi as f64).log10().ceil());
+    let x = |ns: u64| LEFT + WIDTH * (((ns.max(1) as f64).log10() - d0) / (d1 - d0)).max(0.0);
+
+    let mut body = String::new();
+    let mut y = 40.0;
+    for (threads, outcomes) in results {
+        let top = y;
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="{y}" font-weight="bold">{threads} thread(s): lock hold time per critical section (log scale)</text>"#
+        );
+        y += 14.0;
+        for o in outcomes {
+            let (p50, p99) = (
+                o.hold.value_at_quantile(0.5),
+                o.hold.value_at_quantile(0.99),
+            );
+            let _ = writeln!(
+                body,
+                r##"<text x="10" y="{ty}">{name}</text>
+<rect x="{LEFT}" y="{y}" width="{w50:.1}" height="12" fill="#4878d0"/><text x="{l50:.1}" y="{t50}" font-size="11">{v50}</text>
+<rect x="{LEFT}" y="{y2}" width="{w99:.1}" height="12" fill="#ee854a"/><text x="{l99:.1}" y="{t99}" font-size="11">{v99}</text>"##,
+                ty = y + 18.0,
+                name = o.strategy.name(),
+                w50 = x(p50) - LEFT,
+                l50 = x(p50) + 4.0,
+                t50 = y + 10.0,
+                v50 = fmt_ns(p50 as f64),
+                y2 = y + 13.0,
+                w99 = x(p99) - LEFT,
+                l99 = x(p99) + 4.0,
+                t99 = y + 23.0,
+                v99 = fmt_ns(p99 as f64),
+            );
+            y += ROW;
+        }
+        for d in d0 as i32..=d1 as i32 {
+            let gx = x(10u64.pow(d as u32));
+            let _ = writeln!(
+                body,
+                r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{y}" stroke="#bbb" stroke-dasharray="3,3"/><text x="{gx:.1}" y="{ly}" font-size="11" text-anchor="middle">{label}</text>"##,
+                ly = y + 12.0,
+                label = fmt_ns(10f64.powi(d)),
+            );
+        }
+        y += 40.0;
+    }
+    let legend = format!(
+        r##"<rect x="{LEFT}" y="{y}" width="12" height="12" fill="#4878d0"/><text x="{a}" y="{t}">p50</text><rect x="{b}" y="{y}" width="12" height="12" fill="#ee854a"/><text x="{c}" y="{t}">p99</text>"##,
+        a = LEFT + 16.0,
+        b = LEFT + 70.0,
+        c = LEFT + 86.0,
+        t = y + 11.0,
+    );
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13">
+<rect width="100%" height="100%" fill="white"/>
+{body}{legend}
+</svg>
+"#,
+        w = LEFT + WIDTH + 90.0,
+        h = y + 30.0,
+    )
+}
+
+// ---------------------------------------------------------------------------
+
+fn parse_args() -> Config {
+    let mut cfg = Config {
+        threads: vec![1, 2],
+        seconds: 20.0,
+        records: 8,
+        strings: 17,
+        cache: 4096,
+        rounds: 3,
+        svg: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--threads" => {
+                cfg.threads = value()
+                    .split(',')
+                    .map(|n| n.trim().parse().unwrap_or_else(|_| usage("bad --threads")))
+                    .collect()
+            }
+            "--seconds" => cfg.seconds = value().parse().unwrap_or_else(|_| usage("bad --seconds")),
+            "--records" => cfg.records = value().parse().unwrap_or_else(|_| usage("bad --records")),
+            "--strings" => cfg.strings = value().parse().unwrap_or_else(|_| usage("bad --strings")),
+            "--cache" => cfg.cache = value().parse().unwrap_or_else(|_| usage("bad --cache")),
+            "--rounds" => cfg.rounds = value().parse().unwrap_or_else(|_| usage("bad --rounds")),
+            "--svg" => cfg.svg = Some(value()),
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    if cfg.threads.contains(&0) || cfg.cache == 0 || cfg.rounds == 0 || cfg.seconds <= 0.0 {
+        usage("--threads, --cache, --rounds and --seconds must be positive");
+    }
+    cfg
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("error: {problem}");
+    }
+    eprintln!(
+        "usage: lock_hold [--threads 1,2] [--seconds 20] [--records 8] [--strings 17] \
+         [--cache 4096] [--rounds 3] [--svg FILE]\n\
+         \x20 --threads   thread counts to run, one table each\n\
+         \x20 --seconds   total time budget for all runs\n\
+         \x20 --rounds    turns each strategy takes (in rotating order)\n\
+         \x20 --records   records replaced per critical section\n\
+         \x20 --strings   heap strings per record\n\
+         \x20 --cache     records in the shared cache\n\
+         \x20 --svg       also write a bar chart of p50/p99 hold times"
+    );
+    std::process::exit(if problem.is_empty() { 0 } else { 2 })
+}
+
+fn main() {
+    let cfg = parse_args();
+    let strategies = Strategy::ALL;
+    let runs = cfg.threads.len() * strategies.len() * cfg.rounds;
+    // Each run measures for `slice` after warming up for a fifth of it.
+    let slice = Duration::from_secs_f64(cfg.seconds / runs as f64 / 1.2);
+    println!(
+        "lock_hold: {} cores; hold times include ~{} ns of timer overhead",
+        thread::available_parallelism().map_or(1, |n| n.get()),
+        timer_floor()
+    );
+
+    let mut results = Vec::new();
+    for &threads in &cfg.threads {
+        // Strategies take turns, in a rotating order, so that a noisy
+        // moment on the machine does not land on one strategy only.
+        let mut outcomes: Vec<Option<Outcome>> = strategies.iter().map(|_| None).collect();
+        for round in 0..cfg.rounds {
+            for k in 0..strategies.len() {
+                let i = (k + round) % strategies.len();
+                let outcome = run(strategies[i], threads, slice, &cfg);
+                match &mut outcomes[i] {
+                    Some(total) => total.merge(outcome),
+                    empty => *empty = Some(outcome),
+                }
+            }
+        }
+        let outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
+        print_table(threads, &cfg, &outcomes);
+        results.push((threads, outcomes));
+    }
+    println!(
+        "\nreclaim: time after the workers stopped until every replaced record was freed \
+         (counted in the ops/s wall time)."
+    );
+    if let Some(path) = &cfg.svg {
+        std::fs::write(path, svg_chart(&results)).expect("write the SVG file");
+        println!("wrote {path}");
+    }
+}
