@@ -310,9 +310,11 @@ impl Condvar {
         deadline: Option<Instant>,
     ) -> (LockResult<FreeqMutexGuard<'a, T>>, bool) {
         let mutex = guard.guard.mutex;
-        let (fresh, notified, released) =
-            self.queue
-                .wait(move || drop(guard), || crate::Mutex::relock(mutex), deadline);
+        let (fresh, notified, released) = self.queue.wait(
+            move || drop(guard),
+            || crate::Mutex::relock(mutex),
+            deadline,
+        );
         match released {
             Some(payload) if !std::thread::panicking() => {
                 // Resumed with the lock held again; the guard is released
@@ -327,7 +329,10 @@ impl Condvar {
     }
 
     /// Releases the lock, waits for a notification, re-acquires the lock.
-    pub fn wait<'a, T: ?Sized>(&self, guard: FreeqMutexGuard<'a, T>) -> LockResult<FreeqMutexGuard<'a, T>> {
+    pub fn wait<'a, T: ?Sized>(
+        &self,
+        guard: FreeqMutexGuard<'a, T>,
+    ) -> LockResult<FreeqMutexGuard<'a, T>> {
         self.wait_deadline(guard, None).0
     }
 

@@ -93,6 +93,8 @@ impl FreeQueue {
 
 impl fmt::Debug for FreeQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FreeQueue").field("len", &self.len()).finish()
+        f.debug_struct("FreeQueue")
+            .field("len", &self.len())
+            .finish()
     }
 }

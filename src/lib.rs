@@ -45,7 +45,6 @@
 
 mod condvar;
 mod defer;
-mod retire;
 mod free_queue;
 mod guard;
 mod item;
@@ -53,6 +52,7 @@ mod offload;
 mod policy;
 mod queue;
 mod raw;
+mod retire;
 mod stats;
 mod std_lock;
 mod sync;
@@ -64,15 +64,15 @@ pub use condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use defer::{defer, defer_fn, defer_with};
 pub use free_queue::FreeQueue;
 pub use guard::{section, LockGuard, Section};
-pub use retire::retire;
 pub use offload::{offload_bound, quiesce, set_offload_bound, DEFAULT_OFFLOAD_BOUND};
 pub use policy::{default_policy, set_default_policy, Policy};
 pub use queue::{
     flush, in_section, max_retained, pending, policy, set_max_retained, set_policy,
     DEFAULT_MAX_RETAINED,
 };
-pub use stats::{stats, Stats};
 pub use raw::{DeferredGuard, RawDeferred};
+pub use retire::retire;
+pub use stats::{stats, Stats};
 pub use std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, StdMutexGuard};
 
 /// Re-export of the `lock_api` crate freeq builds on.

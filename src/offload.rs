@@ -128,7 +128,10 @@ impl Reclaimer {
             // SAFETY: (3) `node` is ours alone until the exchange below
             // publishes it.
             unsafe { (*node).next = head };
-            match self.inbox.compare_exchange_weak(head, node, SeqCst, Relaxed) {
+            match self
+                .inbox
+                .compare_exchange_weak(head, node, SeqCst, Relaxed)
+            {
                 Ok(_) => break,
                 Err(now) => head = now,
             }

@@ -327,7 +327,9 @@ pub(crate) fn leave() {
 /// ```
 pub fn flush() {
     let _ = LOCAL.try_with(|l| {
-        if !l.draining.get() {
+        // SAFETY: (11) a momentary read; no user code runs.
+        let retired = unsafe { l.retired() }.len();
+        if !l.draining.get() && l.len() + retired > 0 {
             l.drain(true);
         }
     });
@@ -360,4 +362,73 @@ pub fn pending() -> usize {
 /// ```
 pub fn in_section() -> bool {
     LOCAL.try_with(|l| l.depth.get() > 0).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn log() -> Arc<Mutex<Vec<u32>>> {
+        Arc::new(Mutex::new(Vec::new()))
+    }
+
+    fn record(log: &Arc<Mutex<Vec<u32>>>, i: u32) -> impl FnOnce() + Send + 'static {
+        let log = log.clone();
+        move || log.lock().unwrap().push(i)
+    }
+
+    #[test]
+    fn a_free_that_leaks_a_section_stops_the_drain() {
+        let seen = log();
+        enter();
+        push(record(&seen, 1));
+        // The second item leaks a section: nothing after it may run until
+        // that section closes.
+        push(|| {
+            enter();
+            push(|| ());
+        });
+        push(record(&seen, 3));
+        leave();
+        assert_eq!(*seen.lock().unwrap(), vec![1]);
+        assert!(in_section());
+        assert_eq!(pending(), 2, "the rest of the batch, then the newer item");
+        leave(); // the leaked section closes
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3]);
+        assert_eq!(pending(), 0);
+    }
+
+    #[test]
+    fn items_deferred_while_draining_run_after_the_batch() {
+        let seen = log();
+        {
+            enter();
+            let s = seen.clone();
+            push(move || {
+                s.lock().unwrap().push(1);
+                push(record(&s, 3));
+            });
+            push(record(&seen, 2));
+            leave();
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn retention_cap_applies_after_a_spike() {
+        let old = max_retained();
+        set_max_retained(1024);
+        enter();
+        for i in 0..10_000u64 {
+            push(move || drop(i));
+        }
+        leave();
+        let kept = LOCAL.with(|l| {
+            // SAFETY: test-only momentary reads; no user code runs.
+            unsafe { l.queue().capacity_bytes() + l.spare().capacity_bytes() }
+        });
+        assert!(kept <= 2 * 1024, "kept {kept} bytes");
+        set_max_retained(old);
+    }
 }

@@ -345,10 +345,7 @@ unsafe impl<R: RawRwLockUpgradeDowngrade> RawRwLockUpgradeDowngrade for RawDefer
         same(unsafe { self.inner.downgrade_upgradable(guard.inner) })
     }
 
-    unsafe fn downgrade_to_upgradable(
-        &self,
-        guard: Self::ExclusiveGuard,
-    ) -> Self::UpgradableGuard {
+    unsafe fn downgrade_to_upgradable(&self, guard: Self::ExclusiveGuard) -> Self::UpgradableGuard {
         // SAFETY: (18) as in (13).
         same(unsafe { self.inner.downgrade_to_upgradable(guard.inner) })
     }

@@ -35,7 +35,8 @@ pub struct Stats {
     pub deferred: u64,
     /// Items freed (run), on whichever thread freed them.
     pub freed: u64,
-    /// Drains: outermost section closes that found work, and flushes.
+    /// Drains: outermost section closes that found work, flushes that found
+    /// work, and frees outside a section.
     pub drains: u64,
     /// The longest queue any thread drained at once.
     pub max_pending: u64,
