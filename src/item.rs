@@ -294,6 +294,15 @@ impl Buffer {
         other.len = 0;
     }
 
+    /// Grows the allocation to at least `bytes` (rounded to slots) now, so
+    /// later pushes need not.
+    pub(crate) fn reserve_bytes(&mut self, bytes: usize) {
+        let slots = bytes.div_ceil(SLOT);
+        if self.cap < slots {
+            self.reallocate(slots);
+        }
+    }
+
     /// Keeps at most `max_bytes` of allocation once the buffer is empty.
     pub(crate) fn trim(&mut self, max_bytes: usize) {
         if self.is_empty() && self.capacity_bytes() > max_bytes {

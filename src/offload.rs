@@ -50,6 +50,16 @@ struct Node {
     items: usize,
 }
 
+impl Node {
+    fn boxed(batch: Buffer, items: usize) -> Box<Node> {
+        Box::new(Node {
+            next: ptr::null_mut(),
+            batch,
+            items,
+        })
+    }
+}
+
 /// A reclaimer: an inbox of batches and the thread that frees them.
 ///
 /// freeq starts one per CPU, lazily, for [`Policy::Offload`](crate::Policy);
@@ -64,8 +74,17 @@ pub struct Reclaimer {
     shutdown: AtomicBool,
     /// Items handed over and not yet freed.
     outstanding: AtomicUsize,
+    /// Treiber stack of freed nodes, their buffers emptied but keeping their
+    /// memory, for producers to reuse: steady-state offloading allocates
+    /// nothing.
+    returned: AtomicPtr<Node>,
+    /// Nodes on `returned` (roughly; it only caps the pool).
+    returned_len: AtomicUsize,
     thread: OnceLock<thread::Thread>,
 }
+
+/// Most freed nodes a reclaimer keeps for reuse.
+const MAX_RETURNED: usize = crate::sync::scaled(64, 2);
 
 // SAFETY: (1) the raw pointers in the inbox are owned nodes passed between
 // threads through the atomic with release/acquire ordering; each node's
@@ -88,6 +107,8 @@ impl Reclaimer {
             sleeping: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
+            returned: AtomicPtr::new(ptr::null_mut()),
+            returned_len: AtomicUsize::new(0),
             thread: OnceLock::new(),
         }
     }
@@ -97,16 +118,26 @@ impl Reclaimer {
         self.outstanding.load(Acquire)
     }
 
-    /// Hands `batch` over unless the backlog is past `bound`.
-    fn try_hand_off(&self, batch: Buffer, bound: usize) -> Result<(), Buffer> {
+    /// Hands `batch` over unless the backlog is past `bound`. On success,
+    /// returns an emptied buffer from an earlier batch, if one is free, for
+    /// the producer's next queue.
+    fn try_hand_off(&self, batch: Buffer, bound: usize) -> Result<Option<Buffer>, Buffer> {
         let n = batch.len();
         let now = self.outstanding.load(Relaxed);
         if now != 0 && now + n > bound {
             return Err(batch);
         }
         self.outstanding.fetch_add(n, Relaxed);
-        self.push(batch, n);
-        Ok(())
+        let (node, recycled) = match self.take_returned() {
+            Some(mut node) => {
+                let empty = std::mem::replace(&mut node.batch, batch);
+                node.items = n;
+                (node, Some(empty))
+            }
+            None => (Node::boxed(batch, n), None),
+        };
+        self.push(node);
+        Ok(recycled)
     }
 
     /// Hands a whole [`FreeQueue`] over, ignoring the bound.
@@ -114,28 +145,26 @@ impl Reclaimer {
         let batch = std::mem::take(queue.buffer_mut());
         let n = batch.len();
         self.outstanding.fetch_add(n, Relaxed);
-        self.push(batch, n);
+        self.push(Node::boxed(batch, n));
     }
 
-    fn push(&self, batch: Buffer, items: usize) {
-        let node = Box::into_raw(Box::new(Node {
-            next: ptr::null_mut(),
-            batch,
-            items,
-        }));
-        let mut head = self.inbox.load(Relaxed);
+    /// Pushes `node` on `stack` (a Treiber stack of owned nodes).
+    fn push_on(stack: &AtomicPtr<Node>, node: Box<Node>) {
+        let node = Box::into_raw(node);
+        let mut head = stack.load(Relaxed);
         loop {
             // SAFETY: (3) `node` is ours alone until the exchange below
             // publishes it.
             unsafe { (*node).next = head };
-            match self
-                .inbox
-                .compare_exchange_weak(head, node, SeqCst, Relaxed)
-            {
-                Ok(_) => break,
+            match stack.compare_exchange_weak(head, node, SeqCst, Relaxed) {
+                Ok(_) => return,
                 Err(now) => head = now,
             }
         }
+    }
+
+    fn push(&self, node: Box<Node>) {
+        Self::push_on(&self.inbox, node);
         // Pairs with the store-then-load in `sleep`: either the reclaimer
         // sees the node, or this load sees it going to sleep.
         if self.sleeping.load(SeqCst) && self.sleeping.swap(false, SeqCst) {
@@ -143,6 +172,41 @@ impl Reclaimer {
                 t.unpark();
             }
         }
+    }
+
+    /// Takes one freed node for reuse. The whole pool is swapped out (no
+    /// ABA: nodes are never popped one by one from the shared stack) and
+    /// all but the first node pushed back.
+    fn take_returned(&self) -> Option<Box<Node>> {
+        if self.returned.load(Relaxed).is_null() {
+            return None;
+        }
+        let head = self.returned.swap(ptr::null_mut(), Acquire);
+        if head.is_null() {
+            return None;
+        }
+        // SAFETY: (4) the swap took ownership of the whole chain; every node
+        // in it came from `Box::into_raw` in `push_on`.
+        let mut node = unsafe { Box::from_raw(head) };
+        let mut rest = std::mem::replace(&mut node.next, ptr::null_mut());
+        self.returned_len.fetch_sub(1, Relaxed);
+        while !rest.is_null() {
+            // SAFETY: (5) as in (4).
+            let mut other = unsafe { Box::from_raw(rest) };
+            rest = std::mem::replace(&mut other.next, ptr::null_mut());
+            Self::push_on(&self.returned, other);
+        }
+        Some(node)
+    }
+
+    /// Keeps a freed node (emptied, memory trimmed) for reuse, up to a cap.
+    fn give_back(&self, mut node: Box<Node>) {
+        if self.returned_len.load(Relaxed) >= MAX_RETURNED {
+            return;
+        }
+        node.batch.trim(crate::max_retained());
+        self.returned_len.fetch_add(1, Relaxed);
+        Self::push_on(&self.returned, node);
     }
 
     /// The reclaimer loop: frees batches as they arrive, parks when idle,
@@ -179,8 +243,8 @@ impl Reclaimer {
         }
         let mut fifo: *mut Node = ptr::null_mut();
         while !head.is_null() {
-            // SAFETY: (4) the swap above took ownership of the whole chain;
-            // every node in it came from `Box::into_raw` in `push`.
+            // SAFETY: (6) the swap above took ownership of the whole chain;
+            // every node in it came from `Box::into_raw` in `push_on`.
             unsafe {
                 let next = (*head).next;
                 (*head).next = fifo;
@@ -189,16 +253,17 @@ impl Reclaimer {
             }
         }
         while !fifo.is_null() {
-            // SAFETY: (5) as in (4); each node is reclaimed exactly once.
-            let node = unsafe { Box::from_raw(fifo) };
-            let Node { next, batch, items } = *node;
-            fifo = next;
-            if items == 0 {
-                // A quiesce marker (or an empty hand-off): run it directly.
-                let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(batch)));
-            } else {
-                let _ = panic::catch_unwind(AssertUnwindSafe(move || queue::free_here(batch)));
+            // SAFETY: (7) as in (6); each node is reclaimed exactly once.
+            let mut node = unsafe { Box::from_raw(fifo) };
+            fifo = std::mem::replace(&mut node.next, ptr::null_mut());
+            let items = node.items;
+            let batch = &mut node.batch;
+            // A panicking free is reported by the panic hook; the reclaimer
+            // goes on. A quiesce marker (no items) runs the same way.
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| queue::free_here(batch)));
+            if items > 0 {
                 self.outstanding.fetch_sub(items, Release);
+                self.give_back(node);
             }
         }
         true
@@ -232,7 +297,7 @@ impl Reclaimer {
             *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_all();
         });
-        self.push(marker, 0);
+        self.push(Node::boxed(marker, 0));
         let (flag, cv) = &*done;
         let mut seen = flag.lock().unwrap_or_else(|e| e.into_inner());
         while !*seen {
@@ -245,6 +310,7 @@ impl Drop for Reclaimer {
     fn drop(&mut self) {
         // Whatever is still in the inbox is freed, never leaked.
         while self.run_once() {}
+        while self.take_returned().is_some() {}
     }
 }
 
@@ -267,6 +333,7 @@ fn start(index: usize) -> Option<std::sync::Arc<Reclaimer>> {
     std::thread::Builder::new()
         .name(format!("freeq-reclaim-{index}"))
         .spawn(move || {
+            lower_priority();
             if let Some(cores) = core_affinity::get_core_ids() {
                 if let Some(&core) = cores.get(index % cores.len().max(1)) {
                     // Refused pinning is fine: the reclaimer runs unpinned.
@@ -277,6 +344,22 @@ fn start(index: usize) -> Option<std::sync::Arc<Reclaimer>> {
         })
         .ok()?;
     Some(reclaimer)
+}
+
+/// Makes the calling reclaimer thread yield its CPU to any ordinary thread:
+/// it shares a core with the producers it serves, and must not preempt one
+/// inside its next critical section. A reclaimer that gets no CPU time
+/// falls behind, and the backlog bound turns producers back to inline
+/// frees, so nothing grows without bound.
+fn lower_priority() {
+    #[cfg(all(target_os = "linux", not(miri)))]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: (8) `param` is a valid `sched_param` for SCHED_IDLE (which
+        // takes priority 0); pid 0 means the calling thread. Failure is
+        // harmless: the reclaimer then runs at normal priority.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    }
 }
 
 /// The CPU this thread runs on, or a stable per-thread stand-in.
@@ -298,7 +381,7 @@ fn current_cpu() -> usize {
 
 /// Hands `batch` to this CPU's reclaimer; gives it back when the backlog is
 /// past the bound or no reclaimer could be started.
-pub(crate) fn hand_off(batch: Buffer) -> Result<(), Buffer> {
+pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
     let slots = slots();
     let index = current_cpu() % slots.len();
     match slots[index].get_or_init(|| start(index)) {

@@ -146,9 +146,18 @@ impl Local {
             let c = &self.counts;
             c.max_pending.set(c.max_pending.get().max(n as u64));
             if self.policy() == Policy::Offload {
+                let sent_bytes = batch.capacity_bytes();
                 match offload::hand_off(batch) {
-                    Ok(()) => {
+                    Ok(recycled) => {
                         LocalCounts::add(&c.offloaded, n);
+                        match recycled {
+                            Some(buffer) => self.recycle(buffer),
+                            // Allocate now, after the unlock, rather than in
+                            // the next critical section's first push.
+                            // SAFETY: (12) no user code runs.
+                            None => unsafe { self.queue() }
+                                .reserve_bytes(sent_bytes.min(max_retained())),
+                        }
                         continue;
                     }
                     Err(back) => {
@@ -258,18 +267,23 @@ fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
     }
 }
 
-/// Frees `batch` on this thread: appended to the queue, so inside a section
-/// it waits for the section to close, and drained at once otherwise.
-pub(crate) fn free_here(mut batch: Buffer) {
+/// Frees `batch`'s items on this thread: appended to the queue, so inside a
+/// section they wait for the section to close, and drained at once
+/// otherwise. `batch` is left empty, its memory kept for reuse.
+pub(crate) fn free_here(batch: &mut Buffer) {
     let _ = LOCAL.try_with(|l| {
         // SAFETY: (10) `append` moves bytes and runs nothing.
-        unsafe { l.queue() }.append(&mut batch);
+        unsafe { l.queue() }.append(batch);
         if !l.queues_now() {
             l.drain(false);
         }
     });
-    // Whatever is left (this thread's state is gone) is freed by the drop.
-    drop(batch);
+    if !batch.is_empty() {
+        // This thread's state is gone (thread exit): free in place.
+        let mut first = None;
+        batch.run_all(&mut first);
+        item::resume(first);
+    }
 }
 
 /// Sets the calling thread's [`Policy`], overriding the process default
@@ -421,7 +435,7 @@ mod tests {
         set_max_retained(1024);
         enter();
         for i in 0..10_000u64 {
-            push(move || drop(i));
+            push(move || assert!(i < 10_000));
         }
         leave();
         let kept = LOCAL.with(|l| {

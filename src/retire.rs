@@ -48,5 +48,8 @@ pub fn retire<T: Send + 'static>(value: T) {
 /// deferred call.
 pub(crate) fn defer_batch(batch: Buffer) {
     let guard = crossbeam_epoch::pin();
-    guard.defer(move || queue::free_here(batch));
+    guard.defer(move || {
+        let mut batch = batch;
+        queue::free_here(&mut batch);
+    });
 }
