@@ -13,6 +13,8 @@
 //! | hand-written      | pushed to a local `Vec`, cleared after the unlock             |
 //! | freeq std         | `freeq::defer`red under a `freeq::Mutex`; freed after unlock  |
 //! | freeq parking_lot | the same under a `freeq::parking_lot::Mutex`                  |
+//! | freeq offload     | as freeq std, with `Policy::Offload`: freed by a reclaimer    |
+//! |                   | thread instead of the unlocking thread                        |
 //! | crossbeam-epoch   | `guard.defer(..)`ed under the lock; freed when epochs advance |
 //! | defer-drop        | wrapped in `DeferDrop` and dropped under the lock, which      |
 //! |                   | sends them to defer-drop's global thread                      |
@@ -21,13 +23,15 @@
 //! guard is dropped, so work done after the unlock (the hand-written clear,
 //! freeq's drain) is not in it. *Throughput* is critical sections per second
 //! of wall time, where the clock stops only once every replaced record has
-//! been freed: crossbeam-epoch is flushed with repeated `pin().flush()`, and
-//! since defer-drop has no way to wait for its thread, the example polls a
-//! count of freed records until its thread has caught up.
+//! been freed: freeq offload waits in `freeq::quiesce()`, crossbeam-epoch is
+//! flushed with repeated `pin().flush()`, and since defer-drop has no way to
+//! wait for its thread, the example polls a count of freed records until
+//! that thread has caught up.
 //!
 //! ```text
 //! cargo run --release --example lock_hold -- [--threads 1,2] [--seconds 20]
-//!     [--records 8] [--strings 17] [--cache 4096] [--rounds 3] [--svg hold.svg]
+//!     [--records 8] [--strings 17] [--cache 4096] [--rounds 5]
+//!     [--only hand,freeq,...] [--svg hold.svg]
 //! ```
 
 use std::fmt::Write as _;
@@ -128,19 +132,34 @@ enum Strategy {
     HandWritten,
     FreeqStd,
     FreeqParkingLot,
+    FreeqOffload,
     Epoch,
     DeferDrop,
 }
 
 impl Strategy {
-    const ALL: [Strategy; 6] = [
+    const ALL: [Strategy; 7] = [
         Strategy::DropUnderLock,
         Strategy::HandWritten,
         Strategy::FreeqStd,
         Strategy::FreeqParkingLot,
+        Strategy::FreeqOffload,
         Strategy::Epoch,
         Strategy::DeferDrop,
     ];
+
+    /// The name `--only` takes.
+    fn key(self) -> &'static str {
+        match self {
+            Strategy::DropUnderLock => "drop",
+            Strategy::HandWritten => "hand",
+            Strategy::FreeqStd => "freeq",
+            Strategy::FreeqParkingLot => "freeq-pl",
+            Strategy::FreeqOffload => "offload",
+            Strategy::Epoch => "epoch",
+            Strategy::DeferDrop => "defer-drop",
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -148,6 +167,7 @@ impl Strategy {
             Strategy::HandWritten => "hand-written Vec",
             Strategy::FreeqStd => "freeq std",
             Strategy::FreeqParkingLot => "freeq parking_lot",
+            Strategy::FreeqOffload => "freeq offload",
             Strategy::Epoch => "crossbeam-epoch",
             Strategy::DeferDrop => "defer-drop",
         }
@@ -164,7 +184,7 @@ enum Cache {
 impl Cache {
     fn new(strategy: Strategy, records: Vec<Record>) -> Cache {
         match strategy {
-            Strategy::FreeqStd => Cache::Freeq(freeq::Mutex::new(records)),
+            Strategy::FreeqStd | Strategy::FreeqOffload => Cache::Freeq(freeq::Mutex::new(records)),
             Strategy::FreeqParkingLot => {
                 Cache::FreeqParkingLot(freeq::parking_lot::Mutex::new(records))
             }
@@ -204,6 +224,8 @@ fn hand_written(
 }
 
 /// freeq with its `std`-backed mutex: the same pattern, automatically.
+/// Under `Policy::Offload` the unlock hands the deferred records to a
+/// reclaimer thread instead of freeing them here.
 fn freeq_std(cache: &freeq::Mutex<Vec<Record>>, fresh: &mut Fresh) -> Duration {
     let mut cache = cache.lock().unwrap();
     let start = Instant::now();
@@ -271,6 +293,7 @@ struct Config {
     strings: usize,
     cache: usize,
     rounds: usize,
+    strategies: Vec<Strategy>,
     svg: Option<String>,
 }
 
@@ -372,6 +395,9 @@ fn worker(
     seed: u64,
     cfg: &Config,
 ) -> WorkerResult {
+    if strategy == Strategy::FreeqOffload {
+        freeq::set_policy(freeq::Policy::Offload);
+    }
     let mut rng = Rng::new(seed + 1);
     let mut hold = new_histogram();
     let (mut ops, mut retired) = (0, 0);
@@ -394,7 +420,9 @@ fn worker(
         let held = match (strategy, cache) {
             (Strategy::DropUnderLock, Cache::Std(c)) => drop_under_lock(c, &mut fresh),
             (Strategy::HandWritten, Cache::Std(c)) => hand_written(c, &mut fresh, &mut dead),
-            (Strategy::FreeqStd, Cache::Freeq(c)) => freeq_std(c, &mut fresh),
+            (Strategy::FreeqStd | Strategy::FreeqOffload, Cache::Freeq(c)) => {
+                freeq_std(c, &mut fresh)
+            }
             (Strategy::FreeqParkingLot, Cache::FreeqParkingLot(c)) => {
                 freeq_parking_lot(c, &mut fresh)
             }
@@ -414,6 +442,7 @@ fn wait_until_freed(strategy: Strategy, retired: u64) {
     while freed::total() < retired {
         match strategy {
             // Advance the epoch and collect garbage on this thread.
+            Strategy::FreeqOffload => freeq::quiesce(),
             Strategy::Epoch => epoch::pin().flush(),
             // defer-drop offers no flush: wait for its thread to catch up.
             _ => thread::sleep(Duration::from_micros(100)),
@@ -437,6 +466,15 @@ fn timer_floor() -> u64 {
         h.saturating_record(held.as_nanos() as u64);
     }
     h.value_at_quantile(0.5)
+}
+
+/// The 1-minute load average where the OS reports it: other work on the
+/// machine skews every figure, throughput most.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 // ---------------------------------------------------------------------------
@@ -591,7 +629,8 @@ fn parse_args() -> Config {
         records: 8,
         strings: 17,
         cache: 4096,
-        rounds: 3,
+        rounds: 5,
+        strategies: Strategy::ALL.to_vec(),
         svg: None,
     };
     let mut args = std::env::args().skip(1);
@@ -612,6 +651,16 @@ fn parse_args() -> Config {
             "--strings" => cfg.strings = value().parse().unwrap_or_else(|_| usage("bad --strings")),
             "--cache" => cfg.cache = value().parse().unwrap_or_else(|_| usage("bad --cache")),
             "--rounds" => cfg.rounds = value().parse().unwrap_or_else(|_| usage("bad --rounds")),
+            "--only" => {
+                cfg.strategies = value()
+                    .split(',')
+                    .map(|k| {
+                        let k = k.trim();
+                        let known = Strategy::ALL.iter().find(|s| s.key() == k);
+                        *known.unwrap_or_else(|| usage(&format!("unknown strategy {k}")))
+                    })
+                    .collect()
+            }
             "--svg" => cfg.svg = Some(value()),
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -629,13 +678,15 @@ fn usage(problem: &str) -> ! {
     }
     eprintln!(
         "usage: lock_hold [--threads 1,2] [--seconds 20] [--records 8] [--strings 17] \
-         [--cache 4096] [--rounds 3] [--svg FILE]\n\
+         [--cache 4096] [--rounds 5] [--only KEY,..] [--svg FILE]\n\
          \x20 --threads   thread counts to run, one table each\n\
          \x20 --seconds   total time budget for all runs\n\
          \x20 --rounds    turns each strategy takes (in rotating order)\n\
          \x20 --records   records replaced per critical section\n\
          \x20 --strings   heap strings per record\n\
          \x20 --cache     records in the shared cache\n\
+         \x20 --only      strategies to run: drop, hand, freeq, freeq-pl, offload, epoch,\n\
+         \x20             defer-drop (default: all)\n\
          \x20 --svg       also write a bar chart of p50/p99 hold times"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 })
@@ -643,13 +694,14 @@ fn usage(problem: &str) -> ! {
 
 fn main() {
     let cfg = parse_args();
-    let strategies = Strategy::ALL;
+    let strategies = &cfg.strategies;
     let runs = cfg.threads.len() * strategies.len() * cfg.rounds;
     // Each run measures for `slice` after warming up for a fifth of it.
     let slice = Duration::from_secs_f64(cfg.seconds / runs as f64 / 1.2);
     println!(
-        "lock_hold: {} cores; hold times include ~{} ns of timer overhead",
+        "lock_hold: {} cores, load average {}; hold times include ~{} ns of timer overhead",
         thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average(),
         timer_floor()
     );
 
@@ -676,6 +728,7 @@ fn main() {
         "\nreclaim: time after the workers stopped until every replaced record was freed \
          (counted in the ops/s wall time)."
     );
+    println!("load average at the end: {}", load_average());
     if let Some(path) = &cfg.svg {
         std::fs::write(path, svg_chart(&results)).expect("write the SVG file");
         println!("wrote {path}");
