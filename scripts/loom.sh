@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs freeq's loom models. This is the command CI calls; run it locally
+# before changing anything in src/ that sections, drains or locks touch.
+#
+#   scripts/loom.sh                       # every model
+#   scripts/loom.sh -- nested_locks       # models whose name matches
+#   LOOM_MAX_PREEMPTIONS=3 scripts/loom.sh  # a deeper (slower) search
+#
+# `--cfg loom` swaps freeq's atomics and thread-locals for loom's (src/sync.rs).
+# It is seen by every crate in the build, which is why it gets a target
+# directory of its own: a normal build never has to recompile after it.
+# Debug assertions stay on in the release build: freeq's own invariant
+# checks (section depth, empty batches) are part of what the models test.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+export RUSTFLAGS="--cfg loom"
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
+export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
+
+exec cargo test --release --test loom_core --test loom_reclaim --test loom_condvar "$@"
