@@ -73,7 +73,8 @@ impl WaitQueue {
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return !self.withdraw(w) || self.settle(w);
+                        // Timed out, unless a notifier took us meanwhile.
+                        return !self.withdraw(w) && self.settle(w);
                     }
                     park_timeout(deadline - now);
                 }

@@ -118,6 +118,13 @@ impl Local {
         unsafe { self.queue().len() }
     }
 
+    /// Whether a drain would find anything: deferred or retired items.
+    #[inline(always)]
+    fn has_work(&self) -> bool {
+        // SAFETY: (3b) as in (3).
+        self.len() > 0 || unsafe { !self.retired().is_empty() }
+    }
+
     /// Frees queued items until the queue is empty, or, unless `flush`, until
     /// a freed item leaves a section open on this thread. Retired items go
     /// to the epoch as one batch; under `Policy::Offload` each batch goes to
@@ -319,7 +326,7 @@ pub(crate) fn leave() {
         debug_assert!(depth > 0, "freeq: section closed more often than opened");
         let depth = depth.saturating_sub(1);
         l.depth.set(depth);
-        if depth == 0 && !l.draining.get() && l.len() > 0 {
+        if depth == 0 && !l.draining.get() && l.has_work() {
             l.drain(false);
         }
     });
@@ -341,15 +348,14 @@ pub(crate) fn leave() {
 /// ```
 pub fn flush() {
     let _ = LOCAL.try_with(|l| {
-        // SAFETY: (11) a momentary read; no user code runs.
-        let retired = unsafe { l.retired() }.len();
-        if !l.draining.get() && l.len() + retired > 0 {
+        if !l.draining.get() && l.has_work() {
             l.drain(true);
         }
     });
 }
 
-/// Number of items queued on this thread and not yet freed.
+/// Number of items queued on this thread (deferred or retired) and not
+/// yet handed on or freed.
 ///
 /// ```
 /// assert_eq!(freeq::pending(), 0);
@@ -361,7 +367,10 @@ pub fn flush() {
 /// assert_eq!(freeq::pending(), 0);
 /// ```
 pub fn pending() -> usize {
-    LOCAL.try_with(|l| l.len()).unwrap_or(0)
+    // SAFETY: (11) a momentary read; no user code runs.
+    LOCAL
+        .try_with(|l| l.len() + unsafe { l.retired() }.len())
+        .unwrap_or(0)
 }
 
 /// Whether this thread is inside at least one section (a freeq lock guard
