@@ -12,6 +12,9 @@ use crate::queue;
 /// A drain hands all of its retired values to the epoch as **one** deferred
 /// call. Once the epoch lets them go, they are freed like deferred values
 /// on the thread that collects them, after its own sections close.
+/// crossbeam-epoch collects garbage as threads pin; a program that wants
+/// retired values gone at a given point can call
+/// `freeq::epoch::pin().flush()` a few times once its readers have left.
 /// Outside a section the value goes to the epoch at once.
 ///
 /// ```
@@ -45,11 +48,14 @@ pub fn retire<T: Send + 'static>(value: T) {
 }
 
 /// Hands a drained batch of retired items to crossbeam-epoch as one
-/// deferred call.
+/// deferred call, and pushes it on to the global queue at once (with a
+/// collection attempt), so that a thread that retires rarely does not keep
+/// its batch in crossbeam's per-thread bag indefinitely.
 pub(crate) fn defer_batch(batch: Buffer) {
     let guard = crossbeam_epoch::pin();
     guard.defer(move || {
         let mut batch = batch;
         queue::free_here(&mut batch);
     });
+    guard.flush();
 }

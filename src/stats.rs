@@ -60,6 +60,29 @@ pub(crate) struct Slot {
     inline_fallbacks: AtomicU64,
 }
 
+impl Stats {
+    /// The counts accumulated since `earlier` (a snapshot taken before this
+    /// one); `max_pending` stays this snapshot's high-water mark.
+    ///
+    /// ```
+    /// let before = freeq::stats();
+    /// freeq::defer(1u8); // outside a section: freed at once
+    /// let delta = freeq::stats().since(&before);
+    /// assert!(delta.deferred >= 1 && delta.freed >= 1);
+    /// ```
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            deferred: self.deferred.saturating_sub(earlier.deferred),
+            freed: self.freed.saturating_sub(earlier.freed),
+            drains: self.drains.saturating_sub(earlier.drains),
+            max_pending: self.max_pending,
+            offloaded: self.offloaded.saturating_sub(earlier.offloaded),
+            retired: self.retired.saturating_sub(earlier.retired),
+            inline_fallbacks: self.inline_fallbacks.saturating_sub(earlier.inline_fallbacks),
+        }
+    }
+}
+
 static SLOTS: ThreadLocal<Slot> = ThreadLocal::new();
 
 /// Reads the counters of every thread and sums them.
