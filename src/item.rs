@@ -29,14 +29,17 @@ pub(crate) type Panic = Box<dyn Any + Send + 'static>;
 #[repr(C, align(16))]
 struct Slot(MaybeUninit<[u8; SLOT]>);
 
-/// Written in the slot before each payload.
-#[derive(Clone, Copy)]
-struct Header {
+/// What freeq knows about one item type: one `'static` instance per type,
+/// so the header before each payload is a single pointer store.
+struct Meta {
     /// Moves the payload out and runs it.
     run: unsafe fn(*mut u8),
     /// Slots the item occupies, header included.
     slots: usize,
 }
+
+/// Written in the slot before each payload.
+type Header = &'static Meta;
 
 const _: () = assert!(mem::size_of::<Header>() <= SLOT && mem::align_of::<Header>() <= SLOT);
 const _: () = assert!(mem::size_of::<Slot>() == SLOT && mem::align_of::<Slot>() == SLOT);
@@ -60,14 +63,18 @@ const fn payload_slots<F>() -> usize {
 }
 
 /// A FIFO of type-erased `FnOnce()` items in one reusable allocation.
+// `repr(C)` keeps `tail` and `len` apart: adjacent, the compiler merges
+// their updates into one vector read-modify-write, and the next push's
+// scalar read of `tail` then misses store forwarding.
+#[repr(C)]
 pub(crate) struct Buffer {
     ptr: NonNull<Slot>,
+    /// First free slot.
+    tail: usize,
     /// Allocated slots.
     cap: usize,
     /// First slot of the oldest item.
     head: usize,
-    /// First free slot.
-    tail: usize,
     /// Items in `head..tail`.
     len: usize,
 }
@@ -119,7 +126,13 @@ impl Buffer {
     #[inline(always)]
     fn push_inline<F: FnOnce()>(&mut self, f: F) {
         debug_assert!(mem::align_of::<F>() <= SLOT);
-        let slots = 1 + payload_slots::<F>();
+        let meta: Header = const {
+            &Meta {
+                run: run_item::<F>,
+                slots: 1 + payload_slots::<F>(),
+            }
+        };
+        let slots = meta.slots;
         if self.cap - self.tail < slots {
             self.grow(slots);
         }
@@ -131,10 +144,7 @@ impl Buffer {
         // one past the end, which is fine for a zero-sized write.
         unsafe {
             let base = self.ptr.as_ptr().add(self.tail);
-            base.cast::<Header>().write(Header {
-                run: run_item::<F>,
-                slots,
-            });
+            base.cast::<Header>().write(meta);
             base.add(1).cast::<F>().write(f);
         }
         self.tail += slots;

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use crate::item::Buffer;
 use crate::queue;
-use crate::sync::{thread, AtomicBool, AtomicPtr, AtomicUsize, Condvar, Mutex, Ordering::*};
+use crate::sync::{fence, thread, AtomicBool, AtomicPtr, AtomicUsize, Condvar, Mutex, Ordering::*};
 use crate::sync::{Arc, StaticAtomicUsize};
 use crate::FreeQueue;
 
@@ -123,11 +123,19 @@ impl Reclaimer {
     /// the producer's next queue.
     fn try_hand_off(&self, batch: Buffer, bound: usize) -> Result<Option<Buffer>, Buffer> {
         let n = batch.len();
-        let now = self.outstanding.load(Relaxed);
-        if now != 0 && now + n > bound {
-            return Err(batch);
+        let mut now = self.outstanding.load(Relaxed);
+        loop {
+            if now != 0 && now + n > bound {
+                return Err(batch);
+            }
+            match self
+                .outstanding
+                .compare_exchange_weak(now, now + n, Relaxed, Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => now = seen,
+            }
         }
-        self.outstanding.fetch_add(n, Relaxed);
         let (node, recycled) = match self.take_returned() {
             Some(mut node) => {
                 let empty = std::mem::replace(&mut node.batch, batch);
@@ -165,8 +173,9 @@ impl Reclaimer {
 
     fn push(&self, node: Box<Node>) {
         Self::push_on(&self.inbox, node);
-        // Pairs with the store-then-load in `sleep`: either the reclaimer
-        // sees the node, or this load sees it going to sleep.
+        // Pairs with the fence in `sleep`: either the reclaimer sees the
+        // node, or this load sees it going to sleep.
+        fence(SeqCst);
         if self.sleeping.load(SeqCst) && self.sleeping.swap(false, SeqCst) {
             if let Some(t) = self.thread.get() {
                 t.unpark();
@@ -227,6 +236,7 @@ impl Reclaimer {
 
     fn sleep(&self) {
         self.sleeping.store(true, SeqCst);
+        fence(SeqCst);
         if self.inbox.load(SeqCst).is_null() && !self.shutdown.load(SeqCst) {
             thread::park();
         }
@@ -272,6 +282,9 @@ impl Reclaimer {
     /// Asks the loop in [`Reclaimer::run`] to return once the inbox is empty.
     pub fn shutdown(&self) {
         self.shutdown.store(true, SeqCst);
+        // Pairs with the fence in `sleep`, which the reclaimer reaches only
+        // after publishing its thread handle.
+        fence(SeqCst);
         if let Some(t) = self.thread.get() {
             t.unpark();
         }

@@ -39,11 +39,15 @@ pub fn max_retained() -> usize {
     MAX_RETAINED.load(Relaxed)
 }
 
+/// The draining bit of `Local::state`.
+const DRAINING: usize = 1;
+/// One section in `Local::state`.
+const SECTION: usize = 2;
+
 pub(crate) struct Local {
-    /// Open sections on this thread.
-    depth: Cell<usize>,
-    /// A drain (or flush) is running on this thread.
-    draining: Cell<bool>,
+    /// Open sections on this thread times two, plus one while a drain (or
+    /// flush) runs: "queue, don't free" is then the single test `state != 0`.
+    state: Cell<usize>,
     /// Items waiting for the outermost section to close.
     queue: UnsafeCell<Buffer>,
     /// An empty buffer with capacity, swapped in for the queue at drain time.
@@ -63,8 +67,7 @@ freeq_thread_local! {
 impl Local {
     const fn new() -> Self {
         Local {
-            depth: Cell::new(0),
-            draining: Cell::new(false),
+            state: Cell::new(0),
             queue: UnsafeCell::new(Buffer::new()),
             spare: UnsafeCell::new(Buffer::new()),
             retired: UnsafeCell::new(Buffer::new()),
@@ -109,7 +112,22 @@ impl Local {
 
     #[inline(always)]
     fn queues_now(&self) -> bool {
-        self.depth.get() > 0 || self.draining.get()
+        self.state.get() != 0
+    }
+
+    #[inline(always)]
+    fn depth(&self) -> usize {
+        self.state.get() >> 1
+    }
+
+    #[inline(always)]
+    fn draining(&self) -> bool {
+        self.state.get() & DRAINING != 0
+    }
+
+    fn set_draining(&self, on: bool) {
+        let s = self.state.get();
+        self.state.set(if on { s | DRAINING } else { s & !DRAINING });
     }
 
     #[inline(always)]
@@ -132,14 +150,17 @@ impl Local {
     #[cold]
     #[inline(never)]
     fn drain(&self, flush: bool) {
-        self.draining.set(true);
+        self.set_draining(true);
         LocalCounts::add(&self.counts.drains, 1);
         let mut first: Option<Panic> = None;
-        let stop = || !flush && self.depth.get() > 0;
+        let stop = || !flush && self.depth() > 0;
         while !stop() {
             // SAFETY: (4) the borrow ends before anything runs.
             let retired = unsafe { mem::take(self.retired()) };
             if !retired.is_empty() {
+                let r = retired.len();
+                LocalCounts::add(&self.counts.deferred, r);
+                LocalCounts::add(&self.counts.retired, r);
                 // May run epoch garbage, which lands in this queue.
                 epoch::defer_batch(retired);
             }
@@ -151,6 +172,7 @@ impl Local {
             let mut batch = unsafe { mem::replace(self.queue(), mem::take(self.spare())) };
             let n = batch.len();
             let c = &self.counts;
+            LocalCounts::add(&c.deferred, n);
             c.max_pending.set(c.max_pending.get().max(n as u64));
             if self.policy() == Policy::Offload {
                 let sent_bytes = batch.capacity_bytes();
@@ -178,6 +200,8 @@ impl Local {
             if !emptied {
                 // A freed item left a section open: the rest of the batch
                 // waits, oldest first, ahead of anything deferred since.
+                // They are counted again when they are drained.
+                LocalCounts::sub(&c.deferred, batch.len());
                 // SAFETY: (6) as in (5); `append` moves bytes, runs nothing.
                 unsafe {
                     let queue = self.queue();
@@ -187,7 +211,7 @@ impl Local {
             }
             self.recycle(batch);
         }
-        self.draining.set(false);
+        self.set_draining(false);
         self.counts.publish();
         item::resume(first);
     }
@@ -213,14 +237,17 @@ impl Drop for Local {
     /// frees is reported by the panic hook and then discarded, since
     /// unwinding out of a thread-local destructor would abort the process.
     fn drop(&mut self) {
-        self.depth.set(0);
+        self.state.set(0);
         let mut first = None;
         let queue = self.queue.get_mut();
         let n = queue.len();
         queue.run_all(&mut first);
+        LocalCounts::add(&self.counts.deferred, n);
         LocalCounts::add(&self.counts.freed, n);
         let retired = mem::take(self.retired.get_mut());
         if !retired.is_empty() {
+            LocalCounts::add(&self.counts.deferred, retired.len());
+            LocalCounts::add(&self.counts.retired, retired.len());
             let handed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 epoch::defer_batch(retired)
             }));
@@ -254,9 +281,8 @@ fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
     let mut f = Some(f);
     let _ = LOCAL.try_with(|l| {
         if let Some(f) = f.take() {
-            LocalCounts::add(&l.counts.deferred, 1);
+            // Counted (`deferred`, `retired`) when drained, not here.
             if retire {
-                LocalCounts::add(&l.counts.retired, 1);
                 // SAFETY: (8) pushing runs no user code.
                 unsafe { l.retired() }.push(f);
             } else {
@@ -279,6 +305,9 @@ fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
 /// otherwise. `batch` is left empty, its memory kept for reuse.
 pub(crate) fn free_here(batch: &mut Buffer) {
     let _ = LOCAL.try_with(|l| {
+        // Deferred once already, where they came from: the drain that frees
+        // them here counts them only as freed.
+        LocalCounts::sub(&l.counts.deferred, batch.len());
         // SAFETY: (10) `append` moves bytes and runs nothing.
         unsafe { l.queue() }.append(batch);
         if !l.queues_now() {
@@ -315,18 +344,19 @@ pub fn policy() -> Policy {
 /// Opens a section on this thread.
 #[inline]
 pub(crate) fn enter() {
-    let _ = LOCAL.try_with(|l| l.depth.set(l.depth.get() + 1));
+    let _ = LOCAL.try_with(|l| l.state.set(l.state.get() + SECTION));
 }
 
 /// Closes a section; closing the outermost one drains the queue.
 #[inline]
 pub(crate) fn leave() {
     let _ = LOCAL.try_with(|l| {
-        let depth = l.depth.get();
-        debug_assert!(depth > 0, "freeq: section closed more often than opened");
-        let depth = depth.saturating_sub(1);
-        l.depth.set(depth);
-        if depth == 0 && !l.draining.get() && l.has_work() {
+        let state = l.state.get();
+        debug_assert!(state >= SECTION, "freeq: section closed more often than opened");
+        let state = state.saturating_sub(SECTION);
+        l.state.set(state);
+        // Zero: no section left open and no drain running.
+        if state == 0 && l.has_work() {
             l.drain(false);
         }
     });
@@ -348,7 +378,7 @@ pub(crate) fn leave() {
 /// ```
 pub fn flush() {
     let _ = LOCAL.try_with(|l| {
-        if !l.draining.get() && l.has_work() {
+        if !l.draining() && l.has_work() {
             l.drain(true);
         }
     });
@@ -384,7 +414,7 @@ pub fn pending() -> usize {
 /// assert!(!freeq::in_section());
 /// ```
 pub fn in_section() -> bool {
-    LOCAL.try_with(|l| l.depth.get() > 0).unwrap_or(false)
+    LOCAL.try_with(|l| l.depth() > 0).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -128,9 +128,16 @@ impl LocalCounts {
         }
     }
 
+    /// Counts wrap: a `sub` may run before the `add` it cancels, and the
+    /// deltas are published (with wrapping atomics) only once both ran.
     #[inline(always)]
     pub(crate) fn add(cell: &Cell<u64>, n: usize) {
-        cell.set(cell.get() + n as u64);
+        cell.set(cell.get().wrapping_add(n as u64));
+    }
+
+    #[inline(always)]
+    pub(crate) fn sub(cell: &Cell<u64>, n: usize) {
+        cell.set(cell.get().wrapping_sub(n as u64));
     }
 
     /// Moves the counts into this thread's slot.
