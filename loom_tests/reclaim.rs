@@ -236,8 +236,6 @@ fn dropping_a_reclaimer_frees_what_is_left() {
 // Catches a batch lost or freed twice when two producers push onto the
 // inbox while the reclaimer swaps it out and reverses it.
 #[test]
-#[ignore = "bug: lost wake-up in the Reclaimer park handshake as loom checks it; \
-            needs fence(SeqCst) in push, sleep and shutdown (see the module docs)"]
 fn batches_from_two_producers_are_each_freed_once() {
     loom::model(|| {
         let r = Arc::new(Reclaimer::new());
@@ -264,8 +262,6 @@ fn batches_from_two_producers_are_each_freed_once() {
 // Catches quiesce returning before a batch handed off ahead of it is freed
 // (a marker run out of FIFO order, or a wake-up that only the marker gets).
 #[test]
-#[ignore = "bug: lost wake-up in the Reclaimer park handshake as loom checks it; \
-            needs fence(SeqCst) in push, sleep and shutdown (see the module docs)"]
 fn quiesce_waits_for_a_batch_handed_off_before_it() {
     loom::model(|| {
         let r = Arc::new(Reclaimer::new());
@@ -286,8 +282,6 @@ fn quiesce_waits_for_a_batch_handed_off_before_it() {
 
 // Catches the accounting faults above with the real loop doing the frees.
 #[test]
-#[ignore = "bug: lost wake-up in the Reclaimer park handshake as loom checks it; \
-            needs fence(SeqCst) in push, sleep and shutdown (see the module docs)"]
 fn outstanding_counts_each_batch_until_the_loop_frees_it() {
     loom::model(|| {
         let r = Arc::new(Reclaimer::new());
@@ -318,8 +312,6 @@ fn outstanding_counts_each_batch_until_the_loop_frees_it() {
 // Catches a lost wake-up: the reclaimer goes idle and parks, a producer
 // hands off, and nobody unparks it (the model then deadlocks).
 #[test]
-#[ignore = "bug: lost wake-up in the Reclaimer park handshake as loom checks it; \
-            needs fence(SeqCst) in push, sleep and shutdown (see the module docs)"]
 fn a_parked_reclaimer_wakes_for_each_hand_off() {
     loom::model(|| {
         let r = Arc::new(Reclaimer::new());
@@ -346,8 +338,6 @@ fn a_parked_reclaimer_wakes_for_each_hand_off() {
 // Catches a batch handed off while the reclaimer shuts down being leaked:
 // it must be freed by the loop or, failing that, when the reclaimer drops.
 #[test]
-#[ignore = "bug: lost wake-up in the Reclaimer park handshake as loom checks it; \
-            needs fence(SeqCst) in push, sleep and shutdown (see the module docs)"]
 fn a_hand_off_racing_shutdown_is_freed_once() {
     loom::model(|| {
         let r = Arc::new(Reclaimer::new());
