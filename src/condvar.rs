@@ -318,9 +318,10 @@ impl Condvar {
         );
         match released {
             Some(payload) if !std::thread::panicking() => {
-                // Resumed with the lock held again; the guard is released
-                // as the panic unwinds, like any guard.
-                let _held = fresh;
+                // Release the re-acquired lock before resuming, so the
+                // free's panic does not poison the mutex; a panic from that
+                // release's own drain yields to the first one.
+                let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(fresh)));
                 panic::resume_unwind(payload)
             }
             Some(payload) => crate::item::drop_quietly(payload),
