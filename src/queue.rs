@@ -127,7 +127,8 @@ impl Local {
 
     fn set_draining(&self, on: bool) {
         let s = self.state.get();
-        self.state.set(if on { s | DRAINING } else { s & !DRAINING });
+        self.state
+            .set(if on { s | DRAINING } else { s & !DRAINING });
     }
 
     #[inline(always)]
@@ -352,7 +353,10 @@ pub(crate) fn enter() {
 pub(crate) fn leave() {
     let _ = LOCAL.try_with(|l| {
         let state = l.state.get();
-        debug_assert!(state >= SECTION, "freeq: section closed more often than opened");
+        debug_assert!(
+            state >= SECTION,
+            "freeq: section closed more often than opened"
+        );
         let state = state.saturating_sub(SECTION);
         l.state.set(state);
         // Zero: no section left open and no drain running.

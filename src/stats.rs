@@ -78,7 +78,9 @@ impl Stats {
             max_pending: self.max_pending,
             offloaded: self.offloaded.saturating_sub(earlier.offloaded),
             retired: self.retired.saturating_sub(earlier.retired),
-            inline_fallbacks: self.inline_fallbacks.saturating_sub(earlier.inline_fallbacks),
+            inline_fallbacks: self
+                .inline_fallbacks
+                .saturating_sub(earlier.inline_fallbacks),
         }
     }
 }
