@@ -540,70 +540,64 @@ fn print_table(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
 /// A horizontal bar chart of p50 and p99 hold times, log scale, one panel
 /// per thread count.
 fn svg_chart(results: &[(usize, Vec<Outcome>)]) -> String {
-    const LEFT: f64 = 170.0;
+    const LEFT: f64 = 170.0; // bars start here; strategy names go to the left
     const WIDTH: f64 = 600.0;
     const ROW: f64 = 34.0;
-    let all = results.iter().flat_map(|(_, o)| o);
-    let lo = all
-        .clone()
-        .map(|o| o.hold.value_at_quantile(0.5))
-        .min()
-        .unwrap_or(1)
-        .max(1);
-    let hi = all
-        .map(|o| o.hold.value_at_quantile(0.99))
-        .max()
-        .unwrap_or(10)
-        .max(lo + 1);
+    const BLUE: &str = "#4878d0";
+    const ORANGE: &str = "#ee854a";
+    let quantile = |o: &Outcome, q: f64| o.hold.value_at_quantile(q).max(1);
+    let all = || results.iter().flat_map(|(_, o)| o);
+    let lo = all().map(|o| quantile(o, 0.5)).min().unwrap_or(1);
+    let hi = all().map(|o| quantile(o, 0.99)).max().unwrap_or(10);
+    // Whole decades, at least one.
     let (d0, d1) = ((lo as f64).log10().floor(), (hi as f64).log10().ceil());
-    let x = |ns: u64| LEFT + WIDTH * (((ns.max(1) as f64).log10() - d0) / (d1 - d0)).max(0.0);
+    let d1 = d1.max(d0 + 1.0);
+    let x = |ns: u64| LEFT + WIDTH * (((ns as f64).log10() - d0) / (d1 - d0)).max(0.0);
 
-    let mut body = String::new();
-    let mut y = 40.0;
+    let mut svg = String::new();
+    let mut y = 30.0;
     for (threads, outcomes) in results {
-        let top = y;
         let _ = writeln!(
-            body,
-            r#"<text x="10" y="{y}" font-weight="bold">{threads} thread(s): lock hold time per critical section (log scale)</text>"#
+            svg,
+            r#"<text x="10" y="{y}" font-weight="bold">{threads} thread(s): lock hold time per critical section, log scale</text>"#
         );
-        y += 14.0;
-        for o in outcomes {
-            let (p50, p99) = (
-                o.hold.value_at_quantile(0.5),
-                o.hold.value_at_quantile(0.99),
-            );
-            let _ = writeln!(
-                body,
-                r##"<text x="10" y="{ty}">{name}</text>
-<rect x="{LEFT}" y="{y}" width="{w50:.1}" height="12" fill="#4878d0"/><text x="{l50:.1}" y="{t50}" font-size="11">{v50}</text>
-<rect x="{LEFT}" y="{y2}" width="{w99:.1}" height="12" fill="#ee854a"/><text x="{l99:.1}" y="{t99}" font-size="11">{v99}</text>"##,
-                ty = y + 18.0,
-                name = o.strategy.name(),
-                w50 = x(p50) - LEFT,
-                l50 = x(p50) + 4.0,
-                t50 = y + 10.0,
-                v50 = fmt_ns(p50 as f64),
-                y2 = y + 13.0,
-                w99 = x(p99) - LEFT,
-                l99 = x(p99) + 4.0,
-                t99 = y + 23.0,
-                v99 = fmt_ns(p99 as f64),
-            );
-            y += ROW;
-        }
+        let top = y + 10.0;
+        let bottom = top + ROW * outcomes.len() as f64;
         for d in d0 as i32..=d1 as i32 {
             let gx = x(10u64.pow(d as u32));
             let _ = writeln!(
-                body,
-                r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{y}" stroke="#bbb" stroke-dasharray="3,3"/><text x="{gx:.1}" y="{ly}" font-size="11" text-anchor="middle">{label}</text>"##,
-                ly = y + 12.0,
-                label = fmt_ns(10f64.powi(d)),
+                svg,
+                r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{bottom}" stroke="#ccc"/><text x="{gx:.1}" y="{ty}" font-size="11" text-anchor="middle">{label}</text>"##,
+                ty = bottom + 13.0,
+                label = fmt_ns(10f64.powi(d)).replace(".00", ""),
             );
         }
-        y += 40.0;
+        for (row, o) in outcomes.iter().enumerate() {
+            let ry = top + ROW * row as f64 + 4.0;
+            let _ = writeln!(
+                svg,
+                r#"<text x="10" y="{ty}">{name}</text>"#,
+                ty = ry + 17.0,
+                name = o.strategy.name()
+            );
+            for (i, (q, colour)) in [(0.5, BLUE), (0.99, ORANGE)].into_iter().enumerate() {
+                let ns = quantile(o, q);
+                let by = ry + 13.0 * i as f64;
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{LEFT}" y="{by}" width="{w:.1}" height="12" fill="{colour}"/><text x="{tx:.1}" y="{ty}" font-size="11">{v}</text>"#,
+                    w = x(ns) - LEFT,
+                    tx = x(ns) + 4.0,
+                    ty = by + 10.0,
+                    v = fmt_ns(ns as f64),
+                );
+            }
+        }
+        y = bottom + 45.0;
     }
-    let legend = format!(
-        r##"<rect x="{LEFT}" y="{y}" width="12" height="12" fill="#4878d0"/><text x="{a}" y="{t}">p50</text><rect x="{b}" y="{y}" width="12" height="12" fill="#ee854a"/><text x="{c}" y="{t}">p99</text>"##,
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{LEFT}" y="{y}" width="12" height="12" fill="{BLUE}"/><text x="{a}" y="{t}">p50</text><rect x="{b}" y="{y}" width="12" height="12" fill="{ORANGE}"/><text x="{c}" y="{t}">p99</text>"#,
         a = LEFT + 16.0,
         b = LEFT + 70.0,
         c = LEFT + 86.0,
@@ -612,8 +606,7 @@ fn svg_chart(results: &[(usize, Vec<Outcome>)]) -> String {
     format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13">
 <rect width="100%" height="100%" fill="white"/>
-{body}{legend}
-</svg>
+{svg}</svg>
 "#,
         w = LEFT + WIDTH + 90.0,
         h = y + 30.0,
