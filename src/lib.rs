@@ -84,3 +84,8 @@ pub use crossbeam_epoch as epoch;
 
 #[doc(hidden)]
 pub use offload::Reclaimer as __Reclaimer;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

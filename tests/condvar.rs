@@ -466,9 +466,11 @@ impl DrainBeforeBlock {
 
     /// The notifier's half: wait for the free, then `notify`.
     fn notifier(&self, notify: impl FnOnce() + Send + 'static) -> thread::JoinHandle<bool> {
-        let (rec, events) = (self.rec.clone(), self.events.clone());
+        let events = self.events.clone();
         thread::spawn(move || {
-            let seen = eventually(|| rec.freed() == 1);
+            // The probe records "freed" last in its drop, so this also waits
+            // for the free to finish.
+            let seen = eventually(|| events.get().contains(&"freed"));
             events.push("notify");
             notify();
             seen
