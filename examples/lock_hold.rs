@@ -312,6 +312,8 @@ struct Outcome {
     elapsed: Duration,
     /// The part of `elapsed` after the workers stopped, waiting for frees.
     reclaim_wait: Duration,
+    /// What freeq's own counters saw during the run.
+    freeq: freeq::Stats,
 }
 
 impl Outcome {
@@ -325,6 +327,9 @@ impl Outcome {
         self.ops += other.ops;
         self.elapsed += other.elapsed;
         self.reclaim_wait += other.reclaim_wait;
+        self.freeq.deferred += other.freeq.deferred;
+        self.freeq.offloaded += other.freeq.offloaded;
+        self.freeq.inline_fallbacks += other.freeq.inline_fallbacks;
     }
 }
 
@@ -337,6 +342,7 @@ fn run(strategy: Strategy, threads: usize, slice: Duration, cfg: &Config) -> Out
     let phase = AtomicU8::new(WARM_UP);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     freed::reset();
+    let stats_before = freeq::stats();
 
     let (start, results) = thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -377,6 +383,7 @@ fn run(strategy: Strategy, threads: usize, slice: Duration, cfg: &Config) -> Out
         ops: results.iter().map(|r| r.ops).sum(),
         elapsed,
         reclaim_wait,
+        freeq: freeq::stats().since(&stats_before),
     }
 }
 
@@ -533,6 +540,17 @@ fn print_table(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
             fmt_rate(o.ops_per_sec()),
             ratio(base_ops, &|b| o.ops_per_sec() / b),
             format!("{:.0} ms", o.reclaim_wait.as_secs_f64() * 1e3),
+        );
+    }
+    if let Some(o) = outcomes
+        .iter()
+        .find(|o| o.strategy == Strategy::FreeqOffload)
+    {
+        println!(
+            "freeq offload: {:.0}% of the deferred records went to a reclaimer; {} batches were \
+             freed inline because the reclaimers were behind",
+            100.0 * o.freeq.offloaded as f64 / o.freeq.deferred.max(1) as f64,
+            o.freeq.inline_fallbacks,
         );
     }
 }
