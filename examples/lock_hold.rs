@@ -29,7 +29,7 @@
 //! that thread has caught up.
 //!
 //! ```text
-//! cargo run --release --example lock_hold -- [--threads 1,2] [--seconds 20]
+//! cargo run --release --example lock_hold -- [--threads 1,2] [--seconds 16]
 //!     [--records 8] [--strings 17] [--cache 4096] [--rounds 5]
 //!     [--only hand,freeq,...] [--svg hold.svg]
 //! ```
@@ -636,7 +636,7 @@ fn svg_chart(results: &[(usize, Vec<Outcome>)]) -> String {
 fn parse_args() -> Config {
     let mut cfg = Config {
         threads: vec![1, 2],
-        seconds: 20.0,
+        seconds: 16.0,
         records: 8,
         strings: 17,
         cache: 4096,
@@ -688,10 +688,10 @@ fn usage(problem: &str) -> ! {
         eprintln!("error: {problem}");
     }
     eprintln!(
-        "usage: lock_hold [--threads 1,2] [--seconds 20] [--records 8] [--strings 17] \
+        "usage: lock_hold [--threads 1,2] [--seconds 16] [--records 8] [--strings 17] \
          [--cache 4096] [--rounds 5] [--only KEY,..] [--svg FILE]\n\
          \x20 --threads   thread counts to run, one table each\n\
-         \x20 --seconds   total time budget for all runs\n\
+         \x20 --seconds   time for all runs, warm-ups included (waits for frees come on top)\n\
          \x20 --rounds    turns each strategy takes (in rotating order)\n\
          \x20 --records   records replaced per critical section\n\
          \x20 --strings   heap strings per record\n\
