@@ -156,9 +156,9 @@ impl Local {
         let mut first: Option<Panic> = None;
         let stop = || !flush && self.depth() > 0;
         while !stop() {
-            // SAFETY: (4) the borrow ends before anything runs.
-            let retired = unsafe { mem::take(self.retired()) };
-            if !retired.is_empty() {
+            // SAFETY: (4) the borrows end before anything runs.
+            if unsafe { !self.retired().is_empty() } {
+                let retired = unsafe { mem::take(self.retired()) };
                 let r = retired.len();
                 LocalCounts::add(&self.counts.deferred, r);
                 LocalCounts::add(&self.counts.retired, r);
@@ -256,7 +256,7 @@ impl Drop for Local {
                 item::keep_first(&mut first, payload);
             }
         }
-        self.counts.publish();
+        self.counts.publish_at_exit();
         if let Some(payload) = first {
             item::drop_quietly(payload);
         }
@@ -279,25 +279,27 @@ pub(crate) fn retire<F: FnOnce() + Send + 'static>(f: F) {
 
 #[inline(always)]
 fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
-    let mut f = Some(f);
-    let _ = LOCAL.try_with(|l| {
-        if let Some(f) = f.take() {
-            // Counted (`deferred`, `retired`) when drained, not here.
-            if retire {
-                // SAFETY: (8) pushing runs no user code.
-                unsafe { l.retired() }.push(f);
-            } else {
-                // SAFETY: (9) as in (8).
-                unsafe { l.queue() }.push(f);
-            }
-            if !l.queues_now() {
-                l.drain(false);
-            }
-        }
-    });
-    if let Some(f) = f {
+    // The state is reached through a pointer rather than inside `try_with`'s
+    // closure: moving `f` into the closure and back out (for the case where
+    // the state is gone) costs a store-forwarding stall per item.
+    let Ok(local) = LOCAL.try_with(|l| l as *const Local) else {
         // This thread's state is gone (thread exit): free in place.
-        f();
+        return f();
+    };
+    // SAFETY: (8) a thread's `Local` lives until its thread-local destructor
+    // runs, which cannot start while this thread is in this call; the
+    // reference is used only here.
+    let l = unsafe { &*local };
+    // Counted (`deferred`, `retired`) when drained, not here.
+    if retire {
+        // SAFETY: (9) pushing runs no user code.
+        unsafe { l.retired() }.push(f);
+    } else {
+        // SAFETY: (9b) as in (9).
+        unsafe { l.queue() }.push(f);
+    }
+    if !l.queues_now() {
+        l.drain(false);
     }
 }
 

@@ -60,6 +60,20 @@ pub(crate) struct Slot {
     inline_fallbacks: AtomicU64,
 }
 
+impl Slot {
+    const fn new() -> Self {
+        Slot {
+            deferred: AtomicU64::new(0),
+            freed: AtomicU64::new(0),
+            drains: AtomicU64::new(0),
+            max_pending: AtomicU64::new(0),
+            offloaded: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+            inline_fallbacks: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Stats {
     /// The counts accumulated since `earlier` (a snapshot taken before this
     /// one); `max_pending` stays this snapshot's high-water mark.
@@ -87,10 +101,13 @@ impl Stats {
 
 static SLOTS: ThreadLocal<Slot> = ThreadLocal::new();
 
+/// Counts published by threads as they exited.
+static EXITED: Slot = Slot::new();
+
 /// Reads the counters of every thread and sums them.
 pub fn stats() -> Stats {
     let mut s = Stats::default();
-    for slot in SLOTS.iter() {
+    for slot in SLOTS.iter().chain([&EXITED]) {
         s.deferred += slot.deferred.load(Relaxed);
         s.freed += slot.freed.load(Relaxed);
         s.drains += slot.drains.load(Relaxed);
@@ -142,7 +159,9 @@ impl LocalCounts {
         cell.set(cell.get().wrapping_sub(n as u64));
     }
 
-    /// Moves the counts into this thread's slot.
+    /// Moves the counts into this thread's slot. While the thread lives,
+    /// only it writes its slot, so plain loads and stores do (no
+    /// read-modify-write on the drain path).
     pub(crate) fn publish(&self) {
         let slot = match self.slot.get() {
             Some(slot) => slot,
@@ -156,10 +175,23 @@ impl LocalCounts {
                 slot
             }
         };
+        self.move_into(slot, |to, n| to.store(to.load(Relaxed).wrapping_add(n), Relaxed));
+    }
+
+    /// The last publish, at thread exit. By then the slot may already be
+    /// handed to a new thread, so the counts go to the shared total for
+    /// exited threads instead, with atomic adds.
+    pub(crate) fn publish_at_exit(&self) {
+        self.move_into(&EXITED, |to, n| {
+            to.fetch_add(n, Relaxed);
+        });
+    }
+
+    fn move_into(&self, slot: &Slot, add: impl Fn(&AtomicU64, u64)) {
         let flush = |cell: &Cell<u64>, to: &AtomicU64| {
             let n = cell.replace(0);
             if n != 0 {
-                to.fetch_add(n, Relaxed);
+                add(to, n);
             }
         };
         flush(&self.deferred, &slot.deferred);
