@@ -9,12 +9,12 @@
 //! closures are boxed first. Items run oldest first.
 
 use std::alloc::{self, Layout};
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::mem::{self, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 
-use crate::sync::{scaled, thread};
+use crate::sync::{scaled, thread, Cell};
 
 /// Size and alignment of one slot.
 pub(crate) const SLOT: usize = 16;
@@ -32,10 +32,12 @@ struct Slot(MaybeUninit<[u8; SLOT]>);
 /// What freeq knows about one item type: one `'static` instance per type,
 /// so the header before each payload is a single pointer store.
 struct Meta {
-    /// Moves the payload out and runs it.
-    run: unsafe fn(*mut u8),
+    /// Runs the front item and the items of the same type right behind it.
+    run: unsafe fn(&mut Buffer, Option<Watch<'_>>) -> bool,
     /// Slots the item occupies, header included.
     slots: usize,
+    /// Tells a run of same-typed items where it ends.
+    type_id: TypeId,
 }
 
 /// Written in the slot before each payload.
@@ -44,17 +46,62 @@ type Header = &'static Meta;
 const _: () = assert!(mem::size_of::<Header>() <= SLOT && mem::align_of::<Header>() <= SLOT);
 const _: () = assert!(mem::size_of::<Slot>() == SLOT && mem::align_of::<Slot>() == SLOT);
 
-/// Moves an `F` out of `payload` and calls it.
+/// Stops a drain between two items: once `cell` holds at least `limit`
+/// (the owning thread has re-entered a section), the rest waits.
+#[derive(Clone, Copy)]
+pub(crate) struct Watch<'a> {
+    pub(crate) cell: &'a Cell<usize>,
+    pub(crate) limit: usize,
+}
+
+impl Watch<'_> {
+    #[inline(always)]
+    fn hit(watch: Option<Watch<'_>>) -> bool {
+        watch.is_some_and(|w| w.cell.get() >= w.limit)
+    }
+}
+
+/// Runs the front item, an `F`, then every `F` directly behind it, in one
+/// monomorphic loop (a batch of one type pays one indirect call, not one
+/// per item). Each item counts as taken before it runs, so one that panics
+/// is not run again. Returns `false` if `watch` stopped the run.
 ///
 /// # Safety
-/// `payload` must point to a valid `F`, written by [`Buffer::push_inline`]
-/// and not read since; afterwards the memory is logically uninitialised.
-unsafe fn run_item<F: FnOnce()>(payload: *mut u8) {
-    // SAFETY: (1) the caller guarantees a valid, unread `F` lives at
-    // `payload`, 16-aligned because `push_inline` only stores types with
-    // alignment <= SLOT at a slot boundary. Reading it moves it out exactly once.
-    let f = unsafe { payload.cast::<F>().read() };
-    f()
+/// The front item of `buf` must be an `F` written by
+/// [`Buffer::push_inline`].
+unsafe fn run_items<F: FnOnce() + 'static>(buf: &mut Buffer, watch: Option<Watch<'_>>) -> bool {
+    let slots = 1 + payload_slots::<F>();
+    loop {
+        // SAFETY: (1) the front item is an `F` (the caller's promise on the
+        // first pass, the type check below on later ones); its payload
+        // follows its header slot, 16-aligned because `push_inline` only
+        // stores types with alignment <= SLOT at a slot boundary. Moving
+        // `head` past it before reading means it is read exactly once.
+        let f = unsafe {
+            let payload = buf.ptr.as_ptr().add(buf.head + 1).cast::<F>();
+            buf.head += slots;
+            buf.len -= 1;
+            payload.read()
+        };
+        let more = buf.len != 0;
+        if !more {
+            buf.head = 0;
+            buf.tail = 0;
+        }
+        f();
+        if Watch::hit(watch) {
+            return false;
+        }
+        if !more {
+            return true;
+        }
+        // SAFETY: (2) `len > 0`, so a header written by `push_inline` sits at
+        // `head`; `f` could not touch `buf`, which is borrowed here.
+        let next: Header = unsafe { buf.ptr.as_ptr().add(buf.head).cast::<Header>().read() };
+        if next.type_id != TypeId::of::<F>() {
+            return true;
+        }
+    }
 }
 
 /// Number of payload slots an `F` needs.
@@ -112,9 +159,9 @@ impl Buffer {
         self.cap * SLOT
     }
 
-    /// Appends `f`; it runs when its turn comes in [`Buffer::run_front`].
+    /// Appends `f`; it runs when its turn comes in a drain.
     #[inline]
-    pub(crate) fn push<F: FnOnce() + Send>(&mut self, f: F) {
+    pub(crate) fn push<F: FnOnce() + Send + 'static>(&mut self, f: F) {
         if mem::size_of::<F>() > MAX_INLINE || mem::align_of::<F>() > SLOT {
             let boxed = Box::new(f);
             self.push_inline(boxed);
@@ -124,12 +171,13 @@ impl Buffer {
     }
 
     #[inline(always)]
-    fn push_inline<F: FnOnce()>(&mut self, f: F) {
+    fn push_inline<F: FnOnce() + 'static>(&mut self, f: F) {
         debug_assert!(mem::align_of::<F>() <= SLOT);
         let meta: Header = const {
             &Meta {
-                run: run_item::<F>,
+                run: run_items::<F>,
                 slots: 1 + payload_slots::<F>(),
+                type_id: TypeId::of::<F>(),
             }
         };
         let slots = meta.slots;
@@ -213,45 +261,21 @@ impl Buffer {
         }
     }
 
-    /// Runs the oldest item, if any. The item counts as taken before it runs,
-    /// so if it panics it is not run again.
-    #[inline]
-    pub(crate) fn run_front(&mut self) -> bool {
-        if self.len == 0 {
-            return false;
-        }
-        // SAFETY: (8) `len > 0`, so a header written by `push_inline` sits at
-        // `head`, and the payload it describes follows it.
-        let (header, payload) = unsafe {
-            let base = self.ptr.as_ptr().add(self.head);
-            (base.cast::<Header>().read(), base.add(1).cast::<u8>())
-        };
-        self.head += header.slots;
-        self.len -= 1;
-        if self.len == 0 {
-            self.head = 0;
-            self.tail = 0;
-        }
-        // SAFETY: (9) `header.run` is `run_item::<F>` for the `F` stored at
-        // `payload`, which has not been read (head only moves forward, past
-        // it, just above). Nothing can write into this buffer before
-        // `run_item` has moved the payload out, since that is its first step.
-        unsafe { (header.run)(payload) };
-        true
-    }
-
     /// Runs items oldest first until the buffer is empty (returns `true`) or
-    /// `stop` answers `true` after an item (returns `false`). A panicking item
+    /// `watch` fires after an item (returns `false`). A panicking item
     /// counts as run; the first panic is kept in `first`, later ones dropped.
-    pub(crate) fn run_until(
-        &mut self,
-        first: &mut Option<Panic>,
-        mut stop: impl FnMut() -> bool,
-    ) -> bool {
+    pub(crate) fn run_until(&mut self, first: &mut Option<Panic>, watch: Option<Watch<'_>>) -> bool {
         loop {
             let run = panic::catch_unwind(AssertUnwindSafe(|| {
-                while self.run_front() {
-                    if stop() {
+                while self.len != 0 {
+                    // SAFETY: (8) `len > 0`, so a header written by
+                    // `push_inline` sits at `head`, and `run` is the
+                    // `run_items` of the type stored behind it.
+                    let stopped = unsafe {
+                        let header: Header = self.ptr.as_ptr().add(self.head).cast::<Header>().read();
+                        !(header.run)(self, watch)
+                    };
+                    if stopped {
                         return false;
                     }
                 }
@@ -264,7 +288,7 @@ impl Buffer {
                     if self.is_empty() {
                         return true;
                     }
-                    if stop() {
+                    if Watch::hit(watch) {
                         return false;
                     }
                 }
@@ -274,7 +298,7 @@ impl Buffer {
 
     /// Runs every item; panics as in [`Buffer::run_until`].
     pub(crate) fn run_all(&mut self, first: &mut Option<Panic>) {
-        self.run_until(first, || false);
+        self.run_until(first, None);
     }
 
     /// Moves all of `other`'s items after this buffer's, keeping their order.
@@ -444,28 +468,38 @@ mod tests {
             });
         }
         let mut first = None;
-        assert!(b.run_until(&mut first, || false));
+        assert!(b.run_until(&mut first, None));
         assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 3, 4]);
         let msg = first.unwrap().downcast::<String>().unwrap();
         assert_eq!(*msg, "item 1");
     }
 
+    std::thread_local! {
+        static RAN: Cell<usize> = const { Cell::new(0) };
+    }
+
     #[test]
-    fn stop_keeps_the_rest_and_append_preserves_order() {
+    fn watch_keeps_the_rest_and_append_preserves_order() {
         let seen = log();
         let mut a = Buffer::new();
         let mut b = Buffer::new();
         for i in 0..4u32 {
             let s = seen.clone();
-            a.push(move || s.lock().unwrap().push(i));
+            a.push(move || {
+                RAN.with(|r| r.set(r.get() + 1));
+                s.lock().unwrap().push(i)
+            });
             let s = seen.clone();
             b.push(move || s.lock().unwrap().push(10 + i));
         }
-        let mut n = 0;
-        assert!(!a.run_until(&mut None, || {
-            n += 1;
-            n == 2
-        }));
+        RAN.with(|ran| {
+            ran.set(0);
+            let watch = Watch {
+                cell: ran,
+                limit: 2,
+            };
+            assert!(!a.run_until(&mut None, Some(watch)));
+        });
         assert_eq!(a.len(), 2);
         a.append(&mut b);
         assert!(b.is_empty());
@@ -475,21 +509,47 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_one_type_and_mixed_types_keep_fifo_order() {
+        let seen = log();
+        let mut b = Buffer::new();
+        for i in 0..12u32 {
+            let s = seen.clone();
+            if i % 4 == 3 {
+                let pad = [i as u64; 5];
+                b.push(move || s.lock().unwrap().push(pad[0] as u32));
+            } else {
+                b.push(move || s.lock().unwrap().push(i));
+            }
+        }
+        b.run_all(&mut None);
+        assert_eq!(*seen.lock().unwrap(), (0..12).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn compaction_and_trim() {
         let mut b = Buffer::new();
         for _ in 0..MIN_SLOTS / 2 {
             b.push(|| {});
         }
         let cap = b.capacity_bytes();
-        let mut k = 0;
-        b.run_until(&mut None, || {
-            k += 1;
-            k == MIN_SLOTS / 4
+        RAN.with(|ran| {
+            ran.set(0);
+            let mut c = Buffer::new();
+            for _ in 0..MIN_SLOTS / 4 {
+                c.push(|| RAN.with(|r| r.set(r.get() + 1)));
+            }
+            c.append(&mut b);
+            let watch = Watch {
+                cell: ran,
+                limit: MIN_SLOTS / 4,
+            };
+            assert!(!c.run_until(&mut None, Some(watch)));
+            b = c;
         });
         for _ in 0..MIN_SLOTS / 4 {
             b.push(|| {});
         }
-        assert_eq!(b.capacity_bytes(), cap);
+        assert!(b.capacity_bytes() >= cap);
         b.run_all(&mut None);
         b.trim(0);
         assert_eq!(b.capacity_bytes(), 0);

@@ -9,7 +9,7 @@
 
 use std::mem;
 
-use crate::item::{self, Buffer, Panic};
+use crate::item::{self, Buffer, Panic, Watch};
 use crate::policy::{default_policy, Policy};
 use crate::stats::LocalCounts;
 use crate::sync::{freeq_thread_local, Cell, StaticAtomicUsize, UnsafeCell};
@@ -155,6 +155,11 @@ impl Local {
         LocalCounts::add(&self.counts.drains, 1);
         let mut first: Option<Panic> = None;
         let stop = || !flush && self.depth() > 0;
+        // Inside the batch, the same test as `stop`, without a call per item.
+        let watch = (!flush).then_some(Watch {
+            cell: &self.state,
+            limit: SECTION,
+        });
         while !stop() {
             // SAFETY: (4) the borrows end before anything runs.
             if unsafe { !self.retired().is_empty() } {
@@ -196,7 +201,7 @@ impl Local {
                     }
                 }
             }
-            let emptied = batch.run_until(&mut first, stop);
+            let emptied = batch.run_until(&mut first, watch);
             LocalCounts::add(&c.freed, n - batch.len());
             if !emptied {
                 // A freed item left a section open: the rest of the batch
