@@ -264,7 +264,11 @@ impl Buffer {
     /// Runs items oldest first until the buffer is empty (returns `true`) or
     /// `watch` fires after an item (returns `false`). A panicking item
     /// counts as run; the first panic is kept in `first`, later ones dropped.
-    pub(crate) fn run_until(&mut self, first: &mut Option<Panic>, watch: Option<Watch<'_>>) -> bool {
+    pub(crate) fn run_until(
+        &mut self,
+        first: &mut Option<Panic>,
+        watch: Option<Watch<'_>>,
+    ) -> bool {
         loop {
             let run = panic::catch_unwind(AssertUnwindSafe(|| {
                 while self.len != 0 {
@@ -272,7 +276,8 @@ impl Buffer {
                     // `push_inline` sits at `head`, and `run` is the
                     // `run_items` of the type stored behind it.
                     let stopped = unsafe {
-                        let header: Header = self.ptr.as_ptr().add(self.head).cast::<Header>().read();
+                        let header: Header =
+                            self.ptr.as_ptr().add(self.head).cast::<Header>().read();
                         !(header.run)(self, watch)
                     };
                     if stopped {

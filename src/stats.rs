@@ -175,7 +175,9 @@ impl LocalCounts {
                 slot
             }
         };
-        self.move_into(slot, |to, n| to.store(to.load(Relaxed).wrapping_add(n), Relaxed));
+        self.move_into(slot, |to, n| {
+            to.store(to.load(Relaxed).wrapping_add(n), Relaxed)
+        });
     }
 
     /// The last publish, at thread exit. By then the slot may already be

@@ -244,6 +244,7 @@ impl PinnedReader {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn offload_frees_on_a_reclaimer_thread() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -273,6 +274,7 @@ fn offload_frees_on_a_reclaimer_thread() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn offload_outside_a_section_frees_on_a_reclaimer_thread() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -284,6 +286,7 @@ fn offload_outside_a_section_frees_on_a_reclaimer_thread() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn offloaded_frees_that_defer_more_are_all_freed_on_the_reclaimer() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -310,6 +313,7 @@ fn offloaded_frees_that_defer_more_are_all_freed_on_the_reclaimer() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn quiesce_waits_for_everything_handed_off_before_it() {
     const PRODUCERS: usize = 4;
     const SECTIONS: usize = 200;
@@ -379,6 +383,7 @@ fn quiesce_without_offloading_returns_at_once() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn backpressure_frees_inline_past_the_bound() {
     const BOUND: usize = 4;
     const BATCH: usize = 2;
@@ -478,6 +483,7 @@ fn backpressure_frees_inline_past_the_bound() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn an_idle_reclaimer_accepts_a_batch_larger_than_the_bound() {
     let _serial = serial();
     let _restore = RestoreDefaults;
@@ -501,6 +507,7 @@ fn an_idle_reclaimer_accepts_a_batch_larger_than_the_bound() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn a_panicking_free_does_not_stop_the_reclaimer() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -705,6 +712,7 @@ fn retire_under_offload() {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn default_policy_applies_to_threads_without_their_own() {
     let _serial = serial();
     let _restore = RestoreDefaults;
@@ -755,6 +763,7 @@ fn default_policy_applies_to_threads_without_their_own() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
 fn set_policy_is_per_thread() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
