@@ -163,6 +163,7 @@ impl Local {
         while !stop() {
             // SAFETY: (4) the borrows end before anything runs.
             if unsafe { !self.retired().is_empty() } {
+                // SAFETY: (4b) as in (4).
                 let retired = unsafe { mem::take(self.retired()) };
                 let r = retired.len();
                 LocalCounts::add(&self.counts.deferred, r);

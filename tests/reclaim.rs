@@ -244,7 +244,10 @@ impl PinnedReader {
 // ---------------------------------------------------------------------------
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn offload_frees_on_a_reclaimer_thread() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -274,7 +277,10 @@ fn offload_frees_on_a_reclaimer_thread() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn offload_outside_a_section_frees_on_a_reclaimer_thread() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -286,7 +292,10 @@ fn offload_outside_a_section_frees_on_a_reclaimer_thread() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn offloaded_frees_that_defer_more_are_all_freed_on_the_reclaimer() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -313,7 +322,10 @@ fn offloaded_frees_that_defer_more_are_all_freed_on_the_reclaimer() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn quiesce_waits_for_everything_handed_off_before_it() {
     const PRODUCERS: usize = 4;
     const SECTIONS: usize = 200;
@@ -383,7 +395,10 @@ fn quiesce_without_offloading_returns_at_once() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn backpressure_frees_inline_past_the_bound() {
     const BOUND: usize = 4;
     const BATCH: usize = 2;
@@ -483,7 +498,10 @@ fn backpressure_frees_inline_past_the_bound() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn an_idle_reclaimer_accepts_a_batch_larger_than_the_bound() {
     let _serial = serial();
     let _restore = RestoreDefaults;
@@ -507,7 +525,10 @@ fn an_idle_reclaimer_accepts_a_batch_larger_than_the_bound() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn a_panicking_free_does_not_stop_the_reclaimer() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -577,19 +598,28 @@ fn retire_under_a_lock_while_a_reader_is_pinned(with_defer: bool) {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn retire_waits_for_a_pinned_reader() {
     retire_under_a_lock_while_a_reader_is_pinned(false);
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn retire_beside_a_defer_waits_for_a_pinned_reader() {
     retire_under_a_lock_while_a_reader_is_pinned(true);
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn a_section_holding_only_retired_values_hands_them_to_the_epoch_when_it_closes() {
     let _serial = serial();
     let log = Log::new();
@@ -607,7 +637,10 @@ fn a_section_holding_only_retired_values_hands_them_to_the_epoch_when_it_closes(
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn retire_outside_a_section_goes_to_the_epoch_at_once() {
     let _serial = serial();
     assert!(!freeq::in_section());
@@ -626,7 +659,10 @@ fn retire_outside_a_section_goes_to_the_epoch_at_once() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn retire_hands_a_whole_batch_to_the_epoch() {
     let _serial = serial();
     let log = Log::new();
@@ -647,7 +683,10 @@ fn retire_hands_a_whole_batch_to_the_epoch() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn a_retired_value_collected_inside_a_section_waits_for_it_to_close() {
     let _serial = serial();
     let log = Log::new();
@@ -674,7 +713,10 @@ fn a_retired_value_collected_inside_a_section_waits_for_it_to_close() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn retire_under_offload() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);
@@ -712,7 +754,10 @@ fn retire_under_offload() {
 // ---------------------------------------------------------------------------
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn default_policy_applies_to_threads_without_their_own() {
     let _serial = serial();
     let _restore = RestoreDefaults;
@@ -763,7 +808,10 @@ fn default_policy_applies_to_threads_without_their_own() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn set_policy_is_per_thread() {
     let _serial = serial();
     let _restore = RestorePolicy::set(Policy::Offload);

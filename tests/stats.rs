@@ -73,7 +73,10 @@ fn flush_epoch_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn counters_add_up_across_threads() {
     const THREADS: usize = 4;
     const SECTIONS: usize = 50;
@@ -146,7 +149,10 @@ fn counters_add_up_across_threads() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks")]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn offloaded_items_are_counted_by_producer_and_reclaimer() {
     const THREADS: usize = 3;
     const SECTIONS: usize = 20;
@@ -215,7 +221,10 @@ fn an_exited_threads_counts_are_kept() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows")]
+#[cfg_attr(
+    miri,
+    ignore = "crossbeam-epoch is not Stacked Borrows clean (crossbeam#545): scripts/miri.sh runs this under Tree Borrows"
+)]
 fn counts_published_only_at_thread_exit_are_kept() {
     const THREADS: usize = 4;
     const ITEMS: usize = 5;
