@@ -337,7 +337,7 @@ fn quiesce_waits_for_everything_handed_off_before_it() {
 
     impl Drop for Slow {
         fn drop(&mut self) {
-            if self.1 % 97 == 0 {
+            if self.1.is_multiple_of(97) {
                 thread::sleep(Duration::from_micros(200));
             }
             self.0.fetch_add(1, SeqCst);
