@@ -1,13 +1,16 @@
 //! Process-wide counters, aggregated over live and exited threads.
 //!
 //! Each thread counts in plain cells inside its own state and publishes the
-//! deltas to its slot here at the end of each drain (and when it frees
-//! outside a section, and at exit), so the hot path (`defer`) never touches
-//! an atomic. [`stats`] sums the slots.
+//! deltas to its own slot at the end of each drain, so the hot path
+//! (`defer`) never touches an atomic and the drain path only stores to
+//! memory no other thread writes. A thread registers its slot on its first
+//! drain; at exit it folds the slot into the exited-threads total and
+//! unregisters it, so the registry holds live threads only. [`stats`] sums
+//! the registry and that total.
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-use thread_local::ThreadLocal;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::sync::Cell;
 
@@ -49,7 +52,6 @@ pub struct Stats {
     pub inline_fallbacks: u64,
 }
 
-#[derive(Default)]
 pub(crate) struct Slot {
     deferred: AtomicU64,
     freed: AtomicU64,
@@ -61,6 +63,21 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Adds `other`'s counts to this one's.
+    fn absorb(&self, other: &Slot) {
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Relaxed), Relaxed);
+        };
+        add(&self.deferred, &other.deferred);
+        add(&self.freed, &other.freed);
+        add(&self.drains, &other.drains);
+        add(&self.offloaded, &other.offloaded);
+        add(&self.retired, &other.retired);
+        add(&self.inline_fallbacks, &other.inline_fallbacks);
+        self.max_pending
+            .fetch_max(other.max_pending.load(Relaxed), Relaxed);
+    }
+
     const fn new() -> Self {
         Slot {
             deferred: AtomicU64::new(0),
@@ -99,15 +116,22 @@ impl Stats {
     }
 }
 
-static SLOTS: ThreadLocal<Slot> = ThreadLocal::new();
+/// The slots of live threads. Settings-like process state: `std` in loom
+/// builds too, held only for a few loads and stores.
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
-/// Counts published by threads as they exited.
+/// Counts of threads that have exited.
 static EXITED: Slot = Slot::new();
+
+fn slots() -> std::sync::MutexGuard<'static, Vec<Arc<Slot>>> {
+    SLOTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Reads the counters of every thread and sums them.
 pub fn stats() -> Stats {
     let mut s = Stats::default();
-    for slot in SLOTS.iter().chain([&EXITED]) {
+    let live = slots();
+    for slot in live.iter().map(|s| &**s).chain([&EXITED]) {
         s.deferred += slot.deferred.load(Relaxed);
         s.freed += slot.freed.load(Relaxed);
         s.drains += slot.drains.load(Relaxed);
@@ -128,9 +152,8 @@ pub(crate) struct LocalCounts {
     pub(crate) offloaded: Cell<u64>,
     pub(crate) retired: Cell<u64>,
     pub(crate) inline_fallbacks: Cell<u64>,
-    /// This thread's slot, looked up once: at thread exit the slot lookup
-    /// itself may no longer work.
-    slot: Cell<Option<&'static Slot>>,
+    /// This thread's slot, registered on its first publish.
+    slot: OnceCell<Arc<Slot>>,
 }
 
 impl LocalCounts {
@@ -143,7 +166,7 @@ impl LocalCounts {
             offloaded: Cell::new(0),
             retired: Cell::new(0),
             inline_fallbacks: Cell::new(0),
-            slot: Cell::new(None),
+            slot: OnceCell::new(),
         }
     }
 
@@ -159,31 +182,29 @@ impl LocalCounts {
         cell.set(cell.get().wrapping_sub(n as u64));
     }
 
-    /// Moves the counts into this thread's slot. While the thread lives,
-    /// only it writes its slot, so plain loads and stores do (no
-    /// read-modify-write on the drain path).
+    /// Moves the counts into this thread's slot. Only this thread writes
+    /// it, so plain loads and stores do (no read-modify-write on the drain
+    /// path).
     pub(crate) fn publish(&self) {
-        let slot = match self.slot.get() {
-            Some(slot) => slot,
-            None => {
-                // Late in thread exit the lookup may panic; the counts are
-                // then dropped rather than the process aborted.
-                let Ok(slot) = std::panic::catch_unwind(|| SLOTS.get_or_default()) else {
-                    return;
-                };
-                self.slot.set(Some(slot));
-                slot
-            }
-        };
+        let slot = self.slot.get_or_init(|| {
+            let slot = Arc::new(Slot::new());
+            slots().push(slot.clone());
+            slot
+        });
         self.move_into(slot, |to, n| {
             to.store(to.load(Relaxed).wrapping_add(n), Relaxed)
         });
     }
 
-    /// The last publish, at thread exit. By then the slot may already be
-    /// handed to a new thread, so the counts go to the shared total for
-    /// exited threads instead, with atomic adds.
+    /// Thread exit: the counts, and the slot's, go to the exited-threads
+    /// total, and the slot leaves the registry (under its lock, so a
+    /// concurrent [`stats`] sees them in exactly one of the two places).
     pub(crate) fn publish_at_exit(&self) {
+        let mut live = slots();
+        if let Some(slot) = self.slot.get() {
+            live.retain(|s| !Arc::ptr_eq(s, slot));
+            EXITED.absorb(slot);
+        }
         self.move_into(&EXITED, |to, n| {
             to.fetch_add(n, Relaxed);
         });
