@@ -64,6 +64,14 @@ freeq_thread_local! {
     static LOCAL: Local = Local::new();
 }
 
+freeq_thread_local! {
+    /// While this thread's `Local` is being destroyed (thread exit), the
+    /// buffer its destructor drains into: items deferred by the frees it
+    /// runs land here rather than being freed recursively. Needs no
+    /// destructor, so it stays reachable throughout thread exit.
+    static EXITING: Cell<*mut Buffer> = Cell::new(std::ptr::null_mut());
+}
+
 impl Local {
     const fn new() -> Self {
         Local {
@@ -246,11 +254,24 @@ impl Drop for Local {
     fn drop(&mut self) {
         self.state.set(0);
         let mut first = None;
-        let queue = self.queue.get_mut();
-        let n = queue.len();
-        queue.run_all(&mut first);
-        LocalCounts::add(&self.counts.deferred, n);
-        LocalCounts::add(&self.counts.freed, n);
+        let mut late = Buffer::new();
+        let late_ptr: *mut Buffer = &mut late;
+        let _ = EXITING.try_with(|p| p.set(late_ptr));
+        let mut batch = mem::take(self.queue.get_mut());
+        loop {
+            let n = batch.len();
+            batch.run_all(&mut first);
+            LocalCounts::add(&self.counts.deferred, n);
+            LocalCounts::add(&self.counts.freed, n);
+            // SAFETY: (13) `late` is only reached through `late_ptr` (here,
+            // and from pushes on this thread while items run, none of which
+            // is running now); it outlives the loop.
+            batch = unsafe { mem::take(&mut *late_ptr) };
+            if batch.is_empty() {
+                break;
+            }
+        }
+        let _ = EXITING.try_with(|p| p.set(std::ptr::null_mut()));
         let retired = mem::take(self.retired.get_mut());
         if !retired.is_empty() {
             LocalCounts::add(&self.counts.deferred, retired.len());
@@ -289,8 +310,7 @@ fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
     // closure: moving `f` into the closure and back out (for the case where
     // the state is gone) costs a store-forwarding stall per item.
     let Ok(local) = LOCAL.try_with(|l| l as *const Local) else {
-        // This thread's state is gone (thread exit): free in place.
-        return f();
+        return push_exiting(f);
     };
     // SAFETY: (8) a thread's `Local` lives until its thread-local destructor
     // runs, which cannot start while this thread is in this call; the
@@ -306,6 +326,23 @@ fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
     }
     if !l.queues_now() {
         l.drain(false);
+    }
+}
+
+/// [`push_to`] once this thread's state is gone (thread exit): into the
+/// buffer its destructor is draining, or, after that, freed in place.
+#[cold]
+fn push_exiting<F: FnOnce() + Send + 'static>(f: F) {
+    let late = EXITING
+        .try_with(|p| p.get())
+        .unwrap_or(std::ptr::null_mut());
+    if late.is_null() {
+        f();
+    } else {
+        // SAFETY: (14) `late` points at the buffer `Local::drop` drains, on
+        // this thread, for as long as it is set; no other reference to it is
+        // live while an item runs.
+        unsafe { (*late).push(f) };
     }
 }
 
@@ -478,6 +515,35 @@ mod tests {
             leave();
         }
         assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    /// Each link, when freed, defers the next one.
+    struct Link(usize, Arc<Mutex<usize>>);
+
+    impl Drop for Link {
+        fn drop(&mut self) {
+            *self.1.lock().unwrap() += 1;
+            if self.0 > 0 {
+                crate::defer(Link(self.0 - 1, self.1.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_freed_at_thread_exit_runs_in_constant_stack() {
+        let links = if cfg!(miri) { 200 } else { 200_000 };
+        let freed = Arc::new(Mutex::new(0));
+        let f = freed.clone();
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                enter(); // leaked: the chain waits for thread exit
+                crate::defer(Link(links - 1, f));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(*freed.lock().unwrap(), links);
     }
 
     #[test]
