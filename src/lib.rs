@@ -36,7 +36,7 @@
 //!   thread; [`Policy::Offload`] hands the whole batch, in O(1), to a
 //!   per-CPU reclaimer thread ([`set_policy`], [`quiesce`]).
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
-//!   [`epoch::pin`](crate::epoch::pin).
+//!   [`epoch::pin`].
 //! - **Stats.** [`stats`] sums counters over all threads.
 //! - **Memory.** Each thread's queue reuses its buffer; what it keeps after
 //!   a spike is capped ([`set_max_retained`], 64 KiB by default).
