@@ -27,6 +27,9 @@
 //! - **Locks.** [`Mutex`] and [`RwLock`] are `std`'s with the same API;
 //!   [`parking_lot`] has parking_lot's locks; [`RawDeferred`] makes any
 //!   lock_api raw lock deferring; [`LockGuard::new`] wraps any guard.
+//! - **Condition variables.** [`Condvar`] (for [`Mutex`]) and
+//!   `freeq::parking_lot::Condvar` release the lock while waiting and, if
+//!   it was the thread's only section, free its queue before blocking.
 //! - **Drains** free in FIFO order, run in constant stack however many
 //!   frees defer more, keep going when one panics (the first panic resumes
 //!   afterwards), and happen at thread exit for anything left queued.
@@ -34,7 +37,10 @@
 //!   that prefers to say when.
 //! - **Policies.** [`Policy::Inline`] (default) frees on the unlocking
 //!   thread; [`Policy::Offload`] hands the whole batch, in O(1), to a
-//!   per-CPU reclaimer thread ([`set_policy`], [`quiesce`]).
+//!   per-CPU reclaimer thread ([`set_policy`], [`quiesce`]). Reclaimers
+//!   run at idle priority (`SCHED_IDLE` on Linux) so they never preempt a
+//!   producer; when they fall behind, the backlog bound
+//!   ([`set_offload_bound`]) sends producers back to inline frees.
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
 //!   [`epoch::pin`].
 //! - **Stats.** [`stats`] sums counters over all threads.
