@@ -81,6 +81,9 @@ pub struct Reclaimer {
     /// Nodes on `returned` (roughly; it only caps the pool).
     returned_len: AtomicUsize,
     thread: OnceLock<thread::Thread>,
+    /// Yield the CPU after each batch (freeq's own reclaimers, which share
+    /// a CPU with the producers they serve).
+    courteous: bool,
 }
 
 /// Most freed nodes a reclaimer keeps for reuse.
@@ -110,6 +113,7 @@ impl Reclaimer {
             returned: AtomicPtr::new(ptr::null_mut()),
             returned_len: AtomicUsize::new(0),
             thread: OnceLock::new(),
+            courteous: false,
         }
     }
 
@@ -275,6 +279,13 @@ impl Reclaimer {
                 self.outstanding.fetch_sub(items, Release);
                 self.give_back(node);
             }
+            if self.courteous {
+                // When the scheduler does hand an idle-priority reclaimer
+                // the CPU of a busy producer, the producer may be inside a
+                // critical section: give the CPU back after every batch
+                // rather than at the end of a time slice.
+                std::thread::yield_now();
+            }
         }
         true
     }
@@ -341,7 +352,9 @@ fn slots() -> &'static Slots {
 
 /// Starts reclaimer `index`, pinned to a core when the platform allows.
 fn start(index: usize) -> Option<std::sync::Arc<Reclaimer>> {
-    let reclaimer = std::sync::Arc::new(Reclaimer::new());
+    let mut reclaimer = Reclaimer::new();
+    reclaimer.courteous = true;
+    let reclaimer = std::sync::Arc::new(reclaimer);
     let mine = reclaimer.clone();
     std::thread::Builder::new()
         .name(format!("freeq-reclaim-{index}"))
