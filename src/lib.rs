@@ -73,7 +73,7 @@ pub use guard::{section, LockGuard, Section};
 pub use offload::{offload_bound, quiesce, set_offload_bound, DEFAULT_OFFLOAD_BOUND};
 pub use policy::{default_policy, set_default_policy, Policy};
 pub use queue::{
-    flush, in_section, max_retained, pending, policy, set_max_retained, set_policy,
+    flush, in_section, max_retained, pending, policy, prepare_thread, set_max_retained, set_policy,
     DEFAULT_MAX_RETAINED,
 };
 pub use raw::{DeferredGuard, RawDeferred};

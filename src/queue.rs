@@ -387,6 +387,42 @@ pub fn policy() -> Policy {
         .unwrap_or_else(|_| default_policy())
 }
 
+/// Readies this thread for a critical section: sets up its freeq state and
+/// makes sure its queue has room, so that the section's first
+/// [`defer`](crate::defer) allocates nothing while the lock is held.
+///
+/// freeq's own locks ([`Mutex`](crate::Mutex), [`RwLock`](crate::RwLock),
+/// the [`parking_lot`](crate::parking_lot) types and everything built on
+/// [`RawDeferred`](crate::RawDeferred)) and [`section`](crate::section) call
+/// this before they take the lock, so their users never need to.
+/// [`LockGuard::new`](crate::LockGuard::new) receives a guard that is
+/// already held: call `prepare_thread` before taking the lock you wrap.
+/// In steady state it is a thread-local read and a compare.
+///
+/// ```
+/// let m = std::sync::Mutex::new(Vec::<String>::new());
+/// freeq::prepare_thread(); // before the lock, not under it
+/// let mut g = freeq::LockGuard::new(m.lock().unwrap());
+/// g.push("x".into());
+/// ```
+#[inline]
+pub fn prepare_thread() {
+    let _ = LOCAL.try_with(|l| {
+        // SAFETY: (15) a momentary borrow; reserving runs no user code
+        // (see the allocator note on `Buffer::push`).
+        let q = unsafe { l.queue() };
+        if q.capacity_bytes() == 0 {
+            prepare_cold(q);
+        }
+    });
+}
+
+#[cold]
+#[inline(never)]
+fn prepare_cold(q: &mut Buffer) {
+    q.reserve_bytes(1024);
+}
+
 /// Opens a section on this thread.
 #[inline]
 pub(crate) fn enter() {
