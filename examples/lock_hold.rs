@@ -28,11 +28,25 @@
 //! wait for its thread, the example polls a count of freed records until
 //! that thread has caught up.
 //!
+//! With `--fresh-threads` every run spawns new threads instead (8 by
+//! default, `--threads N`): each runs `--sections` critical sections (100
+//! by default) and exits, generation after generation, and nothing is
+//! warmed up, so the first critical sections of fresh threads are part of
+//! every figure. This is the churn of thread-per-connection servers,
+//! scoped threads, rayon scopes and test harnesses; the extra `1st max`
+//! column is the longest hold of any thread's first critical section.
+//!
+//! The run prints what it measures and how long it takes, a legend, one
+//! table per thread count, and a verdict in plain words.
+//!
 //! ```text
 //! cargo run --release --example lock_hold -- [--threads 1,2] [--seconds 16]
 //!     [--records 8] [--strings 17] [--cache 4096] [--rounds 5]
-//!     [--only hand,freeq,...] [--svg hold.svg]
+//!     [--only hand,freeq,...] [--fresh-threads [--sections 100]] [--svg hold.svg]
 //! ```
+//!
+//! `--help` lists the options; values may be given as `--name value` or
+//! `--name=value`.
 
 use std::fmt::Write as _;
 use std::mem;
@@ -44,6 +58,9 @@ use std::time::{Duration, Instant};
 use crossbeam_epoch as epoch;
 use defer_drop::DeferDrop;
 use hdrhistogram::Histogram;
+
+#[path = "common/args.rs"]
+mod args;
 
 // ---------------------------------------------------------------------------
 // The workload
@@ -285,7 +302,6 @@ fn defer_drop(cache: &StdMutex<Vec<Record>>, fresh: &mut Fresh) -> Duration {
 // Running one strategy on N threads
 // ---------------------------------------------------------------------------
 
-#[derive(Clone)]
 struct Config {
     threads: Vec<usize>,
     seconds: f64,
@@ -294,7 +310,13 @@ struct Config {
     cache: usize,
     rounds: usize,
     strategies: Vec<Strategy>,
-    svg: Option<String>,
+    /// Where the chart goes; opened before the run so a bad path fails early.
+    svg: Option<(String, std::fs::File)>,
+    /// Fresh-thread churn: every run starts new threads, measured from their
+    /// first critical section.
+    fresh: bool,
+    /// Critical sections each fresh thread runs before it exits.
+    sections: usize,
 }
 
 /// Phases of a run, shared with the worker threads.
@@ -314,6 +336,9 @@ struct Outcome {
     reclaim_wait: Duration,
     /// What freeq's own counters saw during the run.
     freeq: freeq::Stats,
+    /// Hold times of each thread's first critical section (fresh-thread
+    /// mode only; empty otherwise).
+    first: Histogram<u64>,
 }
 
 impl Outcome {
@@ -324,6 +349,7 @@ impl Outcome {
     /// Folds another run of the same strategy into this one.
     fn merge(&mut self, other: Outcome) {
         self.hold.add(&other.hold).unwrap();
+        self.first.add(&other.first).unwrap();
         self.ops += other.ops;
         self.elapsed += other.elapsed;
         self.reclaim_wait += other.reclaim_wait;
@@ -384,11 +410,111 @@ fn run(strategy: Strategy, threads: usize, slice: Duration, cfg: &Config) -> Out
         elapsed,
         reclaim_wait,
         freeq: freeq::stats().since(&stats_before),
+        first: new_histogram(),
+    }
+}
+
+/// Fresh-thread churn: generation after generation of `threads` newly
+/// spawned threads, each running `cfg.sections` critical sections and
+/// exiting, until `slice` has passed. Nothing is warmed up: every thread's
+/// first sections are measured, as in a thread-per-connection server, a
+/// scoped-thread or rayon-scope workload, or a test harness.
+fn run_fresh(strategy: Strategy, threads: usize, slice: Duration, cfg: &Config) -> Outcome {
+    let mut rng = Rng::new(7);
+    let records = (0..cfg.cache)
+        .map(|_| Record::new(cfg.strings, &mut rng))
+        .collect();
+    let cache = Cache::new(strategy, records);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    freed::reset();
+    let stats_before = freeq::stats();
+    let (mut hold, mut first) = (new_histogram(), new_histogram());
+    let (mut ops, mut retired, mut generation) = (0, 0, 0u64);
+
+    let start = Instant::now();
+    while start.elapsed() < slice {
+        // All threads of a generation start their first section together.
+        let ready = std::sync::Barrier::new(threads);
+        let results: Vec<WorkerResult> = thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (cache, ready, core) =
+                        (&cache, &ready, cores.get(t % cores.len().max(1)).copied());
+                    let seed = generation * threads as u64 + t as u64;
+                    s.spawn(move || {
+                        if let Some(core) = core {
+                            core_affinity::set_for_current(core);
+                        }
+                        fresh_worker(strategy, cache, ready, seed, cfg)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for r in results {
+            hold.add(&r.hold).unwrap();
+            first.add(&r.first).unwrap();
+            ops += r.ops;
+            retired += r.retired;
+        }
+        generation += 1;
+    }
+
+    let stopped = Instant::now();
+    wait_until_freed(strategy, retired);
+    let elapsed = start.elapsed();
+    let reclaim_wait = stopped.elapsed();
+    drop(cache);
+    Outcome {
+        strategy,
+        hold,
+        ops,
+        elapsed,
+        reclaim_wait,
+        freeq: freeq::stats().since(&stats_before),
+        first,
+    }
+}
+
+/// One fresh thread: `cfg.sections` critical sections, all measured.
+fn fresh_worker(
+    strategy: Strategy,
+    cache: &Cache,
+    ready: &std::sync::Barrier,
+    seed: u64,
+    cfg: &Config,
+) -> WorkerResult {
+    if strategy == Strategy::FreeqOffload {
+        freeq::set_policy(freeq::Policy::Offload);
+    }
+    let mut rng = Rng::new(seed + 1);
+    let (mut hold, mut first) = (new_histogram(), new_histogram());
+    let mut fresh: Fresh = Vec::with_capacity(cfg.records);
+    let mut dead = Vec::with_capacity(cfg.records);
+    ready.wait();
+    for i in 0..cfg.sections {
+        for _ in 0..cfg.records {
+            fresh.push((rng.below(cfg.cache), Record::new(cfg.strings, &mut rng)));
+        }
+        let held = one_section(strategy, cache, &mut fresh, &mut dead).as_nanos() as u64;
+        hold.saturating_record(held);
+        if i == 0 {
+            first.saturating_record(held);
+        }
+    }
+    WorkerResult {
+        hold,
+        first,
+        ops: cfg.sections as u64,
+        retired: (cfg.sections * cfg.records) as u64,
     }
 }
 
 struct WorkerResult {
     hold: Histogram<u64>,
+    /// The hold time of the thread's first critical section (fresh-thread
+    /// mode only).
+    first: Histogram<u64>,
     /// Critical sections completed while measuring.
     ops: u64,
     /// Records replaced in every phase, all of which must be freed.
@@ -424,24 +550,36 @@ fn worker(
         for _ in 0..cfg.records {
             fresh.push((rng.below(cfg.cache), Record::new(cfg.strings, &mut rng)));
         }
-        let held = match (strategy, cache) {
-            (Strategy::DropUnderLock, Cache::Std(c)) => drop_under_lock(c, &mut fresh),
-            (Strategy::HandWritten, Cache::Std(c)) => hand_written(c, &mut fresh, &mut dead),
-            (Strategy::FreeqStd | Strategy::FreeqOffload, Cache::Freeq(c)) => {
-                freeq_std(c, &mut fresh)
-            }
-            (Strategy::FreeqParkingLot, Cache::FreeqParkingLot(c)) => {
-                freeq_parking_lot(c, &mut fresh)
-            }
-            (Strategy::Epoch, Cache::Std(c)) => epoch_defer(c, &mut fresh),
-            (Strategy::DeferDrop, Cache::Std(c)) => defer_drop(c, &mut fresh),
-            _ => unreachable!("each strategy is paired with its lock in Cache::new"),
-        };
+        let held = one_section(strategy, cache, &mut fresh, &mut dead);
         hold.saturating_record(held.as_nanos() as u64);
         retired += cfg.records as u64;
         ops += u64::from(measuring);
     }
-    WorkerResult { hold, ops, retired }
+    WorkerResult {
+        hold,
+        first: new_histogram(),
+        ops,
+        retired,
+    }
+}
+
+/// One critical section of `strategy`: replaces the records in `fresh` and
+/// returns the lock hold time.
+fn one_section(
+    strategy: Strategy,
+    cache: &Cache,
+    fresh: &mut Fresh,
+    dead: &mut Vec<Record>,
+) -> Duration {
+    match (strategy, cache) {
+        (Strategy::DropUnderLock, Cache::Std(c)) => drop_under_lock(c, fresh),
+        (Strategy::HandWritten, Cache::Std(c)) => hand_written(c, fresh, dead),
+        (Strategy::FreeqStd | Strategy::FreeqOffload, Cache::Freeq(c)) => freeq_std(c, fresh),
+        (Strategy::FreeqParkingLot, Cache::FreeqParkingLot(c)) => freeq_parking_lot(c, fresh),
+        (Strategy::Epoch, Cache::Std(c)) => epoch_defer(c, fresh),
+        (Strategy::DeferDrop, Cache::Std(c)) => defer_drop(c, fresh),
+        _ => unreachable!("each strategy is paired with its lock in Cache::new"),
+    }
 }
 
 /// Returns once every replaced record has been freed.
@@ -512,25 +650,44 @@ fn print_table(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
         .find(|o| o.strategy == Strategy::HandWritten);
     let base_p50 = base.map(|b| b.hold.value_at_quantile(0.5) as f64);
     let base_ops = base.map(|b| b.ops_per_sec());
-    println!(
-        "\n{threads} thread(s): {} records x {} strings replaced per critical section; \
-         {} rounds of {:.2} s per strategy",
-        cfg.records,
-        cfg.strings,
-        cfg.rounds,
-        outcomes[0].elapsed.as_secs_f64() / cfg.rounds as f64,
+    let per_run = outcomes[0].elapsed.as_secs_f64() / cfg.rounds as f64;
+    if cfg.fresh {
+        println!(
+            "\n{threads} fresh thread(s) at a time, {} critical sections each, then they exit; \
+             {} records x {} strings replaced per critical section; {} rounds of {per_run:.2} s \
+             per strategy",
+            cfg.sections, cfg.records, cfg.strings, cfg.rounds,
+        );
+    } else {
+        println!(
+            "\n{threads} thread(s): {} records x {} strings replaced per critical section; \
+             {} rounds of {per_run:.2} s per strategy",
+            cfg.records, cfg.strings, cfg.rounds,
+        );
+    }
+    print!(
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>8} {:>11} {:>8} {:>9}",
+        "strategy",
+        "hold p50",
+        "hold p99",
+        "hold max",
+        "hold mean",
+        "p50/hand",
+        "sections/s",
+        "tput/hand",
+        "free wait"
     );
-    println!(
-        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8}",
-        "strategy", "p50", "p99", "max", "mean", "p50/hand", "ops/s", "ops/hand", "reclaim"
-    );
+    if cfg.fresh {
+        print!(" {:>9}", "1st max");
+    }
+    println!();
     for o in outcomes {
         let p50 = o.hold.value_at_quantile(0.5) as f64;
         let ratio = |x: Option<f64>, f: &dyn Fn(f64) -> f64| {
             x.map_or("-".into(), |b| format!("{:.2}x", f(b)))
         };
-        println!(
-            "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8}",
+        print!(
+            "{:<18} {:>9} {:>9} {:>9} {:>9} {:>8} {:>11} {:>8} {:>9}",
             o.strategy.name(),
             fmt_ns(p50),
             fmt_ns(o.hold.value_at_quantile(0.99) as f64),
@@ -541,6 +698,10 @@ fn print_table(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
             ratio(base_ops, &|b| o.ops_per_sec() / b),
             format!("{:.0} ms", o.reclaim_wait.as_secs_f64() * 1e3),
         );
+        if cfg.fresh {
+            print!(" {:>9}", fmt_ns(o.first.max() as f64));
+        }
+        println!();
     }
     if let Some(o) = outcomes
         .iter()
@@ -552,6 +713,121 @@ fn print_table(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
             100.0 * o.freeq.offloaded as f64 / o.freeq.deferred.max(1) as f64,
             o.freeq.inline_fallbacks,
         );
+    }
+    verdict(threads, cfg, outcomes);
+}
+
+/// What the columns mean, printed once before the first table.
+fn legend(cfg: &Config) {
+    println!(
+        "\nColumns:\n\
+         \x20 hold p50/p99/max/mean  lock hold time per critical section (lock acquired to\n\
+         \x20                        guard dropped): median, 99th percentile, worst, average\n\
+         \x20 p50/hand               hold p50 divided by the hand-written Vec pattern's\n\
+         \x20                        (1.00x = as short as freeing after the unlock by hand)\n\
+         \x20 sections/s             critical sections per second of wall time; the clock\n\
+         \x20                        stops only once every replaced record has been freed\n\
+         \x20 tput/hand              sections/s divided by the hand-written pattern's\n\
+         \x20 free wait              time after the workers stopped until the last replaced\n\
+         \x20                        record was freed (part of the sections/s wall time)"
+    );
+    if cfg.fresh {
+        println!(
+            "\x20 1st max                the longest hold of any thread's first critical section"
+        );
+    }
+}
+
+/// A few plain sentences on the table just printed.
+fn verdict(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
+    let find = |s: Strategy| outcomes.iter().find(|o| o.strategy == s);
+    let p50 = |o: &Outcome| o.hold.value_at_quantile(0.5).max(1) as f64;
+    let p99 = |o: &Outcome| o.hold.value_at_quantile(0.99).max(1) as f64;
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let mut lines = Vec::new();
+    let freeq = find(Strategy::FreeqStd).or(find(Strategy::FreeqParkingLot));
+    if let (Some(f), Some(h)) = (freeq, find(Strategy::HandWritten)) {
+        let r = p50(f) / p50(h);
+        let t = f.ops_per_sec() / h.ops_per_sec();
+        lines.push(format!(
+            "{}: median hold {r:.2}x the hand-written pattern's ({}), throughput {t:.2}x ({}).",
+            f.strategy.name(),
+            if r <= 1.1 {
+                "the same as by hand, automatically"
+            } else if r <= 1.5 {
+                "close to it; sub-microsecond medians move 10-20% between runs"
+            } else {
+                "longer than by hand"
+            },
+            if t >= 0.95 {
+                "on par"
+            } else {
+                "behind the hand-written pattern"
+            },
+        ));
+    }
+    if let (Some(f), Some(d)) = (freeq, find(Strategy::DropUnderLock)) {
+        lines.push(format!(
+            "drop-under-lock held the lock {:.0}x longer on average than {} (mean {} vs {}): \
+             freeing under the lock is what freeq moves out.",
+            d.hold.mean() / f.hold.mean().max(1.0),
+            f.strategy.name(),
+            fmt_ns(d.hold.mean()),
+            fmt_ns(f.hold.mean()),
+        ));
+    }
+    for other in [Strategy::Epoch, Strategy::DeferDrop] {
+        if let (Some(f), Some(o)) = (freeq, find(other)) {
+            lines.push(format!(
+                "{}: p99 hold {:.1}x freeq's ({}).",
+                o.strategy.name(),
+                p99(o) / p99(f),
+                match other {
+                    Strategy::Epoch => "pin() may run other threads' garbage inside the section",
+                    _ => "a box and a channel send per record under the lock",
+                }
+            ));
+        }
+    }
+    if let (Some(o), Some(f)) = (find(Strategy::FreeqOffload), find(Strategy::FreeqStd)) {
+        let t = o.ops_per_sec() / f.ops_per_sec();
+        let busy = threads >= cores;
+        lines.push(format!(
+            "freeq offload: throughput {t:.2}x freeq std's. Its clock includes waiting until \
+             the reclaimers have freed every record (free wait {:.0} ms); reclaimers run at idle \
+             priority, so they get a CPU only when a core has nothing else to do. {}",
+            o.reclaim_wait.as_secs_f64() * 1e3,
+            if busy {
+                format!(
+                    "Here {threads} busy worker(s) share {cores} core(s): the frees wait, or \
+                     the workers free inline once the backlog bound is hit. Offload pays when \
+                     cores are spare or single values are heavy to drop; for cheap records on \
+                     busy cores keep Policy::Inline."
+                )
+            } else {
+                format!(
+                    "Here {threads} worker(s) leave {} of {cores} core(s) for the reclaimers.",
+                    cores - threads
+                )
+            }
+        ));
+    }
+    if cfg.fresh {
+        if let (Some(f), Some(h)) = (freeq, find(Strategy::HandWritten)) {
+            lines.push(format!(
+                "fresh threads: the longest first critical section was {} under {} and {} by \
+                 hand.",
+                fmt_ns(f.first.max() as f64),
+                f.strategy.name(),
+                fmt_ns(h.first.max() as f64),
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        println!("verdict:");
+        for l in lines {
+            println!("  - {l}");
+        }
     }
 }
 
@@ -633,88 +909,144 @@ fn svg_chart(results: &[(usize, Vec<Outcome>)]) -> String {
 
 // ---------------------------------------------------------------------------
 
+const CLI: args::Cli = args::Cli {
+    program: "lock_hold",
+    about: "\
+lock_hold: how long a lock is held, and how much work gets done, when the
+values replaced under it are freed in different ways: dropped under the lock,
+collected by hand and freed after the unlock, freeq (std, parking_lot,
+offload), crossbeam-epoch and defer-drop. The workload is a cache of records
+with many heap strings; every critical section replaces a few of them.
+Prints one table per thread count, a legend and a verdict. Takes about
+--seconds in all, plus the waits for outstanding frees.",
+    opts: &[
+        args::Opt {
+            name: "threads",
+            value: "N,..",
+            help: "thread counts to run, one table each (default 1,2; 8 with --fresh-threads)",
+        },
+        args::Opt {
+            name: "seconds",
+            value: "S",
+            help: "time for all runs, warm-ups included (default 16)",
+        },
+        args::Opt {
+            name: "rounds",
+            value: "N",
+            help: "turns each strategy takes, in rotating order (default 5)",
+        },
+        args::Opt {
+            name: "records",
+            value: "N",
+            help: "records replaced per critical section (default 8)",
+        },
+        args::Opt {
+            name: "strings",
+            value: "N",
+            help: "heap strings per record (default 17)",
+        },
+        args::Opt {
+            name: "cache",
+            value: "N",
+            help: "records in the shared cache (default 4096)",
+        },
+        args::Opt {
+            name: "only",
+            value: "KEY,..",
+            help:
+                "strategies: drop, hand, freeq, freeq-pl, offload, epoch, defer-drop (default all)",
+        },
+        args::Opt {
+            name: "fresh-threads",
+            value: "",
+            help: "churn: every run spawns new threads, measured from their first section",
+        },
+        args::Opt {
+            name: "sections",
+            value: "N",
+            help: "critical sections per fresh thread before it exits (default 100)",
+        },
+        args::Opt {
+            name: "svg",
+            value: "FILE",
+            help: "also write a bar chart of p50/p99 hold times (checked before the run)",
+        },
+    ],
+};
+
 fn parse_args() -> Config {
-    let mut cfg = Config {
-        threads: vec![1, 2],
-        seconds: 16.0,
-        records: 8,
-        strings: 17,
-        cache: 4096,
-        rounds: 5,
-        strategies: Strategy::ALL.to_vec(),
-        svg: None,
+    let a = CLI.parse();
+    let fresh = a.switch("fresh-threads");
+    let strategies = match a.text("only") {
+        None => Strategy::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|k| {
+                let k = k.trim();
+                match Strategy::ALL.iter().find(|s| s.key() == k) {
+                    Some(&s) => s,
+                    None => a.bad("only", &format!("unknown strategy {k:?}")),
+                }
+            })
+            .collect(),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
-        };
-        match flag.as_str() {
-            "--threads" => {
-                cfg.threads = value()
-                    .split(',')
-                    .map(|n| n.trim().parse().unwrap_or_else(|_| usage("bad --threads")))
-                    .collect()
+    let cfg = Config {
+        threads: a.counts("threads", if fresh { &[8] } else { &[1, 2] }),
+        seconds: a.seconds("seconds", 16.0),
+        records: a.int("records", 8, 0..=1 << 20),
+        strings: a.int("strings", 17, 0..=1 << 20),
+        cache: a.count("cache", 4096),
+        rounds: a.count("rounds", 5),
+        strategies,
+        svg: a.text("svg").map(|path| {
+            // Open the file now: an unwritable path fails before the run,
+            // not after it.
+            match std::fs::File::create(&path) {
+                Ok(file) => (path, file),
+                Err(e) => a.bad("svg", &format!("cannot write {path:?}: {e}")),
             }
-            "--seconds" => cfg.seconds = value().parse().unwrap_or_else(|_| usage("bad --seconds")),
-            "--records" => cfg.records = value().parse().unwrap_or_else(|_| usage("bad --records")),
-            "--strings" => cfg.strings = value().parse().unwrap_or_else(|_| usage("bad --strings")),
-            "--cache" => cfg.cache = value().parse().unwrap_or_else(|_| usage("bad --cache")),
-            "--rounds" => cfg.rounds = value().parse().unwrap_or_else(|_| usage("bad --rounds")),
-            "--only" => {
-                cfg.strategies = value()
-                    .split(',')
-                    .map(|k| {
-                        let k = k.trim();
-                        let known = Strategy::ALL.iter().find(|s| s.key() == k);
-                        *known.unwrap_or_else(|| usage(&format!("unknown strategy {k}")))
-                    })
-                    .collect()
-            }
-            "--svg" => cfg.svg = Some(value()),
-            "-h" | "--help" => usage(""),
-            other => usage(&format!("unknown argument {other}")),
-        }
-    }
-    if cfg.threads.contains(&0) || cfg.cache == 0 || cfg.rounds == 0 || cfg.seconds <= 0.0 {
-        usage("--threads, --cache, --rounds and --seconds must be positive");
+        }),
+        fresh,
+        sections: a.count("sections", 100),
+    };
+    if a.text("sections").is_some() && !fresh {
+        a.bad("sections", "only applies with --fresh-threads");
     }
     cfg
-}
-
-fn usage(problem: &str) -> ! {
-    if !problem.is_empty() {
-        eprintln!("error: {problem}");
-    }
-    eprintln!(
-        "usage: lock_hold [--threads 1,2] [--seconds 16] [--records 8] [--strings 17] \
-         [--cache 4096] [--rounds 5] [--only KEY,..] [--svg FILE]\n\
-         \x20 --threads   thread counts to run, one table each\n\
-         \x20 --seconds   time for all runs, warm-ups included (waits for frees come on top)\n\
-         \x20 --rounds    turns each strategy takes (in rotating order)\n\
-         \x20 --records   records replaced per critical section\n\
-         \x20 --strings   heap strings per record\n\
-         \x20 --cache     records in the shared cache\n\
-         \x20 --only      strategies to run: drop, hand, freeq, freeq-pl, offload, epoch,\n\
-         \x20             defer-drop (default: all)\n\
-         \x20 --svg       also write a bar chart of p50/p99 hold times"
-    );
-    std::process::exit(if problem.is_empty() { 0 } else { 2 })
 }
 
 fn main() {
     let cfg = parse_args();
     let strategies = &cfg.strategies;
     let runs = cfg.threads.len() * strategies.len() * cfg.rounds;
-    // Each run measures for `slice` after warming up for a fifth of it.
-    let slice = Duration::from_secs_f64(cfg.seconds / runs as f64 / 1.2);
+    // Each run measures for `slice` after warming up for a fifth of it
+    // (fresh-thread runs do not warm up: they measure for all of it).
+    let slice = if cfg.fresh {
+        Duration::from_secs_f64(cfg.seconds / runs as f64)
+    } else {
+        Duration::from_secs_f64(cfg.seconds / runs as f64 / 1.2)
+    };
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "lock_hold: {} cores, load average {}; hold times include ~{} ns of timer overhead",
-        thread::available_parallelism().map_or(1, |n| n.get()),
+        "lock_hold: lock hold time per critical section, and throughput, for {} strateg{} \
+         at {:?} thread(s){}.\n\
+         This takes about {:.0} s ({} runs of {:.2} s), plus the waits for outstanding frees.\n\
+         {cores} core(s), load average {}; hold times include ~{} ns of timer overhead.",
+        strategies.len(),
+        if strategies.len() == 1 { "y" } else { "ies" },
+        cfg.threads,
+        if cfg.fresh {
+            ", fresh threads every run"
+        } else {
+            ""
+        },
+        cfg.seconds,
+        runs,
+        cfg.seconds / runs as f64,
         load_average(),
         timer_floor()
     );
+    legend(&cfg);
 
     let mut results = Vec::new();
     for &threads in &cfg.threads {
@@ -724,7 +1056,11 @@ fn main() {
         for round in 0..cfg.rounds {
             for k in 0..strategies.len() {
                 let i = (k + round) % strategies.len();
-                let outcome = run(strategies[i], threads, slice, &cfg);
+                let outcome = if cfg.fresh {
+                    run_fresh(strategies[i], threads, slice, &cfg)
+                } else {
+                    run(strategies[i], threads, slice, &cfg)
+                };
                 match &mut outcomes[i] {
                     Some(total) => total.merge(outcome),
                     empty => *empty = Some(outcome),
@@ -735,13 +1071,12 @@ fn main() {
         print_table(threads, &cfg, &outcomes);
         results.push((threads, outcomes));
     }
-    println!(
-        "\nreclaim: time after the workers stopped until every replaced record was freed \
-         (counted in the ops/s wall time)."
-    );
-    println!("load average at the end: {}", load_average());
-    if let Some(path) = &cfg.svg {
-        std::fs::write(path, svg_chart(&results)).expect("write the SVG file");
-        println!("wrote {path}");
+    println!("\nload average at the end: {}", load_average());
+    if let Some((path, mut file)) = cfg.svg {
+        use std::io::Write as _;
+        match file.write_all(svg_chart(&results).as_bytes()) {
+            Ok(()) => println!("wrote {path}"),
+            Err(e) => args::fail("lock_hold", &format!("writing {path:?}: {e}")),
+        }
     }
 }
