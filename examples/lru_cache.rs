@@ -30,13 +30,15 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+#[path = "common/args.rs"]
+mod args;
 
 // ---------------------------------------------------------------------------
 // The LRU list
@@ -374,15 +376,56 @@ fn run<const DEFER: bool>(cfg: &Config) -> Outcome {
     out
 }
 
+const CLI: args::Cli = args::Cli {
+    program: "lru_cache",
+    about: "\
+lru_cache: an LRU page cache behind one mutex whose evictions are freed
+after the unlock (freeq) or under it (std). Prints lock hold times, lookup
+latency and throughput for both, side by side. Runs about 2 x --seconds.",
+    opts: &[
+        args::Opt {
+            name: "seconds",
+            value: "S",
+            help: "time for each variant, all rounds together (default 3)",
+        },
+        args::Opt {
+            name: "rounds",
+            value: "N",
+            help: "rounds, alternating the variants (default 3)",
+        },
+        args::Opt {
+            name: "threads",
+            value: "N",
+            help: "threads (default: the number of cores)",
+        },
+        args::Opt {
+            name: "capacity",
+            value: "N",
+            help: "pages the cache holds (default 4096)",
+        },
+        args::Opt {
+            name: "keys",
+            value: "N",
+            help: "distinct page numbers (default 16384)",
+        },
+        args::Opt {
+            name: "lines",
+            value: "N",
+            help: "heap lines per page, what an eviction frees (default 24)",
+        },
+    ],
+};
+
 fn main() {
     let threads = thread::available_parallelism().map_or(2, |n| n.get());
+    let a = CLI.parse();
     let cfg = Config {
-        seconds: arg("seconds", 3.0),
-        rounds: arg::<u32>("rounds", 3).max(1),
-        threads: arg("threads", threads),
-        capacity: arg("capacity", 4096),
-        keys: arg("keys", 16_384),
-        lines: arg("lines", 24),
+        seconds: a.seconds("seconds", 3.0),
+        rounds: a.count("rounds", 3) as u32,
+        threads: a.count("threads", threads),
+        capacity: a.count("capacity", 4096),
+        keys: a.count("keys", 16_384) as u64,
+        lines: a.int("lines", 24, 0..=1 << 20),
     };
 
     println!(
@@ -452,25 +495,6 @@ fn main() {
 /// Nanoseconds, printed as microseconds.
 fn us(ns: f64) -> String {
     format!("{:.2}µs", ns / 1000.0)
-}
-
-/// `--name value` or `--name=value` from the command line, else `default`.
-fn arg<T: FromStr>(name: &str, default: T) -> T {
-    let flag = format!("--{name}");
-    let args: Vec<String> = std::env::args().collect();
-    for (i, a) in args.iter().enumerate() {
-        let value = if *a == flag {
-            args.get(i + 1).cloned()
-        } else {
-            a.strip_prefix(&format!("{flag}=")).map(str::to_owned)
-        };
-        if let Some(v) = value {
-            return v
-                .parse()
-                .unwrap_or_else(|_| panic!("--{name}: cannot parse {v:?}"));
-        }
-    }
-    default
 }
 
 /// A small, fast pseudo-random generator (xorshift64*).

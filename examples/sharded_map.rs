@@ -29,13 +29,15 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use freeq::parking_lot::RwLock;
 use hdrhistogram::Histogram;
+
+#[path = "common/args.rs"]
+mod args;
 
 // ---------------------------------------------------------------------------
 // The map
@@ -319,16 +321,63 @@ impl Stats {
     }
 }
 
+const CLI: args::Cli = args::Cli {
+    program: "sharded_map",
+    about: "\
+sharded_map: a sharded hash map on freeq::parking_lot::RwLock shards.
+Writers replace and remove records with many heap strings; freeq frees the
+old records after the shard's write lock is released. Prints write-lock hold
+times and throughput with and without deferral. Runs about 2 x --seconds.",
+    opts: &[
+        args::Opt {
+            name: "seconds",
+            value: "S",
+            help: "time for each variant, all rounds together (default 3)",
+        },
+        args::Opt {
+            name: "rounds",
+            value: "N",
+            help: "rounds, alternating the variants (default 3)",
+        },
+        args::Opt {
+            name: "threads",
+            value: "N",
+            help: "threads (default: the number of cores)",
+        },
+        args::Opt {
+            name: "shards",
+            value: "N",
+            help: "shards, each behind its own RwLock (default 16)",
+        },
+        args::Opt {
+            name: "keys",
+            value: "N",
+            help: "keys in the map (default 20000)",
+        },
+        args::Opt {
+            name: "strings",
+            value: "N",
+            help: "heap strings per record (default 16)",
+        },
+        args::Opt {
+            name: "writes",
+            value: "PERCENT",
+            help: "percent of operations that write, 1 to 80 (default 40)",
+        },
+    ],
+};
+
 fn main() {
     let threads = thread::available_parallelism().map_or(2, |n| n.get());
+    let a = CLI.parse();
     let cfg = Config {
-        seconds: arg("seconds", 3.0),
-        rounds: arg::<u32>("rounds", 3).max(1),
-        threads: arg("threads", threads),
-        shards: arg("shards", 16),
-        keys: arg("keys", 20_000),
-        strings: arg("strings", 16),
-        writes: arg::<usize>("writes", 40).min(80),
+        seconds: a.seconds("seconds", 3.0),
+        rounds: a.count("rounds", 3) as u32,
+        threads: a.count("threads", threads),
+        shards: a.count("shards", 16),
+        keys: a.count("keys", 20_000) as u64,
+        strings: a.int("strings", 16, 0..=1 << 20),
+        writes: a.int("writes", 40, 1..=80),
     };
 
     println!(
@@ -400,25 +449,6 @@ fn main() {
 /// Nanoseconds, printed as microseconds.
 fn us(ns: f64) -> String {
     format!("{:.2}µs", ns / 1000.0)
-}
-
-/// `--name value` or `--name=value` from the command line, else `default`.
-fn arg<T: FromStr>(name: &str, default: T) -> T {
-    let flag = format!("--{name}");
-    let args: Vec<String> = std::env::args().collect();
-    for (i, a) in args.iter().enumerate() {
-        let value = if *a == flag {
-            args.get(i + 1).cloned()
-        } else {
-            a.strip_prefix(&format!("{flag}=")).map(str::to_owned)
-        };
-        if let Some(v) = value {
-            return v
-                .parse()
-                .unwrap_or_else(|_| panic!("--{name}: cannot parse {v:?}"));
-        }
-    }
-    default
 }
 
 /// A small, fast pseudo-random generator (xorshift64*).
