@@ -42,10 +42,90 @@
 //!   producer; when they fall behind, the backlog bound
 //!   ([`set_offload_bound`]) sends producers back to inline frees.
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
-//!   [`epoch::pin`].
+//!   [`epoch::pin`](https://docs.rs/crossbeam-epoch/0.9/crossbeam_epoch/fn.pin.html).
 //! - **Stats.** [`stats`] sums counters over all threads.
 //! - **Memory.** Each thread's queue reuses its buffer; what it keeps after
 //!   a spike is capped ([`set_max_retained`], 64 KiB by default).
+//!
+//! ## Which lock do I use
+//!
+//! | you have | use | notes |
+//! | --- | --- | --- |
+//! | `std::sync::Mutex` / `RwLock` | [`Mutex`] / [`RwLock`] | std's API, poisoning kept; [`Condvar`] pairs with [`Mutex`] |
+//! | parking_lot's `Mutex`, `RwLock`, `ReentrantMutex`, `FairMutex` | the types in [`parking_lot`] | same API: timed, fair, upgradable, mapped and `Arc` guards; a `Condvar` too |
+//! | another lock_api lock (spin, custom) | `lock_api::Mutex<freeq::RawDeferred<R>, T>` | [`RawDeferred`] forwards every raw trait `R` implements |
+//! | any other guard | [`LockGuard::new`] | releases the guard, then drains; call [`prepare_thread`] before taking the lock |
+//! | no lock, just a scope | [`section`] | RAII section |
+//! | an explicit batch to free later, maybe elsewhere | [`FreeQueue`] | owned, `Send`; `drain()` or drop |
+//!
+//! ## When not to use it
+//!
+//! - **Cheap drops.** A `u64` or a small `Copy` struct costs nothing to
+//!   drop; deferring it costs a few nanoseconds and saves nothing.
+//! - **Uncontended locks nobody waits on.** freeq moves the frees out of
+//!   the critical section; if no other thread ever waits for the lock, that
+//!   only moves latency around.
+//! - **Frees that must happen before the unlock**, because another thread
+//!   checks for them while the lock is held: keep those drops in place.
+//! - **`Policy::Offload` on busy cores.** Reclaimers run only where a CPU
+//!   is idle; when every core is busy with producers, the frees wait or
+//!   fall back inline. Offload pays off with spare cores or single values
+//!   that are heavy to drop.
+//!
+//! ## Why `defer` needs `T: Send + 'static`, even under `Policy::Inline`
+//!
+//! - **`Send`: the batch may be freed on another thread.** The policy is
+//!   read when the batch drains, not when a value is deferred: a
+//!   [`set_policy`] or [`set_default_policy`] (from any thread) in between
+//!   sends values deferred under `Inline` to a reclaimer thread.
+//!   [`FreeQueue`]s are `Send` and may be drained anywhere.
+//! - **`'static`: a queued value outlives the scope that deferred it.** It
+//!   is freed when the *outermost* section closes, which may be in a
+//!   caller's frame long after the deferring function returned, or, if a
+//!   guard is leaked, at thread exit. A borrow inside it could dangle by
+//!   then. Defer an owned value (clone it, or wrap it in an `Arc`).
+//!
+//! ## Async code
+//!
+//! freeq's guards are `!Send`, so a future that holds one across an
+//! `.await` is `!Send` too: a multi-threaded runtime (`tokio::spawn`)
+//! refuses it at compile time, which is what you want, since the guard
+//! must be released on the thread that took it.
+//!
+//! A current-thread runtime or a `LocalSet` accepts such a future, and
+//! then all tasks on that thread share one section: while one task holds a
+//! guard (or a [`Section`]) over an `.await`, every other task's `defer`
+//! on that thread is queued behind it and nothing is freed until that task
+//! releases its guard. Release guards before awaiting (scope them in a
+//! block), as you would a `std` mutex guard.
+//!
+//! ## Large values
+//!
+//! `defer` takes its value by value, and the value travels through a few
+//! calls before it lands in the queue. In debug builds each of those calls
+//! may keep its own copy on the stack, so deferring a very large value
+//! (a 1 MiB array, say) can overflow a thread's stack where the same code in
+//! release does not. Box large values first, before taking the lock: the
+//! queue then carries a pointer. (The queue stores values up to 256 bytes
+//! in place and boxes larger ones itself, which is an allocation under the
+//! lock; boxing them beforehand keeps that out of the critical section.)
+//!
+//! ```
+//! let table = freeq::Mutex::new(vec![0u8; 16]);
+//! // Built on the heap, never on the stack:
+//! let big: Box<[u8]> = vec![7u8; 1 << 20].into_boxed_slice();
+//! {
+//!     let _guard = table.lock().unwrap();
+//!     freeq::defer(big); // the queue holds a pointer and a length
+//! }
+//! // An array already on the stack: one move into a Box, then defer the Box.
+//! let array = [0u64; 4096];
+//! {
+//!     let _guard = table.lock().unwrap();
+//!     freeq::defer(Box::new(array));
+//! }
+//! assert_eq!(freeq::pending(), 0);
+//! ```
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
