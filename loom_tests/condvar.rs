@@ -4,8 +4,12 @@
 //! release, drain, park and re-lock with the notifier's lock and notify is
 //! explored.
 //!
-//! Run with `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test
+//! Run with `scripts/loom.sh` (every model), or this target alone:
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test
 //! --release --test loom_condvar --target-dir target/loom`.
+//!
+//! Without `--cfg loom` the whole file compiles to nothing, so a plain
+//! `cargo test` lists this target with `running 0 tests`; that is expected.
 #![cfg(loom)]
 
 use std::sync::atomic::AtomicUsize as StdAtomicUsize;
