@@ -3,6 +3,9 @@
 //! sections each (building the new records outside the lock, as a real
 //! writer would). The time reported is the wall time until every thread is
 //! done and, for offload, until the reclaimers have freed everything.
+//! Every iteration spawns its threads afresh, so each thread's first
+//! critical sections (a fresh thread's setup) are part of the figure; for
+//! percentiles of that churn, see `lock_hold --fresh-threads`.
 //!
 //! Threads: 1 and 2 by default; `FREEQ_BENCH_THREADS=4,8,16` on bigger
 //! machines.
