@@ -759,7 +759,9 @@ fn verdict(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
             } else {
                 "longer than by hand"
             },
-            if t >= 0.95 {
+            if t >= 1.05 {
+                "ahead of it"
+            } else if t >= 0.95 {
                 "on par"
             } else {
                 "behind the hand-written pattern"
@@ -791,7 +793,8 @@ fn verdict(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
     }
     if let (Some(o), Some(f)) = (find(Strategy::FreeqOffload), find(Strategy::FreeqStd)) {
         let t = o.ops_per_sec() / f.ops_per_sec();
-        let busy = threads >= cores;
+        let load = load_average().parse::<f64>().unwrap_or(0.0);
+        let busy = threads >= cores || load >= cores as f64;
         lines.push(format!(
             "freeq offload: throughput {t:.2}x freeq std's. Its clock includes waiting until \
              the reclaimers have freed every record (free wait {:.0} ms); reclaimers run at idle \
@@ -799,10 +802,10 @@ fn verdict(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
             o.reclaim_wait.as_secs_f64() * 1e3,
             if busy {
                 format!(
-                    "Here {threads} busy worker(s) share {cores} core(s): the frees wait, or \
-                     the workers free inline once the backlog bound is hit. Offload pays when \
-                     cores are spare or single values are heavy to drop; for cheap records on \
-                     busy cores keep Policy::Inline."
+                    "Here {threads} worker(s) ran on {cores} core(s) at load average {load:.1}: \
+                     with no core idle the frees wait, or the workers free inline once the \
+                     backlog bound is hit. Offload pays when cores are spare or single values \
+                     are heavy to drop; for cheap records on busy cores keep Policy::Inline."
                 )
             } else {
                 format!(
@@ -822,6 +825,13 @@ fn verdict(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
                 fmt_ns(h.first.max() as f64),
             ));
         }
+    }
+    let load = load_average().parse::<f64>().unwrap_or(0.0);
+    if load > cores as f64 {
+        lines.push(format!(
+            "the machine was busy (load average {load:.1} on {cores} core(s)): throughput \
+             ratios and maxima move a lot between runs; the medians are steadier."
+        ));
     }
     if !lines.is_empty() {
         println!("verdict:");
@@ -1030,7 +1040,8 @@ fn main() {
     println!(
         "lock_hold: lock hold time per critical section, and throughput, for {} strateg{} \
          at {:?} thread(s){}.\n\
-         This takes about {:.0} s ({} runs of {:.2} s), plus the waits for outstanding frees.\n\
+         This takes about {:.1} s ({} runs of {:.2} s), plus the waits for outstanding frees\n\
+         (well under a second each on an idle machine, seconds on a busy one).\n\
          {cores} core(s), load average {}; hold times include ~{} ns of timer overhead.",
         strategies.len(),
         if strategies.len() == 1 { "y" } else { "ies" },
