@@ -635,9 +635,9 @@ fn main() {
     let a = CLI.parse();
     let cfg = Config {
         seconds: a.seconds("seconds", 3.0),
-        writers: a.count("writers", 2),
-        readers: a.int("readers", 1, 0..=1024),
-        memtable: a.count("memtable", 8192),
+        writers: a.threads("writers", 2),
+        readers: a.int("readers", 1, 0..=args::MAX_THREADS),
+        memtable: a.int("memtable", 8192, 1..=1 << 24),
         keys: a.count("keys", 65_536),
     };
 

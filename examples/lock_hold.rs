@@ -432,7 +432,8 @@ fn run_fresh(strategy: Strategy, threads: usize, slice: Duration, cfg: &Config) 
     let (mut ops, mut retired, mut generation) = (0, 0, 0u64);
 
     let start = Instant::now();
-    while start.elapsed() < slice {
+    // At least one generation, however short the slice.
+    while generation == 0 || start.elapsed() < slice {
         // All threads of a generation start their first section together.
         let ready = std::sync::Barrier::new(threads);
         let results: Vec<WorkerResult> = thread::scope(|s| {
@@ -1001,11 +1002,11 @@ fn parse_args() -> Config {
             .collect(),
     };
     let cfg = Config {
-        threads: a.counts("threads", if fresh { &[8] } else { &[1, 2] }),
+        threads: a.thread_counts("threads", if fresh { &[8] } else { &[1, 2] }),
         seconds: a.seconds("seconds", 16.0),
-        records: a.int("records", 8, 0..=1 << 20),
-        strings: a.int("strings", 17, 0..=1 << 20),
-        cache: a.count("cache", 4096),
+        records: a.int("records", 8, 0..=10_000),
+        strings: a.int("strings", 17, 0..=10_000),
+        cache: a.int("cache", 4096, 1..=1_000_000),
         rounds: a.count("rounds", 5),
         strategies,
         svg: a.text("svg").map(|path| {
@@ -1017,8 +1018,19 @@ fn parse_args() -> Config {
             }
         }),
         fresh,
-        sections: a.count("sections", 100),
+        sections: a.int("sections", 100, 1..=100_000),
     };
+    let runs = cfg.threads.len() * cfg.strategies.len() * cfg.rounds;
+    if cfg.seconds / (runs as f64) < 0.01 {
+        a.bad(
+            "seconds",
+            &format!(
+                "{} s is too short for {runs} runs (thread counts x strategies x rounds): \
+                 give each run at least 10 ms",
+                cfg.seconds
+            ),
+        );
+    }
     if a.text("sections").is_some() && !fresh {
         a.bad("sections", "only applies with --fresh-threads");
     }

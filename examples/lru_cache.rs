@@ -422,10 +422,10 @@ fn main() {
     let cfg = Config {
         seconds: a.seconds("seconds", 3.0),
         rounds: a.count("rounds", 3) as u32,
-        threads: a.count("threads", threads),
-        capacity: a.count("capacity", 4096),
+        threads: a.threads("threads", threads.min(args::MAX_THREADS)),
+        capacity: a.int("capacity", 4096, 1..=1 << 24),
         keys: a.count("keys", 16_384) as u64,
-        lines: a.int("lines", 24, 0..=1 << 20),
+        lines: a.int("lines", 24, 0..=10_000),
     };
 
     println!(

@@ -373,10 +373,10 @@ fn main() {
     let cfg = Config {
         seconds: a.seconds("seconds", 3.0),
         rounds: a.count("rounds", 3) as u32,
-        threads: a.count("threads", threads),
-        shards: a.count("shards", 16),
-        keys: a.count("keys", 20_000) as u64,
-        strings: a.int("strings", 16, 0..=1 << 20),
+        threads: a.threads("threads", threads.min(args::MAX_THREADS)),
+        shards: a.int("shards", 16, 1..=1 << 16),
+        keys: a.int("keys", 20_000, 1..=1_000_000) as u64,
+        strings: a.int("strings", 16, 0..=10_000),
         writes: a.int("writes", 40, 1..=80),
     };
 

@@ -343,8 +343,8 @@ fn main() {
     let cfg = Config {
         seconds: a.seconds("seconds", 3.0),
         rounds: a.count("rounds", 3) as u32,
-        workers: a.count("workers", 4),
-        batch: a.count("batch", 4),
+        workers: a.threads("workers", 4),
+        batch: a.int("batch", 4, 1..=1_000_000),
         work: Duration::from_micros(a.int("work-us", 20, 0..=1_000_000) as u64),
     };
     let cores = thread::available_parallelism().map_or(1, |n| n.get());

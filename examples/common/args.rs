@@ -11,6 +11,14 @@
 use std::ops::RangeInclusive;
 use std::process;
 
+/// The most threads an option may ask for: enough for any example, few
+/// enough that spawning them cannot fail on an ordinary machine.
+pub const MAX_THREADS: usize = 1024;
+
+/// The shortest run an example accepts: shorter ones measure too little to
+/// print anything but zeros.
+pub const MIN_SECONDS: f64 = 0.1;
+
 /// One option: `--name VALUE`, or a switch when `value` is empty.
 pub struct Opt {
     /// The long name, without the dashes.
@@ -156,12 +164,18 @@ impl Args {
         self.int(name, default, 1..=1 << 30)
     }
 
-    /// A comma-separated list of counts (`1,2,8`), or `default`.
-    pub fn counts(&self, name: &str, default: &[usize]) -> Vec<usize> {
+    /// A number of threads to spawn: 1 to [`MAX_THREADS`], or `default`.
+    pub fn threads(&self, name: &str, default: usize) -> usize {
+        self.int(name, default, 1..=MAX_THREADS)
+    }
+
+    /// A comma-separated list of thread counts (`1,2,8`), each 1 to
+    /// [`MAX_THREADS`], or `default`.
+    pub fn thread_counts(&self, name: &str, default: &[usize]) -> Vec<usize> {
         let Some(v) = self.raw(name) else {
             return default.to_vec();
         };
-        let range = 1..=1 << 30;
+        let range = 1..=MAX_THREADS;
         v.split(',')
             .map(|part| match part.trim().parse::<usize>() {
                 Ok(n) if range.contains(&n) => n,
@@ -170,17 +184,17 @@ impl Args {
             .collect()
     }
 
-    /// A duration in seconds: finite, above zero and at most a day, or
-    /// `default`.
+    /// A duration in seconds: finite, from [`MIN_SECONDS`] to a day, or
+    /// `default`. Zero, negative, NaN and infinite values are refused.
     pub fn seconds(&self, name: &str, default: f64) -> f64 {
         let Some(v) = self.raw(name) else {
             return default;
         };
         match v.trim().parse::<f64>() {
-            Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => s,
+            Ok(s) if s.is_finite() && (MIN_SECONDS..=86_400.0).contains(&s) => s,
             _ => self.bad(
                 name,
-                &format!("expected seconds above 0 and at most 86400, got {v:?}"),
+                &format!("expected seconds from {MIN_SECONDS} to 86400, got {v:?}"),
             ),
         }
     }
