@@ -41,6 +41,9 @@
 //! cargo run --release --example db_engine -- [--seconds 3] [--writers 2]
 //!     [--readers 1] [--memtable 8192] [--keys 65536]
 //! ```
+//!
+//! `--help` lists the options; values may be given as `--name value` or
+//! `--name=value`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -25,6 +25,9 @@
 //!     [--threads N] [--capacity 4096] [--keys 16384] [--lines 24]
 //! ```
 //!
+//! `--help` lists the options; values may be given as `--name value` or
+//! `--name=value`.
+//!
 //! Each variant runs for `--seconds` in all, split into `--rounds` that
 //! alternate between the two, so that a busy machine disturbs both alike.
 

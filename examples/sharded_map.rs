@@ -23,6 +23,9 @@
 //!     [--threads N] [--shards 16] [--keys 20000] [--strings 16] [--writes 40]
 //! ```
 //!
+//! `--help` lists the options; values may be given as `--name value` or
+//! `--name=value`.
+//!
 //! Each variant runs for `--seconds` in all, split into `--rounds` that
 //! alternate between the two, so that a busy machine disturbs both alike.
 
