@@ -15,7 +15,7 @@ use lock_api::{
     RawRwLockUpgradeFair, RawRwLockUpgradeTimed,
 };
 
-use crate::queue::{enter, leave};
+use crate::queue::{enter, leave, prepare_thread};
 
 /// A lock_api raw lock `R` whose acquisitions are freeq sections.
 ///
@@ -65,10 +65,27 @@ impl<R> fmt::Debug for RawDeferred<R> {
 }
 
 /// Guard state of a [`RawDeferred`] acquisition: the inner lock's state,
-/// made `!Send` so the section closes on the thread that opened it.
+/// made `!Send` so the section closes on the thread that opened it. It is
+/// `Sync` when `G` is, so lock_api's guards are `Sync` exactly when they
+/// would be over `R`.
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<freeq::DeferredGuard<lock_api::GuardSend>>();
+/// ```
+///
+/// ```
+/// type Mutex<T> = lock_api::Mutex<freeq::RawDeferred<parking_lot::RawMutex>, T>;
+/// let m = Mutex::new(7);
+/// let g = m.lock();
+/// std::thread::scope(|s| {
+///     s.spawn(|| assert_eq!(*g, 7));
+/// });
+/// ```
 pub struct DeferredGuard<G> {
     inner: G,
-    _not_send: PhantomData<*mut ()>,
+    // `!Send` but `Sync` (what `std::sync::MutexGuard` is).
+    _not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl<G> DeferredGuard<G> {
@@ -98,16 +115,24 @@ impl<G> fmt::Debug for DeferredGuard<G> {
     }
 }
 
-/// Wraps the state of an acquisition that just succeeded, opening its section.
+/// Readies the thread (before the inner lock is taken, so nothing is set
+/// up or allocated while it is held), runs the acquisition, and opens its
+/// section.
 #[inline]
-fn acquired<G>(inner: G) -> DeferredGuard<G> {
+fn acquire<G>(lock: impl FnOnce() -> G) -> DeferredGuard<G> {
+    prepare_thread();
+    let inner = lock();
     enter();
     DeferredGuard::new(inner)
 }
 
+/// [`acquire`] for an attempt that may fail: a section only on success.
 #[inline]
-fn acquired_opt<G>(inner: Option<G>) -> Option<DeferredGuard<G>> {
-    inner.map(acquired)
+fn acquire_opt<G>(lock: impl FnOnce() -> Option<G>) -> Option<DeferredGuard<G>> {
+    prepare_thread();
+    let inner = lock()?;
+    enter();
+    Some(DeferredGuard::new(inner))
 }
 
 /// Re-wraps a state that changes kind (upgrade, downgrade): same section.
@@ -121,12 +146,29 @@ fn same_res<A, B>(r: Result<A, B>) -> Result<DeferredGuard<A>, DeferredGuard<B>>
     r.map(same).map_err(same)
 }
 
+/// Closes the acquisition's section when dropped: after the inner release
+/// returns, and also when it unwinds (lock_api lets an operation that
+/// consumes guard state panic once it has released the lock). Transitions
+/// (upgrade, downgrade) forget it when they return: the section carries
+/// over.
+struct Leave;
+
+impl Drop for Leave {
+    #[inline]
+    fn drop(&mut self) {
+        leave();
+    }
+}
+
 // (1) Every operation below delegates to `R`, which provides the exclusion,
 // ordering and unwinding guarantees lock_api asks for; freeq only adds
-// section bookkeeping after a successful acquisition and after a completed
-// release. `leave` may run user destructors and panic, but only once the
-// inner lock is released, which is what lock_api requires of an unwinding
-// release.
+// section bookkeeping: the thread is readied before each acquisition, a
+// section opens after a successful one and closes after a release, also
+// when the release (or a transition that consumes guard state) unwinds, as
+// lock_api 0.5 allows once the lock is released. `leave` may run user
+// destructors and panic, but only once the inner lock is released, which is
+// what lock_api requires of an unwinding release. A bump that unwinds keeps
+// the lock held (lock_api requires that too), so its section stays open.
 // SAFETY: see (1).
 unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
     #[allow(clippy::declare_interior_mutable_const)]
@@ -135,20 +177,20 @@ unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
 
     #[inline]
     fn lock(&self) -> Self::Guard {
-        acquired(self.inner.lock())
+        acquire(|| self.inner.lock())
     }
 
     #[inline]
     fn try_lock(&self) -> Option<Self::Guard> {
-        acquired_opt(self.inner.try_lock())
+        acquire_opt(|| self.inner.try_lock())
     }
 
     #[inline]
     unsafe fn unlock(&self, guard: Self::Guard) {
+        let _leave = Leave;
         // SAFETY: (2) the caller hands us the state of its acquisition of
         // this lock, which wraps the inner lock's state for the same one.
         unsafe { self.inner.unlock(guard.inner) };
-        leave();
     }
 
     #[inline]
@@ -160,9 +202,9 @@ unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawMutexFair> RawMutexFair for RawDeferred<R> {
     unsafe fn unlock_fair(&self, guard: Self::Guard) {
+        let _leave = Leave;
         // SAFETY: (3) as in (2).
         unsafe { self.inner.unlock_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn bump(&self, guard: &mut Self::Guard) {
@@ -177,11 +219,11 @@ unsafe impl<R: RawMutexTimed> RawMutexTimed for RawDeferred<R> {
     type Instant = R::Instant;
 
     fn try_lock_for(&self, timeout: Self::Duration) -> Option<Self::Guard> {
-        acquired_opt(self.inner.try_lock_for(timeout))
+        acquire_opt(|| self.inner.try_lock_for(timeout))
     }
 
     fn try_lock_until(&self, timeout: Self::Instant) -> Option<Self::Guard> {
-        acquired_opt(self.inner.try_lock_until(timeout))
+        acquire_opt(|| self.inner.try_lock_until(timeout))
     }
 }
 
@@ -194,36 +236,36 @@ unsafe impl<R: RawRwLock> RawRwLock for RawDeferred<R> {
 
     #[inline]
     fn lock_shared(&self) -> Self::SharedGuard {
-        acquired(self.inner.lock_shared())
+        acquire(|| self.inner.lock_shared())
     }
 
     #[inline]
     fn try_lock_shared(&self) -> Option<Self::SharedGuard> {
-        acquired_opt(self.inner.try_lock_shared())
+        acquire_opt(|| self.inner.try_lock_shared())
     }
 
     #[inline]
     unsafe fn unlock_shared(&self, guard: Self::SharedGuard) {
+        let _leave = Leave;
         // SAFETY: (5) as in (2).
         unsafe { self.inner.unlock_shared(guard.inner) };
-        leave();
     }
 
     #[inline]
     fn lock_exclusive(&self) -> Self::ExclusiveGuard {
-        acquired(self.inner.lock_exclusive())
+        acquire(|| self.inner.lock_exclusive())
     }
 
     #[inline]
     fn try_lock_exclusive(&self) -> Option<Self::ExclusiveGuard> {
-        acquired_opt(self.inner.try_lock_exclusive())
+        acquire_opt(|| self.inner.try_lock_exclusive())
     }
 
     #[inline]
     unsafe fn unlock_exclusive(&self, guard: Self::ExclusiveGuard) {
+        let _leave = Leave;
         // SAFETY: (6) as in (2).
         unsafe { self.inner.unlock_exclusive(guard.inner) };
-        leave();
     }
 
     #[inline]
@@ -240,15 +282,15 @@ unsafe impl<R: RawRwLock> RawRwLock for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockFair> RawRwLockFair for RawDeferred<R> {
     unsafe fn unlock_shared_fair(&self, guard: Self::SharedGuard) {
+        let _leave = Leave;
         // SAFETY: (7) as in (2).
         unsafe { self.inner.unlock_shared_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn unlock_exclusive_fair(&self, guard: Self::ExclusiveGuard) {
+        let _leave = Leave;
         // SAFETY: (8) as in (2).
         unsafe { self.inner.unlock_exclusive_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn bump_shared(&self, guard: &mut Self::SharedGuard) {
@@ -265,8 +307,11 @@ unsafe impl<R: RawRwLockFair> RawRwLockFair for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockDowngrade> RawRwLockDowngrade for RawDeferred<R> {
     unsafe fn downgrade(&self, guard: Self::ExclusiveGuard) -> Self::SharedGuard {
+        let leave = Leave;
         // SAFETY: (11) as in (2); the section carries over.
-        same(unsafe { self.inner.downgrade(guard.inner) })
+        let state = unsafe { self.inner.downgrade(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 }
 
@@ -276,19 +321,19 @@ unsafe impl<R: RawRwLockTimed> RawRwLockTimed for RawDeferred<R> {
     type Instant = R::Instant;
 
     fn try_lock_shared_for(&self, timeout: Self::Duration) -> Option<Self::SharedGuard> {
-        acquired_opt(self.inner.try_lock_shared_for(timeout))
+        acquire_opt(|| self.inner.try_lock_shared_for(timeout))
     }
 
     fn try_lock_shared_until(&self, timeout: Self::Instant) -> Option<Self::SharedGuard> {
-        acquired_opt(self.inner.try_lock_shared_until(timeout))
+        acquire_opt(|| self.inner.try_lock_shared_until(timeout))
     }
 
     fn try_lock_exclusive_for(&self, timeout: Self::Duration) -> Option<Self::ExclusiveGuard> {
-        acquired_opt(self.inner.try_lock_exclusive_for(timeout))
+        acquire_opt(|| self.inner.try_lock_exclusive_for(timeout))
     }
 
     fn try_lock_exclusive_until(&self, timeout: Self::Instant) -> Option<Self::ExclusiveGuard> {
-        acquired_opt(self.inner.try_lock_exclusive_until(timeout))
+        acquire_opt(|| self.inner.try_lock_exclusive_until(timeout))
     }
 }
 
@@ -297,39 +342,45 @@ unsafe impl<R: RawRwLockUpgrade> RawRwLockUpgrade for RawDeferred<R> {
     type UpgradableGuard = DeferredGuard<R::UpgradableGuard>;
 
     fn lock_upgradable(&self) -> Self::UpgradableGuard {
-        acquired(self.inner.lock_upgradable())
+        acquire(|| self.inner.lock_upgradable())
     }
 
     fn try_lock_upgradable(&self) -> Option<Self::UpgradableGuard> {
-        acquired_opt(self.inner.try_lock_upgradable())
+        acquire_opt(|| self.inner.try_lock_upgradable())
     }
 
     unsafe fn unlock_upgradable(&self, guard: Self::UpgradableGuard) {
+        let _leave = Leave;
         // SAFETY: (12) as in (2).
         unsafe { self.inner.unlock_upgradable(guard.inner) };
-        leave();
     }
 
     unsafe fn upgrade(&self, guard: Self::UpgradableGuard) -> Self::ExclusiveGuard {
+        let leave = Leave;
         // SAFETY: (13) as in (2); the section carries over.
-        same(unsafe { self.inner.upgrade(guard.inner) })
+        let state = unsafe { self.inner.upgrade(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 
     unsafe fn try_upgrade(
         &self,
         guard: Self::UpgradableGuard,
     ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        let leave = Leave;
         // SAFETY: (14) as in (13).
-        same_res(unsafe { self.inner.try_upgrade(guard.inner) })
+        let state = unsafe { self.inner.try_upgrade(guard.inner) };
+        std::mem::forget(leave);
+        same_res(state)
     }
 }
 
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockUpgradeFair> RawRwLockUpgradeFair for RawDeferred<R> {
     unsafe fn unlock_upgradable_fair(&self, guard: Self::UpgradableGuard) {
+        let _leave = Leave;
         // SAFETY: (15) as in (2).
         unsafe { self.inner.unlock_upgradable_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn bump_upgradable(&self, guard: &mut Self::UpgradableGuard) {
@@ -341,24 +392,30 @@ unsafe impl<R: RawRwLockUpgradeFair> RawRwLockUpgradeFair for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockUpgradeDowngrade> RawRwLockUpgradeDowngrade for RawDeferred<R> {
     unsafe fn downgrade_upgradable(&self, guard: Self::UpgradableGuard) -> Self::SharedGuard {
+        let leave = Leave;
         // SAFETY: (17) as in (13).
-        same(unsafe { self.inner.downgrade_upgradable(guard.inner) })
+        let state = unsafe { self.inner.downgrade_upgradable(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 
     unsafe fn downgrade_to_upgradable(&self, guard: Self::ExclusiveGuard) -> Self::UpgradableGuard {
+        let leave = Leave;
         // SAFETY: (18) as in (13).
-        same(unsafe { self.inner.downgrade_to_upgradable(guard.inner) })
+        let state = unsafe { self.inner.downgrade_to_upgradable(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 }
 
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
     fn try_lock_upgradable_for(&self, timeout: Self::Duration) -> Option<Self::UpgradableGuard> {
-        acquired_opt(self.inner.try_lock_upgradable_for(timeout))
+        acquire_opt(|| self.inner.try_lock_upgradable_for(timeout))
     }
 
     fn try_lock_upgradable_until(&self, timeout: Self::Instant) -> Option<Self::UpgradableGuard> {
-        acquired_opt(self.inner.try_lock_upgradable_until(timeout))
+        acquire_opt(|| self.inner.try_lock_upgradable_until(timeout))
     }
 
     unsafe fn try_upgrade_for(
@@ -366,8 +423,11 @@ unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
         guard: Self::UpgradableGuard,
         timeout: Self::Duration,
     ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        let leave = Leave;
         // SAFETY: (19) as in (13).
-        same_res(unsafe { self.inner.try_upgrade_for(guard.inner, timeout) })
+        let state = unsafe { self.inner.try_upgrade_for(guard.inner, timeout) };
+        std::mem::forget(leave);
+        same_res(state)
     }
 
     unsafe fn try_upgrade_until(
@@ -375,8 +435,11 @@ unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
         guard: Self::UpgradableGuard,
         timeout: Self::Instant,
     ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        let leave = Leave;
         // SAFETY: (20) as in (13).
-        same_res(unsafe { self.inner.try_upgrade_until(guard.inner, timeout) })
+        let state = unsafe { self.inner.try_upgrade_until(guard.inner, timeout) };
+        std::mem::forget(leave);
+        same_res(state)
     }
 }
 

@@ -1,9 +1,13 @@
 //! `std`-backed deferring locks with `std`'s API, poisoning included.
+//!
+//! Every acquisition readies the thread ([`prepare_thread`]) before it
+//! calls the inner lock, so nothing is set up or allocated while it is held.
 
 use std::fmt;
 use std::sync::{self as stdsync, LockResult, PoisonError, TryLockError, TryLockResult};
 
 use crate::guard::LockGuard;
+use crate::queue::prepare_thread;
 
 /// Guard of a [`Mutex`]: `std`'s guard (with its mutex, for
 /// [`Condvar`](crate::Condvar) waits) in a [`LockGuard`].
@@ -16,6 +20,13 @@ pub struct StdMutexGuard<'a, T: ?Sized> {
     pub(crate) mutex: &'a stdsync::Mutex<T>,
     guard: stdsync::MutexGuard<'a, T>,
 }
+
+// SAFETY: (1) through `&StdMutexGuard` another thread reaches only `&T`
+// (`Deref`, `Debug`, `Display`); the mutex reference is used only by a
+// condvar wait, which takes the guard by value on the thread that holds
+// it. So sharing the guard is exactly as safe as sharing `std`'s guard,
+// which is `Sync` when `T: Sync`.
+unsafe impl<T: ?Sized + Sync> Sync for StdMutexGuard<'_, T> {}
 
 impl<T: ?Sized> std::ops::Deref for StdMutexGuard<'_, T> {
     type Target = T;
@@ -127,12 +138,14 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     pub(crate) fn relock(mutex: &stdsync::Mutex<T>) -> LockResult<MutexGuard<'_, T>> {
+        prepare_thread();
         wrap(mutex.lock(), |guard| StdMutexGuard { mutex, guard })
     }
 
     /// Acquires the lock if it is free.
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
         let mutex = &self.inner;
+        prepare_thread();
         wrap_try(mutex.try_lock(), |guard| StdMutexGuard { mutex, guard })
     }
 
@@ -200,21 +213,25 @@ impl<T> RwLock<T> {
 impl<T: ?Sized> RwLock<T> {
     /// Shared access, blocking.
     pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
+        prepare_thread();
         wrap(self.inner.read(), same)
     }
 
     /// Shared access if available now.
     pub fn try_read(&self) -> TryLockResult<RwLockReadGuard<'_, T>> {
+        prepare_thread();
         wrap_try(self.inner.try_read(), same)
     }
 
     /// Exclusive access, blocking.
     pub fn write(&self) -> LockResult<RwLockWriteGuard<'_, T>> {
+        prepare_thread();
         wrap(self.inner.write(), same)
     }
 
     /// Exclusive access if available now.
     pub fn try_write(&self) -> TryLockResult<RwLockWriteGuard<'_, T>> {
+        prepare_thread();
         wrap_try(self.inner.try_write(), same)
     }
 
