@@ -116,17 +116,63 @@ impl<T> Mutex<T> {
 }
 
 impl<T: Send + 'static> Mutex<T> {
-    /// Replaces the value and frees the old one after the unlock.
+    /// Replaces the value and frees the old one after the unlock (deferred
+    /// to the outermost section if the thread is in one). `std`'s
+    /// signature: if the mutex is poisoned nothing is stored, and `value`
+    /// comes back in the error.
     ///
     /// ```
     /// let m = freeq::Mutex::new(vec![1, 2, 3]);
-    /// m.set(Vec::new());
+    /// m.set(Vec::new()).unwrap();
     /// assert!(m.lock().unwrap().is_empty());
     /// ```
-    pub fn set(&self, value: T) {
-        let mut g = self.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = std::mem::replace(&mut *g, value);
+    pub fn set(&self, value: T) -> Result<(), PoisonError<T>> {
+        let old = self.replace(value)?;
+        free_after_unlock(old);
+        Ok(())
+    }
+}
+
+/// Frees a value taken out under a lock that is now released: deferred if
+/// the thread is still inside a section, at once otherwise.
+fn free_after_unlock<T: Send + 'static>(old: T) {
+    if crate::in_section() {
         crate::defer(old);
+    } else {
+        drop(old);
+    }
+}
+
+impl<T> Mutex<T> {
+    /// Replaces the value, returning the old one (after the unlock). `std`'s
+    /// signature: if the mutex is poisoned nothing is stored, and `value`
+    /// comes back in the error.
+    ///
+    /// ```
+    /// let m = freeq::Mutex::new(String::from("old"));
+    /// assert_eq!(m.replace(String::from("new")).unwrap(), "old");
+    /// ```
+    pub fn replace(&self, value: T) -> LockResult<T> {
+        match self.lock() {
+            Ok(mut guard) => Ok(std::mem::replace(&mut *guard, value)),
+            Err(_) => Err(PoisonError::new(value)),
+        }
+    }
+
+    /// A clone of the value. `std`'s signature: an error if poisoned.
+    ///
+    /// ```
+    /// let m = freeq::Mutex::new(7);
+    /// assert_eq!(m.get_cloned().unwrap(), 7);
+    /// ```
+    pub fn get_cloned(&self) -> Result<T, PoisonError<()>>
+    where
+        T: Clone,
+    {
+        match self.lock() {
+            Ok(guard) => Ok((*guard).clone()),
+            Err(_) => Err(PoisonError::new(())),
+        }
     }
 }
 
@@ -207,6 +253,72 @@ impl<T> RwLock<T> {
     /// Consumes the lock, returning the value (an error if poisoned).
     pub fn into_inner(self) -> LockResult<T> {
         self.inner.into_inner()
+    }
+}
+
+impl<T: Send + 'static> RwLock<T> {
+    /// Replaces the value and frees the old one after the unlock, as
+    /// [`Mutex::set`] does. If the lock is poisoned nothing is stored, and
+    /// `value` comes back in the error.
+    ///
+    /// ```
+    /// let rw = freeq::RwLock::new(vec![1, 2, 3]);
+    /// rw.set(Vec::new()).unwrap();
+    /// assert!(rw.read().unwrap().is_empty());
+    /// ```
+    pub fn set(&self, value: T) -> Result<(), PoisonError<T>> {
+        let old = self.replace(value)?;
+        free_after_unlock(old);
+        Ok(())
+    }
+}
+
+impl<T> RwLock<T> {
+    /// Replaces the value, returning the old one (after the unlock). If the
+    /// lock is poisoned nothing is stored, and `value` comes back in the
+    /// error.
+    pub fn replace(&self, value: T) -> LockResult<T> {
+        match self.write() {
+            Ok(mut guard) => Ok(std::mem::replace(&mut *guard, value)),
+            Err(_) => Err(PoisonError::new(value)),
+        }
+    }
+
+    /// A clone of the value, under a read lock; an error if poisoned.
+    pub fn get_cloned(&self) -> Result<T, PoisonError<()>>
+    where
+        T: Clone,
+    {
+        match self.read() {
+            Ok(guard) => Ok((*guard).clone()),
+            Err(_) => Err(PoisonError::new(())),
+        }
+    }
+}
+
+impl<'a, T: ?Sized> LockGuard<stdsync::RwLockWriteGuard<'a, T>> {
+    /// Turns a write lock into a read lock without letting another writer
+    /// in, as `std`'s `RwLockWriteGuard::downgrade` does (an associated
+    /// function, like `std`'s). The section stays open across it: nothing
+    /// is freed until the read guard is released.
+    ///
+    /// ```
+    /// use freeq::RwLockWriteGuard;
+    /// let rw = freeq::RwLock::new(vec![String::from("old")]);
+    /// let mut w = rw.write().unwrap();
+    /// freeq::defer(std::mem::take(&mut *w));
+    /// let r = RwLockWriteGuard::downgrade(w);
+    /// assert!(r.is_empty());
+    /// assert_eq!(freeq::pending(), 1); // still in the section
+    /// drop(r);
+    /// assert_eq!(freeq::pending(), 0);
+    /// ```
+    pub fn downgrade(s: Self) -> RwLockReadGuard<'a, T> {
+        let LockGuard { guard, _section } = s;
+        LockGuard {
+            guard: stdsync::RwLockWriteGuard::downgrade(guard),
+            _section,
+        }
     }
 }
 

@@ -532,3 +532,81 @@ fn a_leaked_guard_keeps_its_thread_in_a_section_until_exit() {
     assert_eq!(freed.load(SeqCst), 2);
     assert!(m.is_locked(), "the leaked guard never unlocks");
 }
+
+// ---------------------------------------------------------------------------
+// std's API: set, replace, get_cloned, downgrade
+// ---------------------------------------------------------------------------
+
+/// Poisons a std-backed lock: takes it with `lock` and panics holding it.
+fn poison<G>(lock: impl FnOnce() -> G + Send) {
+    quiet_injected();
+    thread::scope(|s| {
+        assert!(s
+            .spawn(|| {
+                let _held = lock();
+                panic::panic_any(Injected)
+            })
+            .join()
+            .is_err());
+    });
+}
+
+#[test]
+fn mutex_set_replace_and_get_cloned_follow_std() {
+    let freed = Arc::new(AtomicUsize::new(0));
+    let m = freeq::Mutex::new(Some(Probe(freed.clone())));
+    // Inside a section the old value waits for the outermost release.
+    let s = freeq::section();
+    m.set(None).unwrap();
+    assert_eq!((freed.load(SeqCst), pending()), (0, 1));
+    drop(s);
+    assert_eq!(freed.load(SeqCst), 1);
+    // Outside, it is freed after the unlock, at once.
+    m.set(Some(Probe(freed.clone()))).unwrap();
+    m.set(None).unwrap();
+    assert_eq!(freed.load(SeqCst), 2);
+
+    let m = freeq::Mutex::new(String::from("a"));
+    assert_eq!(m.replace(String::from("b")).unwrap(), "a");
+    assert_eq!(m.get_cloned().unwrap(), "b");
+
+    // Poisoned: nothing is stored, the value comes back.
+    poison(|| m.lock());
+    let guard = m.lock();
+    assert!(guard.is_err());
+    drop(guard);
+    let err = m.set(String::from("c")).unwrap_err();
+    assert_eq!(err.into_inner(), "c");
+    assert_eq!(m.replace(String::from("d")).unwrap_err().into_inner(), "d");
+    assert!(m.get_cloned().is_err());
+    m.clear_poison();
+    assert_eq!(m.get_cloned().unwrap(), "b");
+}
+
+#[test]
+fn rwlock_set_replace_get_cloned_and_downgrade() {
+    let freed = Arc::new(AtomicUsize::new(0));
+    let rw = freeq::RwLock::new(Some(Probe(freed.clone())));
+    rw.set(None).unwrap();
+    assert_eq!(freed.load(SeqCst), 1);
+    assert!(rw.replace(None).unwrap().is_none());
+
+    let rw = freeq::RwLock::new(vec![Probe(freed.clone())]);
+    let mut w = rw.write().unwrap();
+    defer(std::mem::take(&mut *w));
+    let r = freeq::RwLockWriteGuard::downgrade(w);
+    // Still one section: nothing freed, other readers may enter, no writer.
+    assert!(in_section());
+    assert_eq!((pending(), freed.load(SeqCst)), (1, 1));
+    assert!(rw.try_read().is_ok());
+    assert!(rw.try_write().is_err());
+    drop(r);
+    assert!(!in_section());
+    assert_eq!(freed.load(SeqCst), 2);
+    assert!(rw.read().unwrap().is_empty());
+
+    let rw = freeq::RwLock::new(1);
+    poison(|| rw.write());
+    assert_eq!(rw.set(2).unwrap_err().into_inner(), 2);
+    assert!(rw.get_cloned().is_err());
+}
