@@ -374,3 +374,47 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
         fmt::Debug::fmt(&self.inner, f)
     }
 }
+
+/// With feature `serde`: serializes the value under the lock (a section);
+/// an error if the mutex is poisoned.
+#[cfg(feature = "serde")]
+impl<T: ?Sized + serde::Serialize> serde::Serialize for Mutex<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.lock() {
+            Ok(guard) => (*guard).serialize(serializer),
+            Err(_) => Err(serde::ser::Error::custom(
+                "lock poison error while serializing",
+            )),
+        }
+    }
+}
+
+/// With feature `serde`: deserializes the value into a new mutex.
+#[cfg(feature = "serde")]
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Mutex<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Mutex::new)
+    }
+}
+
+/// With feature `serde`: serializes the value under a read lock (a
+/// section); an error if the lock is poisoned.
+#[cfg(feature = "serde")]
+impl<T: ?Sized + serde::Serialize> serde::Serialize for RwLock<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.read() {
+            Ok(guard) => (*guard).serialize(serializer),
+            Err(_) => Err(serde::ser::Error::custom(
+                "lock poison error while serializing",
+            )),
+        }
+    }
+}
+
+/// With feature `serde`: deserializes the value into a new lock.
+#[cfg(feature = "serde")]
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for RwLock<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(RwLock::new)
+    }
+}

@@ -610,3 +610,33 @@ fn rwlock_set_replace_get_cloned_and_downgrade() {
     assert_eq!(rw.set(2).unwrap_err().into_inner(), 2);
     assert!(rw.get_cloned().is_err());
 }
+
+// ---------------------------------------------------------------------------
+// serde (feature `serde`)
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "serde")]
+#[test]
+fn locks_serialize_and_deserialize_like_their_values() {
+    let m = freeq::Mutex::new(vec![1, 2]);
+    let rw = freeq::RwLock::new(String::from("x"));
+    let pm = freeq::parking_lot::Mutex::new(3u8);
+    let prw = freeq::parking_lot::RwLock::new((4u8, 5u8));
+    let json = serde_json::to_string(&(&m, &rw, &pm, &prw)).unwrap();
+    assert_eq!(json, r#"[[1,2],"x",3,[4,5]]"#);
+    assert!(!in_section());
+    type All = (
+        freeq::Mutex<Vec<i32>>,
+        freeq::RwLock<String>,
+        freeq::parking_lot::Mutex<u8>,
+        freeq::parking_lot::RwLock<(u8, u8)>,
+    );
+    let (m2, rw2, pm2, prw2): All = serde_json::from_str(&json).unwrap();
+    assert_eq!(*m2.lock().unwrap(), [1, 2]);
+    assert_eq!(*rw2.read().unwrap(), "x");
+    assert_eq!(*pm2.lock(), 3);
+    assert_eq!(*prw2.read(), (4, 5));
+
+    poison(|| m.lock());
+    assert!(serde_json::to_string(&m).is_err());
+}
