@@ -13,6 +13,13 @@ use crate::queue;
 /// `Section` is `!Send`: it must close on the thread that opened it. It is
 /// `Sync`, like `std`'s guards, so `&Section` may be shared.
 ///
+/// A section that is never dropped (`mem::forget`, a leaked guard) stays
+/// open: everything its thread defers afterwards waits for thread exit.
+/// [`in_section`](crate::in_section) and [`pending`](crate::pending) show
+/// it. A thread-local destructor that runs after freeq's own per-thread
+/// state is gone has no queue: its deferrals free at once, even under a
+/// freeq lock.
+///
 /// ```
 /// let s = freeq::section();
 /// freeq::defer(vec![0u8; 4096]);
@@ -63,6 +70,9 @@ impl fmt::Debug for Section {
 /// `LockGuard` is `!Send` whatever `G` is, so it is always released on the
 /// thread that took it. It is `Sync` when `G` is, as `std`'s and
 /// parking_lot's guards are: `&guard` may be read from a scoped thread.
+///
+/// Forgetting a guard (`mem::forget`) leaks its lock and keeps its thread
+/// in a section for good: see [`Section`].
 ///
 /// ```
 /// let m = std::sync::Mutex::new(5);

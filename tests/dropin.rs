@@ -640,3 +640,25 @@ fn locks_serialize_and_deserialize_like_their_values() {
     poison(|| m.lock());
     assert!(serde_json::to_string(&m).is_err());
 }
+
+#[test]
+fn a_guard_leaked_with_mutex_guard_leak_shows_in_pending() {
+    let freed = Arc::new(AtomicUsize::new(0));
+    let f2 = freed.clone();
+    let seen = thread::spawn(move || {
+        let m = Box::leak(Box::new(freeq::parking_lot::Mutex::new(5u32)));
+        let value: &'static mut u32 = freeq::parking_lot::MutexGuard::leak(m.lock());
+        *value += 1;
+        let before = (in_section(), pending());
+        for _ in 0..3 {
+            defer(Probe(f2.clone()));
+        }
+        // Closing another lock is an inner release: nothing drains.
+        drop(freeq::Mutex::new(()).lock().unwrap());
+        (before, in_section(), pending(), f2.load(SeqCst))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(seen, ((true, 0), true, 3, 0));
+    assert_eq!(freed.load(SeqCst), 3, "thread exit frees what waited");
+}
