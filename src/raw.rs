@@ -1,10 +1,13 @@
 //! `RawDeferred<R>`: any lock_api raw lock, made deferring.
 //!
-//! Every acquisition opens a section after the inner lock is taken; every
-//! release closes it after the inner lock is let go. lock_api builds the
-//! guards (plain, mapped, upgradable, Arc-owned, `unlocked`, `bump`) on top,
-//! unchanged. Upgrades, downgrades and bumps keep the one section open: the
-//! guard is still held, so nothing drains.
+//! Every acquisition readies the thread before it calls the inner lock (so
+//! nothing is set up or allocated while the lock is held) and opens a
+//! section once the inner lock is taken; every release closes it after the
+//! inner lock is let go, even if the inner release unwinds. lock_api builds
+//! the guards (plain, mapped, upgradable, Arc-owned, `unlocked`, `bump`) on
+//! top, unchanged. Upgrades, downgrades and bumps keep the one section
+//! open: the guard is still held, so nothing drains. With feature
+//! `lock_api_04`, the same holds for lock_api 0.4 raw locks.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -458,6 +461,23 @@ unsafe impl<R: GetThreadId> GetThreadId for RawDeferred<R> {
 /// too: `lock_api04::Mutex<RawDeferred<spin::mutex::SpinMutex<()>>, T>`.
 /// lock_api 0.4 keeps no per-acquisition state; the sections are the same
 /// as above, and guards are `!Send` (`GuardMarker = GuardNoSend`).
+///
+/// ```
+/// type Mutex<T> = lock_api04::Mutex<freeq::RawDeferred<spin::mutex::SpinMutex<()>>, T>;
+/// let m = Mutex::new(vec![String::from("x")]);
+/// let mut g = m.lock();
+/// freeq::defer(std::mem::take(&mut *g));
+/// assert_eq!(freeq::pending(), 1);
+/// drop(g);
+/// assert_eq!(freeq::pending(), 0);
+/// ```
+///
+/// ```compile_fail
+/// type Mutex<T> = lock_api04::Mutex<freeq::RawDeferred<spin::mutex::SpinMutex<()>>, T>;
+/// fn assert_send<T: Send>(_: T) {}
+/// let m = Mutex::new(0);
+/// assert_send(m.lock());
+/// ```
 #[cfg(feature = "lock_api_04")]
 mod v04 {
     use lock_api04 as la;
