@@ -510,8 +510,9 @@ fn guards_are_shared_with_scoped_threads() {
 fn a_leaked_guard_keeps_its_thread_in_a_section_until_exit() {
     let freed = Arc::new(AtomicUsize::new(0));
     let f2 = freed.clone();
-    let m: &'static freeq::parking_lot::Mutex<u32> =
-        Box::leak(Box::new(freeq::parking_lot::Mutex::new(0)));
+    // A static, so that the leaked lock leaks no memory (Miri checks).
+    static M: freeq::parking_lot::Mutex<u32> = freeq::parking_lot::const_mutex(0);
+    let m = &M;
     let seen = thread::spawn(move || {
         std::mem::forget(m.lock());
         assert!(in_section(), "a forgotten guard keeps the section open");
@@ -646,7 +647,8 @@ fn a_guard_leaked_with_mutex_guard_leak_shows_in_pending() {
     let freed = Arc::new(AtomicUsize::new(0));
     let f2 = freed.clone();
     let seen = thread::spawn(move || {
-        let m = Box::leak(Box::new(freeq::parking_lot::Mutex::new(5u32)));
+        static M: freeq::parking_lot::Mutex<u32> = freeq::parking_lot::const_mutex(5);
+        let m = &M;
         let value: &'static mut u32 = freeq::parking_lot::MutexGuard::leak(m.lock());
         *value += 1;
         let before = (in_section(), pending());
