@@ -32,11 +32,33 @@ struct Waiter {
     thread: thread::Thread,
 }
 
+/// The registered waiters, oldest first, and the mutex they wait with.
+#[derive(Default)]
+struct Waiters {
+    list: VecDeque<Arc<Waiter>>,
+    /// Address of the mutex every current waiter uses; 0 while none waits.
+    mutex: usize,
+}
+
+impl Waiters {
+    /// Forgets the mutex once no one waits any more: a condvar may be used
+    /// with another mutex after all its waiters are gone.
+    fn settle_mutex(&mut self) {
+        if self.list.is_empty() {
+            self.mutex = 0;
+        }
+    }
+}
+
+/// The panic message when a condvar is used with two mutexes at once
+/// (parking_lot's).
+const TWO_MUTEXES: &str = "attempted to use a condition variable with more than one mutex";
+
 /// Registered waiters, oldest first.
 #[derive(Default)]
 pub(crate) struct WaitQueue {
     // Lazily built so that `new` is `const` with loom's non-const types too.
-    waiters: OnceLock<Mutex<VecDeque<Arc<Waiter>>>>,
+    waiters: OnceLock<Mutex<Waiters>>,
 }
 
 impl WaitQueue {
@@ -46,19 +68,28 @@ impl WaitQueue {
         }
     }
 
-    fn list(&self) -> MutexGuard<'_, VecDeque<Arc<Waiter>>> {
+    fn list(&self) -> MutexGuard<'_, Waiters> {
         self.waiters
-            .get_or_init(|| Mutex::new(VecDeque::new()))
+            .get_or_init(|| Mutex::new(Waiters::default()))
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn register(&self) -> Arc<Waiter> {
+    /// Registers the calling thread as waiting with the mutex at address
+    /// `mutex`. Panics, registering nothing, if other threads wait with a
+    /// different mutex.
+    fn register(&self, mutex: usize) -> Arc<Waiter> {
         let w = Arc::new(Waiter {
             notified: AtomicBool::new(false),
             thread: thread::current(),
         });
-        self.list().push_back(w.clone());
+        let mut waiters = self.list();
+        if waiters.mutex != 0 && waiters.mutex != mutex {
+            drop(waiters);
+            panic!("{TWO_MUTEXES}");
+        }
+        waiters.mutex = mutex;
+        waiters.list.push_back(w.clone());
         w
     }
 
@@ -85,10 +116,11 @@ impl WaitQueue {
     /// Removes `w` if it is still registered (a timeout); `false` if a
     /// notifier already took it.
     fn withdraw(&self, w: &Arc<Waiter>) -> bool {
-        let mut list = self.list();
-        match list.iter().position(|x| Arc::ptr_eq(x, w)) {
+        let mut waiters = self.list();
+        match waiters.list.iter().position(|x| Arc::ptr_eq(x, w)) {
             Some(i) => {
-                list.remove(i);
+                waiters.list.remove(i);
+                waiters.settle_mutex();
                 true
             }
             None => false,
@@ -109,7 +141,12 @@ impl WaitQueue {
     }
 
     pub(crate) fn notify_one(&self) -> bool {
-        let w = self.list().pop_front();
+        let w = {
+            let mut waiters = self.list();
+            let w = waiters.list.pop_front();
+            waiters.settle_mutex();
+            w
+        };
         match w {
             Some(w) => {
                 Self::wake(w);
@@ -120,27 +157,38 @@ impl WaitQueue {
     }
 
     pub(crate) fn notify_all(&self) -> usize {
-        let all = std::mem::take(&mut *self.list());
+        let all = {
+            let mut waiters = self.list();
+            waiters.mutex = 0;
+            std::mem::take(&mut waiters.list)
+        };
         let n = all.len();
         all.into_iter().for_each(Self::wake);
         n
     }
 
-    /// The whole wait: register, `release` (catching a panic from the
-    /// drain it may run), block, `reacquire`. Returns whether it was
-    /// notified, and the release's panic for the caller to resume once it
-    /// holds the lock again.
+    /// The rest of a wait once `w` is registered (see [`register`]):
+    /// `release` (catching a panic from the drain it may run), block,
+    /// `reacquire`. Returns whether it was notified, and the release's
+    /// panic for the caller to resume once it holds the lock again.
+    ///
+    /// [`register`]: WaitQueue::register
     fn wait<R>(
         &self,
+        w: Arc<Waiter>,
         release: impl FnOnce(),
         reacquire: impl FnOnce() -> R,
         deadline: Option<Instant>,
     ) -> (R, bool, Option<Panic>) {
-        let w = self.register();
         let released = panic::catch_unwind(AssertUnwindSafe(release)).err();
         let notified = self.block(&w, deadline);
         (reacquire(), notified, released)
     }
+}
+
+/// The address of a mutex, which identifies it while waiters use it.
+fn address<M: ?Sized>(mutex: &M) -> usize {
+    ptr::from_ref(mutex).cast::<()>().addr()
 }
 
 /// Aborts if dropped: guards the window in which a lock_api guard state has
@@ -155,7 +203,10 @@ impl Drop for AbortOnUnwind {
 
 /// A lock_api raw condition variable for [`RawDeferred<M>`] mutexes, with
 /// the freeq contract described in the module docs. No spurious wakeups:
-/// `notify_one` and `notify_all` report the waiters they woke.
+/// `notify_one` and `notify_all` report the waiters they woke. Like
+/// parking_lot's, a wait panics ("attempted to use a condition variable
+/// with more than one mutex", the lock still held) if other threads wait
+/// on it with a different mutex.
 pub struct RawDeferredCondvar<M> {
     queue: WaitQueue,
     _mutex: PhantomData<fn() -> M>,
@@ -181,6 +232,9 @@ impl<M> RawDeferredCondvar<M> {
     where
         M: RawMutex,
     {
+        // Before anything is moved out: a wait with a second mutex panics
+        // with the lock held and `guard` intact, as lock_api allows.
+        let w = self.queue.register(address(mutex));
         // SAFETY: (1) the caller holds `mutex` with state `guard`. The state
         // is moved out here and a fresh one written back below before anyone
         // can observe `guard`; `AbortOnUnwind` turns any unwind in between
@@ -188,6 +242,7 @@ impl<M> RawDeferredCondvar<M> {
         let state = unsafe { ptr::read(guard) };
         let bomb = AbortOnUnwind;
         let (fresh, notified, released) = self.queue.wait(
+            w,
             // SAFETY: (2) `state` is this thread's acquisition of `mutex`.
             move || unsafe { mutex.unlock(state) },
             || <RawDeferred<M> as RawMutex>::lock(mutex),
@@ -311,7 +366,10 @@ impl Condvar {
         deadline: Option<Instant>,
     ) -> (LockResult<FreeqMutexGuard<'a, T>>, bool) {
         let mutex = guard.guard.mutex;
+        // A wait with a second mutex panics here, still holding the lock.
+        let w = self.queue.register(address(mutex));
         let (fresh, notified, released) = self.queue.wait(
+            w,
             move || drop(guard),
             || crate::Mutex::relock(mutex),
             deadline,
@@ -331,6 +389,14 @@ impl Condvar {
     }
 
     /// Releases the lock, waits for a notification, re-acquires the lock.
+    ///
+    /// # Panics
+    ///
+    /// If other threads are waiting on this condvar with a different
+    /// mutex: "attempted to use a condition variable with more than one
+    /// mutex" (the guard is dropped, unlocking and poisoning the mutex). A
+    /// condvar may move to another mutex once no one waits on it. The same
+    /// holds for every wait below.
     pub fn wait<'a, T: ?Sized>(
         &self,
         guard: FreeqMutexGuard<'a, T>,

@@ -10,7 +10,15 @@ use crate::queue;
 /// An open section without a lock. While it lives, [`defer`](crate::defer)ed
 /// values wait; dropping the outermost section frees them.
 ///
-/// `Section` is `!Send`: it must close on the thread that opened it.
+/// `Section` is `!Send`: it must close on the thread that opened it. It is
+/// `Sync`, like `std`'s guards, so `&Section` may be shared.
+///
+/// A section that is never dropped (`mem::forget`, a leaked guard) stays
+/// open: everything its thread defers afterwards waits for thread exit.
+/// [`in_section`](crate::in_section) and [`pending`](crate::pending) show
+/// it. A thread-local destructor that runs after freeq's own per-thread
+/// state is gone has no queue: its deferrals free at once, even under a
+/// freeq lock.
 ///
 /// ```
 /// let s = freeq::section();
@@ -27,12 +35,15 @@ use crate::queue;
 #[must_use = "a section closes (and drains) as soon as it is dropped"]
 #[clippy::has_significant_drop]
 pub struct Section {
-    _not_send: PhantomData<*const ()>,
+    // `!Send` but `Sync`: a section closes on the thread that opened it,
+    // while `&Section` (and so `&LockGuard`) may be shared freely.
+    _not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 /// Opens a section on this thread; see [`Section`].
 #[inline]
 pub fn section() -> Section {
+    queue::prepare_thread();
     queue::enter();
     Section {
         _not_send: PhantomData,
@@ -57,7 +68,19 @@ impl fmt::Debug for Section {
 /// guard) and then, if it was the outermost section, frees the queue.
 ///
 /// `LockGuard` is `!Send` whatever `G` is, so it is always released on the
-/// thread that took it.
+/// thread that took it. It is `Sync` when `G` is, as `std`'s and
+/// parking_lot's guards are: `&guard` may be read from a scoped thread.
+///
+/// Forgetting a guard (`mem::forget`) leaks its lock and keeps its thread
+/// in a section for good: see [`Section`].
+///
+/// ```
+/// let m = std::sync::Mutex::new(5);
+/// let g = freeq::LockGuard::new(m.lock().unwrap());
+/// std::thread::scope(|s| {
+///     s.spawn(|| assert_eq!(*g, 5));
+/// });
+/// ```
 ///
 /// ```
 /// let m = std::sync::Mutex::new(Vec::<String>::new());
@@ -83,6 +106,19 @@ pub struct LockGuard<G> {
 
 impl<G> LockGuard<G> {
     /// Wraps `guard`, opening a section; call it right after locking.
+    ///
+    /// `guard` is already held when it arrives here, so this cannot ready
+    /// the thread before the lock is taken as freeq's own locks do: call
+    /// [`freeq::prepare_thread`](crate::prepare_thread) before taking the
+    /// lock you wrap, and the section's first
+    /// [`defer`](crate::defer) allocates nothing while the lock is held.
+    ///
+    /// ```
+    /// let m = std::sync::Mutex::new(Vec::<String>::new());
+    /// freeq::prepare_thread(); // before the lock
+    /// let mut g = freeq::LockGuard::new(m.lock().unwrap());
+    /// freeq::defer(std::mem::take(&mut *g));
+    /// ```
     #[inline]
     pub fn new(guard: G) -> Self {
         LockGuard {

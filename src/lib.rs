@@ -23,7 +23,8 @@
 //! - **Deferring.** [`defer`] queues a value (O(1), no allocation once
 //!   warm), [`defer_with`] frees it with your function (return it to a
 //!   pool), [`defer_fn`] runs an action (a wake-up). Outside a section they
-//!   act at once.
+//!   act at once. [`Deferred<T>`] defers its own drop: store it in a map
+//!   and every value displaced under a lock waits for the unlock.
 //! - **Locks.** [`Mutex`] and [`RwLock`] are `std`'s with the same API;
 //!   [`parking_lot`] has parking_lot's locks; [`RawDeferred`] makes any
 //!   lock_api raw lock deferring; [`LockGuard::new`] wraps any guard.
@@ -131,6 +132,7 @@
 
 mod condvar;
 mod defer;
+mod deferred;
 mod free_queue;
 mod guard;
 mod item;
@@ -148,6 +150,7 @@ pub mod parking_lot;
 
 pub use condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use defer::{defer, defer_fn, defer_with};
+pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
 pub use guard::{section, LockGuard, Section};
 pub use offload::{offload_bound, quiesce, set_offload_bound, DEFAULT_OFFLOAD_BOUND};

@@ -23,12 +23,26 @@
 
 use crate::RawDeferred;
 
+/// The lock_api crate these types are built on, as parking_lot re-exports it.
+pub use ::lock_api;
+
+/// `Arc`-owned guards (`lock_arc`, `read_arc`, ...), lock_api's types as
+/// parking_lot re-exports them: the raw lock is the first parameter, e.g.
+/// `ArcMutexGuard<freeq::parking_lot::RawMutex, T>`.
+pub use lock_api::{
+    ArcMutexGuard, ArcReentrantMutexGuard, ArcRwLockReadGuard, ArcRwLockUpgradableReadGuard,
+    ArcRwLockWriteGuard,
+};
+
 /// parking_lot's raw mutex, deferring.
 pub type RawMutex = RawDeferred<parking_lot::RawMutex>;
 /// parking_lot's eventually-fair raw mutex, with every unlock fair, deferring.
 pub type RawFairMutex = RawDeferred<parking_lot::RawFairMutex>;
 /// parking_lot's raw reader-writer lock, deferring.
 pub type RawRwLock = RawDeferred<parking_lot::RawRwLock>;
+/// parking_lot's raw reader-writer lock that permits recursive reads,
+/// deferring.
+pub type RawRwLockRecursive = RawDeferred<parking_lot::RawRwLockRecursive>;
 /// parking_lot's thread id source, for [`ReentrantMutex`].
 pub type RawThreadId = parking_lot::RawThreadId;
 
@@ -38,8 +52,6 @@ pub type Mutex<T> = lock_api::Mutex<RawMutex, T>;
 pub type MutexGuard<'a, T> = lock_api::MutexGuard<'a, RawMutex, T>;
 /// A [`MutexGuard`] narrowed to part of the data.
 pub type MappedMutexGuard<'a, T> = lock_api::MappedMutexGuard<'a, RawMutex, T>;
-/// An `Arc`-owned [`MutexGuard`] (`Mutex::lock_arc`).
-pub type ArcMutexGuard<T> = lock_api::ArcMutexGuard<RawMutex, T>;
 
 /// A deferring fair mutex.
 pub type FairMutex<T> = lock_api::Mutex<RawFairMutex, T>;
@@ -60,12 +72,32 @@ pub type RwLockUpgradableReadGuard<'a, T> = lock_api::RwLockUpgradableReadGuard<
 pub type MappedRwLockReadGuard<'a, T> = lock_api::MappedRwLockReadGuard<'a, RawRwLock, T>;
 /// A [`RwLockWriteGuard`] narrowed to part of the data.
 pub type MappedRwLockWriteGuard<'a, T> = lock_api::MappedRwLockWriteGuard<'a, RawRwLock, T>;
-/// `Arc`-owned shared guard.
-pub type ArcRwLockReadGuard<T> = lock_api::ArcRwLockReadGuard<RawRwLock, T>;
-/// `Arc`-owned exclusive guard.
-pub type ArcRwLockWriteGuard<T> = lock_api::ArcRwLockWriteGuard<RawRwLock, T>;
-/// `Arc`-owned upgradable guard.
-pub type ArcRwLockUpgradableReadGuard<T> = lock_api::ArcRwLockUpgradableReadGuard<RawRwLock, T>;
+
+/// A deferring reader-writer lock that permits recursive read locking
+/// (writers may starve). Each read, recursive or not, is a section; the
+/// queue drains when the thread's outermost one is released.
+///
+/// ```
+/// use freeq::parking_lot::RecursiveRwLock;
+/// let lock = RecursiveRwLock::new(vec![String::from("x")]);
+/// let first = lock.read();
+/// let second = lock.read(); // no deadlock, even with a writer waiting
+/// assert_eq!(*first, *second);
+/// ```
+pub type RecursiveRwLock<T> = lock_api::RwLock<RawRwLockRecursive, T>;
+/// Shared guard of a [`RecursiveRwLock`].
+pub type RecursiveRwLockReadGuard<'a, T> = lock_api::RwLockReadGuard<'a, RawRwLockRecursive, T>;
+/// Exclusive guard of a [`RecursiveRwLock`].
+pub type RecursiveRwLockWriteGuard<'a, T> = lock_api::RwLockWriteGuard<'a, RawRwLockRecursive, T>;
+/// Upgradable shared guard of a [`RecursiveRwLock`].
+pub type RecursiveRwLockUpgradableReadGuard<'a, T> =
+    lock_api::RwLockUpgradableReadGuard<'a, RawRwLockRecursive, T>;
+/// A [`RecursiveRwLockReadGuard`] narrowed to part of the data.
+pub type MappedRecursiveRwLockReadGuard<'a, T> =
+    lock_api::MappedRwLockReadGuard<'a, RawRwLockRecursive, T>;
+/// A [`RecursiveRwLockWriteGuard`] narrowed to part of the data.
+pub type MappedRecursiveRwLockWriteGuard<'a, T> =
+    lock_api::MappedRwLockWriteGuard<'a, RawRwLockRecursive, T>;
 
 /// A deferring re-entrant mutex: only the outermost acquisition by a thread
 /// opens a section.
@@ -75,8 +107,6 @@ pub type ReentrantMutexGuard<'a, T> = lock_api::ReentrantMutexGuard<'a, RawMutex
 /// A [`ReentrantMutexGuard`] narrowed to part of the data.
 pub type MappedReentrantMutexGuard<'a, T> =
     lock_api::MappedReentrantMutexGuard<'a, RawMutex, RawThreadId, T>;
-/// `Arc`-owned [`ReentrantMutexGuard`].
-pub type ArcReentrantMutexGuard<T> = lock_api::ArcReentrantMutexGuard<RawMutex, RawThreadId, T>;
 
 /// The raw condition variable behind [`Condvar`].
 pub type RawCondvar = crate::RawDeferredCondvar<parking_lot::RawMutex>;
@@ -114,6 +144,11 @@ pub const fn const_mutex<T>(value: T) -> Mutex<T> {
 /// A new [`FairMutex`] in a `const` context.
 pub const fn const_fair_mutex<T>(value: T) -> FairMutex<T> {
     FairMutex::from_raw(<RawFairMutex as lock_api::RawMutex>::INIT, value)
+}
+
+/// A new [`RecursiveRwLock`] in a `const` context.
+pub const fn const_recursive_rwlock<T>(value: T) -> RecursiveRwLock<T> {
+    RecursiveRwLock::from_raw(<RawRwLockRecursive as lock_api::RawRwLock>::INIT, value)
 }
 
 /// A new [`RwLock`] in a `const` context.

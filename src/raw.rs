@@ -1,10 +1,13 @@
 //! `RawDeferred<R>`: any lock_api raw lock, made deferring.
 //!
-//! Every acquisition opens a section after the inner lock is taken; every
-//! release closes it after the inner lock is let go. lock_api builds the
-//! guards (plain, mapped, upgradable, Arc-owned, `unlocked`, `bump`) on top,
-//! unchanged. Upgrades, downgrades and bumps keep the one section open: the
-//! guard is still held, so nothing drains.
+//! Every acquisition readies the thread before it calls the inner lock (so
+//! nothing is set up or allocated while the lock is held) and opens a
+//! section once the inner lock is taken; every release closes it after the
+//! inner lock is let go, even if the inner release unwinds. lock_api builds
+//! the guards (plain, mapped, upgradable, Arc-owned, `unlocked`, `bump`) on
+//! top, unchanged. Upgrades, downgrades and bumps keep the one section
+//! open: the guard is still held, so nothing drains. With feature
+//! `lock_api_04`, the same holds for lock_api 0.4 raw locks.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -15,7 +18,7 @@ use lock_api::{
     RawRwLockUpgradeFair, RawRwLockUpgradeTimed,
 };
 
-use crate::queue::{enter, leave};
+use crate::queue::{enter, leave, prepare_thread};
 
 /// A lock_api raw lock `R` whose acquisitions are freeq sections.
 ///
@@ -65,10 +68,27 @@ impl<R> fmt::Debug for RawDeferred<R> {
 }
 
 /// Guard state of a [`RawDeferred`] acquisition: the inner lock's state,
-/// made `!Send` so the section closes on the thread that opened it.
+/// made `!Send` so the section closes on the thread that opened it. It is
+/// `Sync` when `G` is, so lock_api's guards are `Sync` exactly when they
+/// would be over `R`.
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>() {}
+/// assert_send::<freeq::DeferredGuard<lock_api::GuardSend>>();
+/// ```
+///
+/// ```
+/// type Mutex<T> = lock_api::Mutex<freeq::RawDeferred<parking_lot::RawMutex>, T>;
+/// let m = Mutex::new(7);
+/// let g = m.lock();
+/// std::thread::scope(|s| {
+///     s.spawn(|| assert_eq!(*g, 7));
+/// });
+/// ```
 pub struct DeferredGuard<G> {
     inner: G,
-    _not_send: PhantomData<*mut ()>,
+    // `!Send` but `Sync` (what `std::sync::MutexGuard` is).
+    _not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl<G> DeferredGuard<G> {
@@ -98,16 +118,24 @@ impl<G> fmt::Debug for DeferredGuard<G> {
     }
 }
 
-/// Wraps the state of an acquisition that just succeeded, opening its section.
+/// Readies the thread (before the inner lock is taken, so nothing is set
+/// up or allocated while it is held), runs the acquisition, and opens its
+/// section.
 #[inline]
-fn acquired<G>(inner: G) -> DeferredGuard<G> {
+fn acquire<G>(lock: impl FnOnce() -> G) -> DeferredGuard<G> {
+    prepare_thread();
+    let inner = lock();
     enter();
     DeferredGuard::new(inner)
 }
 
+/// [`acquire`] for an attempt that may fail: a section only on success.
 #[inline]
-fn acquired_opt<G>(inner: Option<G>) -> Option<DeferredGuard<G>> {
-    inner.map(acquired)
+fn acquire_opt<G>(lock: impl FnOnce() -> Option<G>) -> Option<DeferredGuard<G>> {
+    prepare_thread();
+    let inner = lock()?;
+    enter();
+    Some(DeferredGuard::new(inner))
 }
 
 /// Re-wraps a state that changes kind (upgrade, downgrade): same section.
@@ -121,12 +149,29 @@ fn same_res<A, B>(r: Result<A, B>) -> Result<DeferredGuard<A>, DeferredGuard<B>>
     r.map(same).map_err(same)
 }
 
+/// Closes the acquisition's section when dropped: after the inner release
+/// returns, and also when it unwinds (lock_api lets an operation that
+/// consumes guard state panic once it has released the lock). Transitions
+/// (upgrade, downgrade) forget it when they return: the section carries
+/// over.
+struct Leave;
+
+impl Drop for Leave {
+    #[inline]
+    fn drop(&mut self) {
+        leave();
+    }
+}
+
 // (1) Every operation below delegates to `R`, which provides the exclusion,
 // ordering and unwinding guarantees lock_api asks for; freeq only adds
-// section bookkeeping after a successful acquisition and after a completed
-// release. `leave` may run user destructors and panic, but only once the
-// inner lock is released, which is what lock_api requires of an unwinding
-// release.
+// section bookkeeping: the thread is readied before each acquisition, a
+// section opens after a successful one and closes after a release, also
+// when the release (or a transition that consumes guard state) unwinds, as
+// lock_api 0.5 allows once the lock is released. `leave` may run user
+// destructors and panic, but only once the inner lock is released, which is
+// what lock_api requires of an unwinding release. A bump that unwinds keeps
+// the lock held (lock_api requires that too), so its section stays open.
 // SAFETY: see (1).
 unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
     #[allow(clippy::declare_interior_mutable_const)]
@@ -135,20 +180,20 @@ unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
 
     #[inline]
     fn lock(&self) -> Self::Guard {
-        acquired(self.inner.lock())
+        acquire(|| self.inner.lock())
     }
 
     #[inline]
     fn try_lock(&self) -> Option<Self::Guard> {
-        acquired_opt(self.inner.try_lock())
+        acquire_opt(|| self.inner.try_lock())
     }
 
     #[inline]
     unsafe fn unlock(&self, guard: Self::Guard) {
+        let _leave = Leave;
         // SAFETY: (2) the caller hands us the state of its acquisition of
         // this lock, which wraps the inner lock's state for the same one.
         unsafe { self.inner.unlock(guard.inner) };
-        leave();
     }
 
     #[inline]
@@ -160,9 +205,9 @@ unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawMutexFair> RawMutexFair for RawDeferred<R> {
     unsafe fn unlock_fair(&self, guard: Self::Guard) {
+        let _leave = Leave;
         // SAFETY: (3) as in (2).
         unsafe { self.inner.unlock_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn bump(&self, guard: &mut Self::Guard) {
@@ -177,11 +222,11 @@ unsafe impl<R: RawMutexTimed> RawMutexTimed for RawDeferred<R> {
     type Instant = R::Instant;
 
     fn try_lock_for(&self, timeout: Self::Duration) -> Option<Self::Guard> {
-        acquired_opt(self.inner.try_lock_for(timeout))
+        acquire_opt(|| self.inner.try_lock_for(timeout))
     }
 
     fn try_lock_until(&self, timeout: Self::Instant) -> Option<Self::Guard> {
-        acquired_opt(self.inner.try_lock_until(timeout))
+        acquire_opt(|| self.inner.try_lock_until(timeout))
     }
 }
 
@@ -194,36 +239,36 @@ unsafe impl<R: RawRwLock> RawRwLock for RawDeferred<R> {
 
     #[inline]
     fn lock_shared(&self) -> Self::SharedGuard {
-        acquired(self.inner.lock_shared())
+        acquire(|| self.inner.lock_shared())
     }
 
     #[inline]
     fn try_lock_shared(&self) -> Option<Self::SharedGuard> {
-        acquired_opt(self.inner.try_lock_shared())
+        acquire_opt(|| self.inner.try_lock_shared())
     }
 
     #[inline]
     unsafe fn unlock_shared(&self, guard: Self::SharedGuard) {
+        let _leave = Leave;
         // SAFETY: (5) as in (2).
         unsafe { self.inner.unlock_shared(guard.inner) };
-        leave();
     }
 
     #[inline]
     fn lock_exclusive(&self) -> Self::ExclusiveGuard {
-        acquired(self.inner.lock_exclusive())
+        acquire(|| self.inner.lock_exclusive())
     }
 
     #[inline]
     fn try_lock_exclusive(&self) -> Option<Self::ExclusiveGuard> {
-        acquired_opt(self.inner.try_lock_exclusive())
+        acquire_opt(|| self.inner.try_lock_exclusive())
     }
 
     #[inline]
     unsafe fn unlock_exclusive(&self, guard: Self::ExclusiveGuard) {
+        let _leave = Leave;
         // SAFETY: (6) as in (2).
         unsafe { self.inner.unlock_exclusive(guard.inner) };
-        leave();
     }
 
     #[inline]
@@ -240,15 +285,15 @@ unsafe impl<R: RawRwLock> RawRwLock for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockFair> RawRwLockFair for RawDeferred<R> {
     unsafe fn unlock_shared_fair(&self, guard: Self::SharedGuard) {
+        let _leave = Leave;
         // SAFETY: (7) as in (2).
         unsafe { self.inner.unlock_shared_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn unlock_exclusive_fair(&self, guard: Self::ExclusiveGuard) {
+        let _leave = Leave;
         // SAFETY: (8) as in (2).
         unsafe { self.inner.unlock_exclusive_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn bump_shared(&self, guard: &mut Self::SharedGuard) {
@@ -265,8 +310,11 @@ unsafe impl<R: RawRwLockFair> RawRwLockFair for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockDowngrade> RawRwLockDowngrade for RawDeferred<R> {
     unsafe fn downgrade(&self, guard: Self::ExclusiveGuard) -> Self::SharedGuard {
+        let leave = Leave;
         // SAFETY: (11) as in (2); the section carries over.
-        same(unsafe { self.inner.downgrade(guard.inner) })
+        let state = unsafe { self.inner.downgrade(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 }
 
@@ -276,19 +324,19 @@ unsafe impl<R: RawRwLockTimed> RawRwLockTimed for RawDeferred<R> {
     type Instant = R::Instant;
 
     fn try_lock_shared_for(&self, timeout: Self::Duration) -> Option<Self::SharedGuard> {
-        acquired_opt(self.inner.try_lock_shared_for(timeout))
+        acquire_opt(|| self.inner.try_lock_shared_for(timeout))
     }
 
     fn try_lock_shared_until(&self, timeout: Self::Instant) -> Option<Self::SharedGuard> {
-        acquired_opt(self.inner.try_lock_shared_until(timeout))
+        acquire_opt(|| self.inner.try_lock_shared_until(timeout))
     }
 
     fn try_lock_exclusive_for(&self, timeout: Self::Duration) -> Option<Self::ExclusiveGuard> {
-        acquired_opt(self.inner.try_lock_exclusive_for(timeout))
+        acquire_opt(|| self.inner.try_lock_exclusive_for(timeout))
     }
 
     fn try_lock_exclusive_until(&self, timeout: Self::Instant) -> Option<Self::ExclusiveGuard> {
-        acquired_opt(self.inner.try_lock_exclusive_until(timeout))
+        acquire_opt(|| self.inner.try_lock_exclusive_until(timeout))
     }
 }
 
@@ -297,39 +345,45 @@ unsafe impl<R: RawRwLockUpgrade> RawRwLockUpgrade for RawDeferred<R> {
     type UpgradableGuard = DeferredGuard<R::UpgradableGuard>;
 
     fn lock_upgradable(&self) -> Self::UpgradableGuard {
-        acquired(self.inner.lock_upgradable())
+        acquire(|| self.inner.lock_upgradable())
     }
 
     fn try_lock_upgradable(&self) -> Option<Self::UpgradableGuard> {
-        acquired_opt(self.inner.try_lock_upgradable())
+        acquire_opt(|| self.inner.try_lock_upgradable())
     }
 
     unsafe fn unlock_upgradable(&self, guard: Self::UpgradableGuard) {
+        let _leave = Leave;
         // SAFETY: (12) as in (2).
         unsafe { self.inner.unlock_upgradable(guard.inner) };
-        leave();
     }
 
     unsafe fn upgrade(&self, guard: Self::UpgradableGuard) -> Self::ExclusiveGuard {
+        let leave = Leave;
         // SAFETY: (13) as in (2); the section carries over.
-        same(unsafe { self.inner.upgrade(guard.inner) })
+        let state = unsafe { self.inner.upgrade(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 
     unsafe fn try_upgrade(
         &self,
         guard: Self::UpgradableGuard,
     ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        let leave = Leave;
         // SAFETY: (14) as in (13).
-        same_res(unsafe { self.inner.try_upgrade(guard.inner) })
+        let state = unsafe { self.inner.try_upgrade(guard.inner) };
+        std::mem::forget(leave);
+        same_res(state)
     }
 }
 
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockUpgradeFair> RawRwLockUpgradeFair for RawDeferred<R> {
     unsafe fn unlock_upgradable_fair(&self, guard: Self::UpgradableGuard) {
+        let _leave = Leave;
         // SAFETY: (15) as in (2).
         unsafe { self.inner.unlock_upgradable_fair(guard.inner) };
-        leave();
     }
 
     unsafe fn bump_upgradable(&self, guard: &mut Self::UpgradableGuard) {
@@ -341,24 +395,30 @@ unsafe impl<R: RawRwLockUpgradeFair> RawRwLockUpgradeFair for RawDeferred<R> {
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockUpgradeDowngrade> RawRwLockUpgradeDowngrade for RawDeferred<R> {
     unsafe fn downgrade_upgradable(&self, guard: Self::UpgradableGuard) -> Self::SharedGuard {
+        let leave = Leave;
         // SAFETY: (17) as in (13).
-        same(unsafe { self.inner.downgrade_upgradable(guard.inner) })
+        let state = unsafe { self.inner.downgrade_upgradable(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 
     unsafe fn downgrade_to_upgradable(&self, guard: Self::ExclusiveGuard) -> Self::UpgradableGuard {
+        let leave = Leave;
         // SAFETY: (18) as in (13).
-        same(unsafe { self.inner.downgrade_to_upgradable(guard.inner) })
+        let state = unsafe { self.inner.downgrade_to_upgradable(guard.inner) };
+        std::mem::forget(leave);
+        same(state)
     }
 }
 
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
     fn try_lock_upgradable_for(&self, timeout: Self::Duration) -> Option<Self::UpgradableGuard> {
-        acquired_opt(self.inner.try_lock_upgradable_for(timeout))
+        acquire_opt(|| self.inner.try_lock_upgradable_for(timeout))
     }
 
     fn try_lock_upgradable_until(&self, timeout: Self::Instant) -> Option<Self::UpgradableGuard> {
-        acquired_opt(self.inner.try_lock_upgradable_until(timeout))
+        acquire_opt(|| self.inner.try_lock_upgradable_until(timeout))
     }
 
     unsafe fn try_upgrade_for(
@@ -366,8 +426,11 @@ unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
         guard: Self::UpgradableGuard,
         timeout: Self::Duration,
     ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        let leave = Leave;
         // SAFETY: (19) as in (13).
-        same_res(unsafe { self.inner.try_upgrade_for(guard.inner, timeout) })
+        let state = unsafe { self.inner.try_upgrade_for(guard.inner, timeout) };
+        std::mem::forget(leave);
+        same_res(state)
     }
 
     unsafe fn try_upgrade_until(
@@ -375,8 +438,11 @@ unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
         guard: Self::UpgradableGuard,
         timeout: Self::Instant,
     ) -> Result<Self::ExclusiveGuard, Self::UpgradableGuard> {
+        let leave = Leave;
         // SAFETY: (20) as in (13).
-        same_res(unsafe { self.inner.try_upgrade_until(guard.inner, timeout) })
+        let state = unsafe { self.inner.try_upgrade_until(guard.inner, timeout) };
+        std::mem::forget(leave);
+        same_res(state)
     }
 }
 
@@ -387,5 +453,339 @@ unsafe impl<R: GetThreadId> GetThreadId for RawDeferred<R> {
 
     fn nonzero_thread_id(&self) -> std::num::NonZeroUsize {
         self.inner.nonzero_thread_id()
+    }
+}
+
+/// lock_api 0.4's raw traits (feature `lock_api_04`), so that lock_api 0.4
+/// raw locks (spin, parking_lot 0.12, a database's own) become deferring
+/// too: `lock_api04::Mutex<RawDeferred<spin::mutex::SpinMutex<()>>, T>`.
+/// lock_api 0.4 keeps no per-acquisition state; the sections are the same
+/// as above, and guards are `!Send` (`GuardMarker = GuardNoSend`).
+///
+/// ```
+/// type Mutex<T> = lock_api04::Mutex<freeq::RawDeferred<spin::mutex::SpinMutex<()>>, T>;
+/// let m = Mutex::new(vec![String::from("x")]);
+/// let mut g = m.lock();
+/// freeq::defer(std::mem::take(&mut *g));
+/// assert_eq!(freeq::pending(), 1);
+/// drop(g);
+/// assert_eq!(freeq::pending(), 0);
+/// ```
+///
+/// ```compile_fail
+/// type Mutex<T> = lock_api04::Mutex<freeq::RawDeferred<spin::mutex::SpinMutex<()>>, T>;
+/// fn assert_send<T: Send>(_: T) {}
+/// let m = Mutex::new(0);
+/// assert_send(m.lock());
+/// ```
+#[cfg(feature = "lock_api_04")]
+mod v04 {
+    use lock_api04 as la;
+
+    use super::{enter, prepare_thread, Leave, RawDeferred};
+
+    /// Readies the thread, takes the inner lock, opens the section.
+    #[inline]
+    fn acquire(lock: impl FnOnce()) {
+        prepare_thread();
+        lock();
+        enter();
+    }
+
+    /// [`acquire`] for an attempt: a section only on success.
+    #[inline]
+    fn acquire_if(lock: impl FnOnce() -> bool) -> bool {
+        prepare_thread();
+        let got = lock();
+        if got {
+            enter();
+        }
+        got
+    }
+
+    /// A transition (upgrade, downgrade) keeps the section; if it unwinds,
+    /// the acquisition is gone and so is the section.
+    #[inline]
+    fn transition<T>(f: impl FnOnce() -> T) -> T {
+        let leave = Leave;
+        let r = f();
+        std::mem::forget(leave);
+        r
+    }
+
+    // (v1) As (1) above: every operation delegates to `R`, which provides
+    // the exclusion and ordering lock_api 0.4 asks for; freeq adds section
+    // bookkeeping around it, and makes guards `!Send` so a section closes
+    // on the thread that opened it. Bumps delegate to `R`'s own bump, so
+    // the section stays open across them.
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawMutex> la::RawMutex for RawDeferred<R> {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const INIT: Self = RawDeferred { inner: R::INIT };
+        type GuardMarker = la::GuardNoSend;
+
+        #[inline]
+        fn lock(&self) {
+            acquire(|| self.inner.lock())
+        }
+
+        #[inline]
+        fn try_lock(&self) -> bool {
+            acquire_if(|| self.inner.try_lock())
+        }
+
+        #[inline]
+        unsafe fn unlock(&self) {
+            let _leave = Leave;
+            // SAFETY: (v2) the caller holds this lock, so it holds `R`.
+            unsafe { self.inner.unlock() }
+        }
+
+        #[inline]
+        fn is_locked(&self) -> bool {
+            self.inner.is_locked()
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawMutexFair> la::RawMutexFair for RawDeferred<R> {
+        unsafe fn unlock_fair(&self) {
+            let _leave = Leave;
+            // SAFETY: (v3) as in (v2).
+            unsafe { self.inner.unlock_fair() }
+        }
+
+        unsafe fn bump(&self) {
+            // SAFETY: (v4) as in (v2); the lock stays held, so does the section.
+            unsafe { self.inner.bump() }
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawMutexTimed> la::RawMutexTimed for RawDeferred<R> {
+        type Duration = R::Duration;
+        type Instant = R::Instant;
+
+        fn try_lock_for(&self, timeout: Self::Duration) -> bool {
+            acquire_if(|| self.inner.try_lock_for(timeout))
+        }
+
+        fn try_lock_until(&self, timeout: Self::Instant) -> bool {
+            acquire_if(|| self.inner.try_lock_until(timeout))
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLock> la::RawRwLock for RawDeferred<R> {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const INIT: Self = RawDeferred { inner: R::INIT };
+        type GuardMarker = la::GuardNoSend;
+
+        #[inline]
+        fn lock_shared(&self) {
+            acquire(|| self.inner.lock_shared())
+        }
+
+        #[inline]
+        fn try_lock_shared(&self) -> bool {
+            acquire_if(|| self.inner.try_lock_shared())
+        }
+
+        #[inline]
+        unsafe fn unlock_shared(&self) {
+            let _leave = Leave;
+            // SAFETY: (v5) as in (v2), shared.
+            unsafe { self.inner.unlock_shared() }
+        }
+
+        #[inline]
+        fn lock_exclusive(&self) {
+            acquire(|| self.inner.lock_exclusive())
+        }
+
+        #[inline]
+        fn try_lock_exclusive(&self) -> bool {
+            acquire_if(|| self.inner.try_lock_exclusive())
+        }
+
+        #[inline]
+        unsafe fn unlock_exclusive(&self) {
+            let _leave = Leave;
+            // SAFETY: (v6) as in (v2), exclusive.
+            unsafe { self.inner.unlock_exclusive() }
+        }
+
+        #[inline]
+        fn is_locked(&self) -> bool {
+            self.inner.is_locked()
+        }
+
+        #[inline]
+        fn is_locked_exclusive(&self) -> bool {
+            self.inner.is_locked_exclusive()
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockFair> la::RawRwLockFair for RawDeferred<R> {
+        unsafe fn unlock_shared_fair(&self) {
+            let _leave = Leave;
+            // SAFETY: (v7) as in (v5).
+            unsafe { self.inner.unlock_shared_fair() }
+        }
+
+        unsafe fn unlock_exclusive_fair(&self) {
+            let _leave = Leave;
+            // SAFETY: (v8) as in (v6).
+            unsafe { self.inner.unlock_exclusive_fair() }
+        }
+
+        unsafe fn bump_shared(&self) {
+            // SAFETY: (v9) as in (v4).
+            unsafe { self.inner.bump_shared() }
+        }
+
+        unsafe fn bump_exclusive(&self) {
+            // SAFETY: (v10) as in (v4).
+            unsafe { self.inner.bump_exclusive() }
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockDowngrade> la::RawRwLockDowngrade for RawDeferred<R> {
+        unsafe fn downgrade(&self) {
+            // SAFETY: (v11) as in (v6); the section carries over.
+            transition(|| unsafe { self.inner.downgrade() })
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockTimed> la::RawRwLockTimed for RawDeferred<R> {
+        type Duration = R::Duration;
+        type Instant = R::Instant;
+
+        fn try_lock_shared_for(&self, timeout: Self::Duration) -> bool {
+            acquire_if(|| self.inner.try_lock_shared_for(timeout))
+        }
+
+        fn try_lock_shared_until(&self, timeout: Self::Instant) -> bool {
+            acquire_if(|| self.inner.try_lock_shared_until(timeout))
+        }
+
+        fn try_lock_exclusive_for(&self, timeout: Self::Duration) -> bool {
+            acquire_if(|| self.inner.try_lock_exclusive_for(timeout))
+        }
+
+        fn try_lock_exclusive_until(&self, timeout: Self::Instant) -> bool {
+            acquire_if(|| self.inner.try_lock_exclusive_until(timeout))
+        }
+    }
+
+    // SAFETY: see (v1); a recursive read is one more section.
+    unsafe impl<R: la::RawRwLockRecursive> la::RawRwLockRecursive for RawDeferred<R> {
+        fn lock_shared_recursive(&self) {
+            acquire(|| self.inner.lock_shared_recursive())
+        }
+
+        fn try_lock_shared_recursive(&self) -> bool {
+            acquire_if(|| self.inner.try_lock_shared_recursive())
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockRecursiveTimed> la::RawRwLockRecursiveTimed for RawDeferred<R> {
+        fn try_lock_shared_recursive_for(&self, timeout: Self::Duration) -> bool {
+            acquire_if(|| self.inner.try_lock_shared_recursive_for(timeout))
+        }
+
+        fn try_lock_shared_recursive_until(&self, timeout: Self::Instant) -> bool {
+            acquire_if(|| self.inner.try_lock_shared_recursive_until(timeout))
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockUpgrade> la::RawRwLockUpgrade for RawDeferred<R> {
+        fn lock_upgradable(&self) {
+            acquire(|| self.inner.lock_upgradable())
+        }
+
+        fn try_lock_upgradable(&self) -> bool {
+            acquire_if(|| self.inner.try_lock_upgradable())
+        }
+
+        unsafe fn unlock_upgradable(&self) {
+            let _leave = Leave;
+            // SAFETY: (v12) as in (v2), upgradable.
+            unsafe { self.inner.unlock_upgradable() }
+        }
+
+        unsafe fn upgrade(&self) {
+            // SAFETY: (v13) as in (v12); the section carries over.
+            transition(|| unsafe { self.inner.upgrade() })
+        }
+
+        unsafe fn try_upgrade(&self) -> bool {
+            // SAFETY: (v14) as in (v13); on failure the upgradable lock,
+            // and so the section, is still held.
+            transition(|| unsafe { self.inner.try_upgrade() })
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockUpgradeFair> la::RawRwLockUpgradeFair for RawDeferred<R> {
+        unsafe fn unlock_upgradable_fair(&self) {
+            let _leave = Leave;
+            // SAFETY: (v15) as in (v12).
+            unsafe { self.inner.unlock_upgradable_fair() }
+        }
+
+        unsafe fn bump_upgradable(&self) {
+            // SAFETY: (v16) as in (v4).
+            unsafe { self.inner.bump_upgradable() }
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockUpgradeDowngrade> la::RawRwLockUpgradeDowngrade for RawDeferred<R> {
+        unsafe fn downgrade_upgradable(&self) {
+            // SAFETY: (v17) as in (v13).
+            transition(|| unsafe { self.inner.downgrade_upgradable() })
+        }
+
+        unsafe fn downgrade_to_upgradable(&self) {
+            // SAFETY: (v18) as in (v13).
+            transition(|| unsafe { self.inner.downgrade_to_upgradable() })
+        }
+    }
+
+    // SAFETY: see (v1).
+    unsafe impl<R: la::RawRwLockUpgradeTimed> la::RawRwLockUpgradeTimed for RawDeferred<R> {
+        fn try_lock_upgradable_for(&self, timeout: Self::Duration) -> bool {
+            acquire_if(|| self.inner.try_lock_upgradable_for(timeout))
+        }
+
+        fn try_lock_upgradable_until(&self, timeout: Self::Instant) -> bool {
+            acquire_if(|| self.inner.try_lock_upgradable_until(timeout))
+        }
+
+        unsafe fn try_upgrade_for(&self, timeout: Self::Duration) -> bool {
+            // SAFETY: (v19) as in (v14).
+            transition(|| unsafe { self.inner.try_upgrade_for(timeout) })
+        }
+
+        unsafe fn try_upgrade_until(&self, timeout: Self::Instant) -> bool {
+            // SAFETY: (v20) as in (v14).
+            transition(|| unsafe { self.inner.try_upgrade_until(timeout) })
+        }
+    }
+
+    // SAFETY: (v21) thread ids come straight from `R`, which guarantees them.
+    unsafe impl<R: la::GetThreadId> la::GetThreadId for RawDeferred<R> {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const INIT: Self = RawDeferred { inner: R::INIT };
+
+        fn nonzero_thread_id(&self) -> std::num::NonZeroUsize {
+            self.inner.nonzero_thread_id()
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! `std`-backed deferring locks with `std`'s API, poisoning included.
+//!
+//! Every acquisition readies the thread ([`prepare_thread`]) before it
+//! calls the inner lock, so nothing is set up or allocated while it is held.
 
 use std::fmt;
 use std::sync::{self as stdsync, LockResult, PoisonError, TryLockError, TryLockResult};
 
 use crate::guard::LockGuard;
+use crate::queue::prepare_thread;
 
 /// Guard of a [`Mutex`]: `std`'s guard (with its mutex, for
 /// [`Condvar`](crate::Condvar) waits) in a [`LockGuard`].
@@ -16,6 +20,13 @@ pub struct StdMutexGuard<'a, T: ?Sized> {
     pub(crate) mutex: &'a stdsync::Mutex<T>,
     guard: stdsync::MutexGuard<'a, T>,
 }
+
+// SAFETY: (1) through `&StdMutexGuard` another thread reaches only `&T`
+// (`Deref`, `Debug`, `Display`); the mutex reference is used only by a
+// condvar wait, which takes the guard by value on the thread that holds
+// it. So sharing the guard is exactly as safe as sharing `std`'s guard,
+// which is `Sync` when `T: Sync`.
+unsafe impl<T: ?Sized + Sync> Sync for StdMutexGuard<'_, T> {}
 
 impl<T: ?Sized> std::ops::Deref for StdMutexGuard<'_, T> {
     type Target = T;
@@ -105,17 +116,63 @@ impl<T> Mutex<T> {
 }
 
 impl<T: Send + 'static> Mutex<T> {
-    /// Replaces the value and frees the old one after the unlock.
+    /// Replaces the value and frees the old one after the unlock (deferred
+    /// to the outermost section if the thread is in one). `std`'s
+    /// signature: if the mutex is poisoned nothing is stored, and `value`
+    /// comes back in the error.
     ///
     /// ```
     /// let m = freeq::Mutex::new(vec![1, 2, 3]);
-    /// m.set(Vec::new());
+    /// m.set(Vec::new()).unwrap();
     /// assert!(m.lock().unwrap().is_empty());
     /// ```
-    pub fn set(&self, value: T) {
-        let mut g = self.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = std::mem::replace(&mut *g, value);
+    pub fn set(&self, value: T) -> Result<(), PoisonError<T>> {
+        let old = self.replace(value)?;
+        free_after_unlock(old);
+        Ok(())
+    }
+}
+
+/// Frees a value taken out under a lock that is now released: deferred if
+/// the thread is still inside a section, at once otherwise.
+fn free_after_unlock<T: Send + 'static>(old: T) {
+    if crate::in_section() {
         crate::defer(old);
+    } else {
+        drop(old);
+    }
+}
+
+impl<T> Mutex<T> {
+    /// Replaces the value, returning the old one (after the unlock). `std`'s
+    /// signature: if the mutex is poisoned nothing is stored, and `value`
+    /// comes back in the error.
+    ///
+    /// ```
+    /// let m = freeq::Mutex::new(String::from("old"));
+    /// assert_eq!(m.replace(String::from("new")).unwrap(), "old");
+    /// ```
+    pub fn replace(&self, value: T) -> LockResult<T> {
+        match self.lock() {
+            Ok(mut guard) => Ok(std::mem::replace(&mut *guard, value)),
+            Err(_) => Err(PoisonError::new(value)),
+        }
+    }
+
+    /// A clone of the value. `std`'s signature: an error if poisoned.
+    ///
+    /// ```
+    /// let m = freeq::Mutex::new(7);
+    /// assert_eq!(m.get_cloned().unwrap(), 7);
+    /// ```
+    pub fn get_cloned(&self) -> Result<T, PoisonError<()>>
+    where
+        T: Clone,
+    {
+        match self.lock() {
+            Ok(guard) => Ok((*guard).clone()),
+            Err(_) => Err(PoisonError::new(())),
+        }
     }
 }
 
@@ -127,12 +184,14 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     pub(crate) fn relock(mutex: &stdsync::Mutex<T>) -> LockResult<MutexGuard<'_, T>> {
+        prepare_thread();
         wrap(mutex.lock(), |guard| StdMutexGuard { mutex, guard })
     }
 
     /// Acquires the lock if it is free.
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
         let mutex = &self.inner;
+        prepare_thread();
         wrap_try(mutex.try_lock(), |guard| StdMutexGuard { mutex, guard })
     }
 
@@ -197,24 +256,94 @@ impl<T> RwLock<T> {
     }
 }
 
+impl<T: Send + 'static> RwLock<T> {
+    /// Replaces the value and frees the old one after the unlock, as
+    /// [`Mutex::set`] does. If the lock is poisoned nothing is stored, and
+    /// `value` comes back in the error.
+    ///
+    /// ```
+    /// let rw = freeq::RwLock::new(vec![1, 2, 3]);
+    /// rw.set(Vec::new()).unwrap();
+    /// assert!(rw.read().unwrap().is_empty());
+    /// ```
+    pub fn set(&self, value: T) -> Result<(), PoisonError<T>> {
+        let old = self.replace(value)?;
+        free_after_unlock(old);
+        Ok(())
+    }
+}
+
+impl<T> RwLock<T> {
+    /// Replaces the value, returning the old one (after the unlock). If the
+    /// lock is poisoned nothing is stored, and `value` comes back in the
+    /// error.
+    pub fn replace(&self, value: T) -> LockResult<T> {
+        match self.write() {
+            Ok(mut guard) => Ok(std::mem::replace(&mut *guard, value)),
+            Err(_) => Err(PoisonError::new(value)),
+        }
+    }
+
+    /// A clone of the value, under a read lock; an error if poisoned.
+    pub fn get_cloned(&self) -> Result<T, PoisonError<()>>
+    where
+        T: Clone,
+    {
+        match self.read() {
+            Ok(guard) => Ok((*guard).clone()),
+            Err(_) => Err(PoisonError::new(())),
+        }
+    }
+}
+
+impl<'a, T: ?Sized> LockGuard<stdsync::RwLockWriteGuard<'a, T>> {
+    /// Turns a write lock into a read lock without letting another writer
+    /// in, as `std`'s `RwLockWriteGuard::downgrade` does (an associated
+    /// function, like `std`'s). The section stays open across it: nothing
+    /// is freed until the read guard is released.
+    ///
+    /// ```
+    /// use freeq::RwLockWriteGuard;
+    /// let rw = freeq::RwLock::new(vec![String::from("old")]);
+    /// let mut w = rw.write().unwrap();
+    /// freeq::defer(std::mem::take(&mut *w));
+    /// let r = RwLockWriteGuard::downgrade(w);
+    /// assert!(r.is_empty());
+    /// assert_eq!(freeq::pending(), 1); // still in the section
+    /// drop(r);
+    /// assert_eq!(freeq::pending(), 0);
+    /// ```
+    pub fn downgrade(s: Self) -> RwLockReadGuard<'a, T> {
+        let LockGuard { guard, _section } = s;
+        LockGuard {
+            guard: stdsync::RwLockWriteGuard::downgrade(guard),
+            _section,
+        }
+    }
+}
+
 impl<T: ?Sized> RwLock<T> {
     /// Shared access, blocking.
     pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
+        prepare_thread();
         wrap(self.inner.read(), same)
     }
 
     /// Shared access if available now.
     pub fn try_read(&self) -> TryLockResult<RwLockReadGuard<'_, T>> {
+        prepare_thread();
         wrap_try(self.inner.try_read(), same)
     }
 
     /// Exclusive access, blocking.
     pub fn write(&self) -> LockResult<RwLockWriteGuard<'_, T>> {
+        prepare_thread();
         wrap(self.inner.write(), same)
     }
 
     /// Exclusive access if available now.
     pub fn try_write(&self) -> TryLockResult<RwLockWriteGuard<'_, T>> {
+        prepare_thread();
         wrap_try(self.inner.try_write(), same)
     }
 
@@ -243,5 +372,49 @@ impl<T> From<T> for RwLock<T> {
 impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+/// With feature `serde`: serializes the value under the lock (a section);
+/// an error if the mutex is poisoned.
+#[cfg(feature = "serde")]
+impl<T: ?Sized + serde::Serialize> serde::Serialize for Mutex<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.lock() {
+            Ok(guard) => (*guard).serialize(serializer),
+            Err(_) => Err(serde::ser::Error::custom(
+                "lock poison error while serializing",
+            )),
+        }
+    }
+}
+
+/// With feature `serde`: deserializes the value into a new mutex.
+#[cfg(feature = "serde")]
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Mutex<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Mutex::new)
+    }
+}
+
+/// With feature `serde`: serializes the value under a read lock (a
+/// section); an error if the lock is poisoned.
+#[cfg(feature = "serde")]
+impl<T: ?Sized + serde::Serialize> serde::Serialize for RwLock<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.read() {
+            Ok(guard) => (*guard).serialize(serializer),
+            Err(_) => Err(serde::ser::Error::custom(
+                "lock poison error while serializing",
+            )),
+        }
+    }
+}
+
+/// With feature `serde`: deserializes the value into a new lock.
+#[cfg(feature = "serde")]
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for RwLock<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(RwLock::new)
     }
 }

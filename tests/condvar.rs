@@ -1012,3 +1012,90 @@ fn parking_lot_panicking_free_during_wait_resumes_after_relock() {
         assert_eq!(*m.lock(), 2);
     });
 }
+
+// ---------------------------------------------------------------------------
+// One mutex at a time
+// ---------------------------------------------------------------------------
+
+const TWO_MUTEXES: &str = "attempted to use a condition variable with more than one mutex";
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p.downcast_ref::<&str>().unwrap_or(&"").to_string(),
+    }
+}
+
+/// `(started, go)`: the waiter sets `started` under the lock and then waits
+/// for `go`. Once another thread takes the lock and sees `started`, the
+/// waiter has released it inside its wait, so it is registered (waiters
+/// register before they release).
+type Started = (bool, bool);
+
+#[test]
+fn std_condvar_with_a_second_mutex_panics() {
+    within(|| {
+        let m1 = Arc::new(freeq::Mutex::new((false, false)));
+        let m2 = freeq::Mutex::new(0);
+        let cv = Arc::new(freeq::Condvar::new());
+        let waiter = {
+            let (m1, cv) = (m1.clone(), cv.clone());
+            thread::spawn(move || {
+                let mut g = m1.lock().unwrap();
+                g.0 = true;
+                drop(cv.wait_while(g, |g: &mut Started| !g.1).unwrap());
+            })
+        };
+        assert!(eventually(|| m1.lock().unwrap().0));
+        let err = panic::catch_unwind(AssertUnwindSafe(|| {
+            let _ = cv.wait(m2.lock().unwrap());
+        }))
+        .unwrap_err();
+        assert_eq!(panic_message(err), TWO_MUTEXES);
+        assert!(!in_section());
+        assert!(m2.is_poisoned(), "the guard dropped while panicking");
+        m2.clear_poison();
+        m1.lock().unwrap().1 = true;
+        cv.notify_all();
+        waiter.join().unwrap();
+        // No one waits any more: the condvar may move to m2.
+        let g = m2.lock().unwrap();
+        let (g, res) = cv.wait_timeout(g, Duration::from_millis(1)).unwrap();
+        assert!(res.timed_out());
+        drop(g);
+    });
+}
+
+#[test]
+fn parking_lot_condvar_with_a_second_mutex_panics_holding_the_lock() {
+    within(|| {
+        let m1 = Arc::new(freeq::parking_lot::Mutex::new((false, false)));
+        let m2 = freeq::parking_lot::Mutex::new(0);
+        let cv = Arc::new(freeq::parking_lot::Condvar::new());
+        let waiter = {
+            let (m1, cv) = (m1.clone(), cv.clone());
+            thread::spawn(move || {
+                let mut g = m1.lock();
+                g.0 = true;
+                cv.wait_while(&mut g, |g: &mut Started| !g.1);
+            })
+        };
+        assert!(eventually(|| m1.lock().0));
+        let mut g2 = m2.lock();
+        let err = panic::catch_unwind(AssertUnwindSafe(|| cv.wait(&mut g2))).unwrap_err();
+        assert_eq!(panic_message(err), TWO_MUTEXES);
+        // The guard is intact and still holds the lock and its section.
+        assert!(in_section());
+        *g2 += 1;
+        assert!(m2.is_locked());
+        drop(g2);
+        assert!(!in_section());
+        m1.lock().1 = true;
+        assert_eq!(cv.notify_all(), 1);
+        waiter.join().unwrap();
+        // No one waits any more: the condvar may move to m2.
+        let mut g2 = m2.lock();
+        assert!(cv.wait_for(&mut g2, Duration::from_millis(1)).timed_out());
+        assert_eq!(*g2, 1);
+    });
+}

@@ -301,7 +301,7 @@ mod sections {
         assert!(!is_send!(
             freeq::parking_lot::ReentrantMutexGuard<'static, u32>
         ));
-        assert!(!is_send!(freeq::parking_lot::ArcMutexGuard<u32>));
+        assert!(!is_send!(freeq::parking_lot::ArcMutexGuard<freeq::parking_lot::RawMutex, u32>));
         assert!(!is_send!(
             freeq::parking_lot::MappedMutexGuard<'static, u32>
         ));

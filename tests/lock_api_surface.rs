@@ -797,3 +797,70 @@ fn const_constructors() {
     rec.assert_freed_well();
     assert!(!in_section());
 }
+
+// ---------------------------------------------------------------------------
+// parking_lot 0.13 names: RecursiveRwLock, two-parameter Arc guards
+// ---------------------------------------------------------------------------
+
+#[test]
+fn recursive_reads_nest_sections_and_drain_at_the_outermost() {
+    use freeq::parking_lot::{RecursiveRwLock, RecursiveRwLockUpgradableReadGuard};
+    let lock = Arc::new(RecursiveRwLock::new(1u32));
+    let first = lock.read();
+    // A writer queues up behind the first read; recursive reads still get in.
+    let (tx, rx) = mpsc::channel();
+    let writer = {
+        let lock = lock.clone();
+        thread::spawn(move || {
+            tx.send(()).unwrap();
+            *lock.write() += 1;
+        })
+    };
+    rx.recv().unwrap();
+    let second = lock.read();
+    assert!(lock.try_read().is_some());
+    let rec = defer_probe();
+    drop(second);
+    rec.assert_not_freed();
+    drop(first);
+    rec.assert_freed_well();
+    writer.join().unwrap();
+    assert_eq!(*lock.read(), 2);
+
+    let up = lock.upgradable_read();
+    let read = lock.read();
+    drop(read);
+    let rec = defer_probe();
+    let mut w = RecursiveRwLockUpgradableReadGuard::upgrade(up);
+    *w = 3;
+    rec.assert_not_freed();
+    drop(w);
+    rec.assert_freed_well();
+    assert!(!in_section());
+    let c = freeq::parking_lot::const_recursive_rwlock(5);
+    assert_eq!(*c.read(), 5);
+}
+
+#[test]
+fn arc_guard_aliases_take_the_raw_lock_and_the_value() {
+    use freeq::parking_lot::{
+        ArcReentrantMutexGuard, ArcRwLockReadGuard, RawMutex, RawRwLock, RawThreadId,
+    };
+    let m = Arc::new(Mutex::new(1u32));
+    let g: ArcMutexGuard<RawMutex, u32> = m.lock_arc();
+    assert!(in_section());
+    drop(g);
+    let rw = Arc::new(RwLock::new(2u32));
+    let r: ArcRwLockReadGuard<RawRwLock, u32> = rw.read_arc();
+    drop(r);
+    let u: ArcRwLockUpgradableReadGuard<RawRwLock, u32> = rw.upgradable_read_arc();
+    let w: ArcRwLockWriteGuard<RawRwLock, u32> = ArcRwLockUpgradableReadGuard::upgrade(u);
+    drop(w);
+    let rm = Arc::new(ReentrantMutex::new(3u32));
+    let g: ArcReentrantMutexGuard<RawMutex, RawThreadId, u32> = rm.lock_arc();
+    assert_eq!(*g, 3);
+    drop(g);
+    assert!(!in_section());
+    // The lock_api crate, re-exported as parking_lot does.
+    let _: &freeq::parking_lot::lock_api::Mutex<RawMutex, u32> = &m;
+}

@@ -734,9 +734,10 @@ mod std_api {
             id: 1,
             log: log.clone(),
             check: Box::new(move || assert!(std_ok(m2.try_lock()))),
-        }));
+        }))
+        .unwrap();
         assert!(log.get().is_empty());
-        m.set(None);
+        m.set(None).unwrap();
         assert_eq!(log.get(), [1]);
         assert_eq!(pending(), 0);
     }
@@ -991,7 +992,7 @@ mod lock_api_api {
     fn arc_guards_are_sections() {
         let log = Log::default();
         let m = Arc::new(Mutex::new(5));
-        let g: ArcMutexGuard<u32> = m.lock_arc();
+        let g: ArcMutexGuard<freeq::parking_lot::RawMutex, u32> = m.lock_arc();
         assert!(in_section());
         let m2 = m.clone();
         defer(checked(1, &log, move || assert!(!m2.is_locked())));
