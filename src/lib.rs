@@ -54,6 +54,8 @@ mod defer;
 mod free_queue;
 mod guard;
 mod item;
+#[cfg(loom)]
+pub mod loom;
 mod offload;
 mod policy;
 mod queue;
