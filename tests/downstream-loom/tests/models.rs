@@ -210,6 +210,39 @@ fn parking_lot_mutex_excludes_and_defers() {
     });
 }
 
+// `freeq::parking_lot::Condvar`: as above, with parking_lot's API. The
+// consumer's deferred value, queued before it waits, is freed by the wait
+// (its only section is released) or, if it never waited, at its unlock.
+#[test]
+fn parking_lot_condvar_hands_an_item_over() {
+    explore(|| {
+        let freed = counter();
+        let shared = Arc::new((
+            freeq::parking_lot::Mutex::new(None::<Probe>),
+            freeq::parking_lot::Condvar::new(),
+            AtomicUsize::new(0),
+        ));
+        let producer = {
+            let (shared, freed) = (shared.clone(), freed.clone());
+            thread::spawn(move || {
+                let (slot, ready, pushed) = &*shared;
+                *slot.lock() = Some(Probe::new(1, &freed));
+                pushed.fetch_add(1, SeqCst);
+                ready.notify_one();
+            })
+        };
+        let (slot, ready, pushed) = &*shared;
+        let mut item = slot.lock();
+        freeq::defer(Probe::new(0, &freed));
+        ready.wait_while(&mut item, |item| item.is_none());
+        freeq::defer(item.take().unwrap());
+        drop(item);
+        assert_eq!(freed.load(Relaxed), 2);
+        producer.join().unwrap();
+        assert_eq!(pushed.load(SeqCst), 1);
+    });
+}
+
 // `freeq::parking_lot::RwLock` with an upgradable read against a plain
 // writer, and `freeq::parking_lot::ReentrantMutex` taken twice by one
 // thread while another contends.
