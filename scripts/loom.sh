@@ -2,7 +2,7 @@
 # Runs freeq's loom models. This is the command CI calls; run it locally
 # before changing anything in src/ that sections, drains or locks touch.
 #
-#   scripts/loom.sh                       # every model
+#   scripts/loom.sh                       # every model, then the downstream crate's
 #   scripts/loom.sh -- nested_locks       # models whose name matches
 #   LOOM_MAX_PREEMPTIONS=3 scripts/loom.sh  # a deeper (slower) search
 #
@@ -20,4 +20,11 @@ export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
 export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
 
-exec cargo test --release --test loom_core --test loom_reclaim --test loom_condvar "$@"
+# freeq's own models.
+cargo test --release --test loom_core --test loom_reclaim --test loom_condvar "$@"
+
+# A crate built on freeq, model-checking its own code: freeq's public locks
+# must be loom's under `--cfg loom`. It shares this target directory.
+export CARGO_TARGET_DIR="$(cd "$CARGO_TARGET_DIR" && pwd)"
+cd tests/downstream-loom
+cargo test --release "$@"

@@ -136,6 +136,8 @@ mod deferred;
 mod free_queue;
 mod guard;
 mod item;
+#[cfg(loom)]
+pub mod loom;
 mod offload;
 mod policy;
 mod queue;

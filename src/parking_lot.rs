@@ -34,6 +34,10 @@ pub use lock_api::{
     ArcRwLockWriteGuard,
 };
 
+// Under loom the same types are built on loom-aware raw locks.
+#[cfg(loom)]
+use crate::loom as parking_lot;
+
 /// parking_lot's raw mutex, deferring.
 pub type RawMutex = RawDeferred<parking_lot::RawMutex>;
 /// parking_lot's eventually-fair raw mutex, with every unlock fair, deferring.

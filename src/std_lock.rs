@@ -4,7 +4,11 @@
 //! calls the inner lock, so nothing is set up or allocated while it is held.
 
 use std::fmt;
-use std::sync::{self as stdsync, LockResult, PoisonError, TryLockError, TryLockResult};
+use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
+
+use crate::sync::std_locks as stdsync;
+#[cfg(loom)]
+use crate::sync::NoPoison as _;
 
 use crate::guard::LockGuard;
 use crate::queue::prepare_thread;
@@ -103,7 +107,17 @@ pub struct Mutex<T: ?Sized> {
 
 impl<T> Mutex<T> {
     /// A new unlocked mutex.
+    #[cfg(not(loom))]
     pub const fn new(value: T) -> Self {
+        Mutex {
+            inner: stdsync::Mutex::new(value),
+        }
+    }
+
+    /// A new unlocked mutex (under loom: not `const`, and only inside a
+    /// running model, like every loom object).
+    #[cfg(loom)]
+    pub fn new(value: T) -> Self {
         Mutex {
             inner: stdsync::Mutex::new(value),
         }
@@ -195,12 +209,13 @@ impl<T: ?Sized> Mutex<T> {
         wrap_try(mutex.try_lock(), |guard| StdMutexGuard { mutex, guard })
     }
 
-    /// Whether a thread panicked while holding the lock.
+    /// Whether a thread panicked while holding the lock. Under loom always
+    /// `false`: loom's locks do not poison, a panic fails the model.
     pub fn is_poisoned(&self) -> bool {
         self.inner.is_poisoned()
     }
 
-    /// Clears the poisoned state.
+    /// Clears the poisoned state (under loom, nothing to clear).
     pub fn clear_poison(&self) {
         self.inner.clear_poison()
     }
@@ -244,7 +259,17 @@ pub struct RwLock<T: ?Sized> {
 
 impl<T> RwLock<T> {
     /// A new unlocked lock.
+    #[cfg(not(loom))]
     pub const fn new(value: T) -> Self {
+        RwLock {
+            inner: stdsync::RwLock::new(value),
+        }
+    }
+
+    /// A new unlocked lock (under loom: not `const`, and only inside a
+    /// running model, like every loom object).
+    #[cfg(loom)]
+    pub fn new(value: T) -> Self {
         RwLock {
             inner: stdsync::RwLock::new(value),
         }
@@ -313,6 +338,11 @@ impl<'a, T: ?Sized> LockGuard<stdsync::RwLockWriteGuard<'a, T>> {
     /// drop(r);
     /// assert_eq!(freeq::pending(), 0);
     /// ```
+    ///
+    /// Not available in loom builds (`--cfg loom`): loom's `RwLock` has no
+    /// atomic downgrade. Models that need one can use
+    /// `freeq::parking_lot::RwLock`, whose loom lock downgrades.
+    #[cfg(not(loom))]
     pub fn downgrade(s: Self) -> RwLockReadGuard<'a, T> {
         let LockGuard { guard, _section } = s;
         LockGuard {
@@ -347,12 +377,13 @@ impl<T: ?Sized> RwLock<T> {
         wrap_try(self.inner.try_write(), same)
     }
 
-    /// Whether a writer panicked while holding the lock.
+    /// Whether a writer panicked while holding the lock. Under loom always
+    /// `false`: loom's locks do not poison, a panic fails the model.
     pub fn is_poisoned(&self) -> bool {
         self.inner.is_poisoned()
     }
 
-    /// Clears the poisoned state.
+    /// Clears the poisoned state (under loom, nothing to clear).
     pub fn clear_poison(&self) {
         self.inner.clear_poison()
     }
