@@ -27,4 +27,4 @@ cargo test --release --test loom_core --test loom_reclaim --test loom_condvar "$
 # must be loom's under `--cfg loom`. It shares this target directory.
 export CARGO_TARGET_DIR="$(cd "$CARGO_TARGET_DIR" && pwd)"
 cd tests/downstream-loom
-cargo test --release "$@"
+cargo test --release --tests "$@"
