@@ -220,7 +220,10 @@ impl Inbox {
 
     /// Takes every batch waiting here, oldest first.
     fn take_all(&self) -> Fifo {
-        if self.head.load(Relaxed).is_null() {
+        // Acquire: finding the inbox empty because a runner swapped it out
+        // must make that runner's `taken` announcement visible (quiesce
+        // then waits for it).
+        if self.head.load(Acquire).is_null() {
             return Fifo(ptr::null_mut());
         }
         let mut head = self.head.swap(ptr::null_mut(), SeqCst);
@@ -657,6 +660,8 @@ struct Pool {
     /// When a failed spawn may be retried (ms since the pool started).
     retry_at_ms: StaticAtomicUsize,
     born: std::time::Instant,
+    /// Every runner has a thread (in this process).
+    all_started: std::sync::atomic::AtomicBool,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -690,6 +695,7 @@ fn pool() -> &'static Pool {
             cpus,
             retry_at_ms: StaticAtomicUsize::new(0),
             born: std::time::Instant::now(),
+            all_started: std::sync::atomic::AtomicBool::new(false),
         }
     })
 }
@@ -773,6 +779,7 @@ impl Pool {
         {
             return;
         }
+        self.all_started.store(false, StaticSeqCst);
         for r in self.reclaimer.runners.iter() {
             r.state.store(NOT_STARTED, StaticSeqCst);
             r.sleeping.store(false, SeqCst);
@@ -834,10 +841,26 @@ impl Pool {
         }
     }
 
+    /// Starts every runner (any of them may be needed to take this CPU's
+    /// work while its own is busy); `false` if this CPU's could not be
+    /// started.
+    #[cold]
+    fn start_all(&self, index: usize) -> bool {
+        let mine = self.ensure_started(index);
+        let mut all = mine;
+        for i in 0..self.reclaimer.runners.len() {
+            all &= self.ensure_started(i);
+        }
+        if all {
+            self.all_started.store(true, StaticSeqCst);
+        }
+        mine
+    }
+
     fn hand_off(&self, batch: Buffer) -> Result<Option<Buffer>, Buffer> {
         self.check_fork();
         let index = current_cpu() % self.reclaimer.inboxes.len();
-        if !self.ensure_started(index) {
+        if !self.all_started.load(StaticRelaxed) && !self.start_all(index) {
             return Err(batch);
         }
         self.reclaimer.try_hand_off(index, batch, offload_bound())
