@@ -354,3 +354,126 @@ fn a_hand_off_racing_shutdown_is_freed_once() {
         assert_eq!(count.load(SeqCst), 1);
     });
 }
+
+// ---------------------------------------------------------------------------
+// Several inboxes and runners: stealing, quiesce helping, quiesce from a
+// free on a runner
+// ---------------------------------------------------------------------------
+
+// Catches a batch lost or freed twice when a runner takes work from another
+// runner's inbox while that runner and a producer race it.
+#[test]
+fn a_runner_stealing_from_another_inbox_frees_each_batch_once() {
+    loom::model(|| {
+        let r = Arc::new(Reclaimer::with_shape(2, 2));
+        let (a, b) = (counter(), counter());
+        let producer = {
+            let (r, a) = (r.clone(), a.clone());
+            thread::spawn(move || r.hand_off_queue_to(0, queue_of(&a, 1)))
+        };
+        let thief = {
+            let r = r.clone();
+            thread::spawn(move || {
+                r.run_once_as(1);
+            })
+        };
+        r.hand_off_queue_to(0, queue_of(&b, 1));
+        r.run_once_as(0);
+        producer.join().unwrap();
+        thief.join().unwrap();
+        while r.run_once_as(0) {}
+        assert_eq!(a.load(SeqCst), 1);
+        assert_eq!(b.load(SeqCst), 1);
+        assert_eq!(r.outstanding(), 0);
+    });
+}
+
+// Catches quiesce returning while a runner still frees a batch it took
+// from the inbox before quiesce looked (quiesce finds the inbox empty and
+// must then wait for that runner): the runner announces the swap (`taken`)
+// before it makes it, and publishes `done` only after the frees.
+#[test]
+fn quiesce_waits_for_a_batch_a_runner_took_and_frees_the_rest_itself() {
+    loom::model(|| {
+        let r = Arc::new(Reclaimer::with_shape(2, 1));
+        let (a, b) = (counter(), counter());
+        r.hand_off_queue_to(0, queue_of(&a, 1));
+        r.hand_off_queue_to(1, queue_of(&b, 1));
+        let runner = {
+            let r = r.clone();
+            thread::spawn(move || {
+                r.run_once_as(0);
+            })
+        };
+        r.quiesce();
+        assert_eq!(
+            a.load(SeqCst),
+            1,
+            "quiesce returned before a runner's batch was freed"
+        );
+        assert_eq!(b.load(SeqCst), 1);
+        runner.join().unwrap();
+        assert_eq!(r.outstanding(), 0);
+    });
+}
+
+// Catches two quiesce callers where one returns before the batches the
+// other took (and is still freeing) are freed.
+#[test]
+fn quiesce_waits_for_batches_another_quiesce_took() {
+    loom::model(|| {
+        let r = Arc::new(Reclaimer::new());
+        let a = counter();
+        r.hand_off_queue(queue_of(&a, 1));
+        let other = {
+            let r = r.clone();
+            thread::spawn(move || r.quiesce())
+        };
+        r.quiesce();
+        assert_eq!(
+            a.load(SeqCst),
+            1,
+            "quiesce returned before another's batch was freed"
+        );
+        other.join().unwrap();
+    });
+}
+
+/// Calls `quiesce` on its reclaimer when freed.
+struct QuiesceOnDrop(Arc<Reclaimer>, Arc<AtomicUsize>);
+
+impl Drop for QuiesceOnDrop {
+    fn drop(&mut self) {
+        self.0.quiesce();
+        self.1.fetch_add(1, SeqCst);
+    }
+}
+
+// Catches a deadlock when frees on two runners both call quiesce (each
+// would wait for the other's batch), and a quiesce from a free that waits
+// on its own runner.
+#[test]
+fn quiesce_from_frees_on_two_runners_does_not_deadlock() {
+    loom::model(|| {
+        let r = Arc::new(Reclaimer::with_shape(2, 2));
+        let done = counter();
+        for inbox in 0..2 {
+            let mut q = FreeQueue::new();
+            q.push(QuiesceOnDrop(r.clone(), done.clone()));
+            r.hand_off_queue_to(inbox, q);
+        }
+        let other = {
+            let r = r.clone();
+            thread::spawn(move || {
+                r.run_once_as(1);
+            })
+        };
+        r.run_once_as(0);
+        other.join().unwrap();
+        while r.run_once_as(0) {}
+        assert_eq!(done.load(SeqCst), 2);
+        // The pool holds the reclaimer through the values above only while
+        // they live: it is dropped here, with nothing left.
+        assert_eq!(r.outstanding(), 0);
+    });
+}

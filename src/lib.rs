@@ -155,7 +155,11 @@ pub use defer::{defer, defer_fn, defer_with};
 pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
 pub use guard::{section, LockGuard, Section};
-pub use offload::{offload_bound, quiesce, set_offload_bound, DEFAULT_OFFLOAD_BOUND};
+pub use offload::{
+    clear_offload_executor, defer_heavy, offload_bound, offload_threshold_ns, quiesce,
+    set_offload_bound, set_offload_executor, set_offload_threshold_ns, Batch,
+    DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS,
+};
 pub use policy::{default_policy, set_default_policy, Policy};
 pub use queue::{
     flush, in_section, max_retained, pending, policy, prepare_thread, set_max_retained, set_policy,
@@ -173,6 +177,8 @@ pub use lock_api;
 /// `freeq::epoch::pin()`; [`retire`] waits for them.
 pub use crossbeam_epoch as epoch;
 
+#[doc(hidden)]
+pub use offload::reclaimer_count as __reclaimer_count;
 #[doc(hidden)]
 pub use offload::Reclaimer as __Reclaimer;
 

@@ -1,33 +1,43 @@
-//! Per-CPU reclaimer threads for `Policy::Offload`.
+//! Reclaimer threads for `Policy::Offload`, heavy values and user executors.
 //!
 //! A drain hands its whole batch (one buffer, however many items) to the
-//! reclaimer of the CPU it runs on by pushing one node on that reclaimer's
-//! lock-free inbox: O(1), no lock, no per-item work. A reclaimer takes the
-//! whole inbox at once, restores FIFO order and frees each batch through
-//! its own thread's queue, so frees that defer more stay iterative. Idle
-//! reclaimers park; a producer unparks one only if it announced it was
-//! going to sleep. The count of items handed over and not yet freed bounds
-//! the backlog: past it, producers free inline.
+//! inbox of the CPU it runs on by pushing one node on a lock-free stack:
+//! O(1), no lock, no per-item work. Reclaimer threads are not pinned: they
+//! run at idle priority wherever the scheduler finds a CPU with time, each
+//! empties its own inbox first and then takes work from every other one.
+//! A reclaimer takes a whole inbox at once, restores FIFO order and frees
+//! each batch through its own thread's queue, so frees that defer more
+//! stay iterative. Idle reclaimers park; a producer wakes its inbox's
+//! reclaimer if it sleeps, or another sleeping one if that one is busy.
+//!
+//! [`quiesce`] does not depend on how much CPU the reclaimers get: the
+//! caller takes every batch still waiting in an inbox and frees it itself,
+//! then waits only for the batches a reclaimer is freeing at that moment.
+//!
+//! The count of items handed to an inbox and not yet freed bounds the
+//! backlog: past it, producers free inline.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
-use std::sync::OnceLock;
+use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
+use std::sync::{OnceLock, RwLock as StdRwLock};
 
 use crate::item::Buffer;
 use crate::queue;
-use crate::sync::{fence, thread, AtomicBool, AtomicPtr, AtomicUsize, Condvar, Mutex, Ordering::*};
-use crate::sync::{Arc, StaticAtomicUsize};
+use crate::sync::{fence, thread, AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*};
+use crate::sync::{freeq_thread_local, Cell, StaticAtomicUsize};
 use crate::FreeQueue;
 
-/// Default bound on items handed to one reclaimer and not yet freed.
+/// Default bound on items handed to one CPU's inbox and not yet freed.
 pub const DEFAULT_OFFLOAD_BOUND: usize = crate::sync::scaled(1 << 16, 64);
 
 static BOUND: StaticAtomicUsize = StaticAtomicUsize::new(DEFAULT_OFFLOAD_BOUND);
 
-/// Sets how many offloaded items one reclaimer may have outstanding before
-/// producers free inline instead (default [`DEFAULT_OFFLOAD_BOUND`]). A
-/// batch is always accepted by an idle reclaimer, whatever its size.
+/// Sets how many offloaded items one CPU's inbox may have outstanding
+/// before producers on that CPU free inline instead (default
+/// [`DEFAULT_OFFLOAD_BOUND`]). A batch is always accepted by an empty
+/// inbox, whatever its size.
 ///
 /// ```
 /// freeq::set_offload_bound(1024);
@@ -43,10 +53,119 @@ pub fn offload_bound() -> usize {
     BOUND.load(StaticRelaxed)
 }
 
+/// Default estimated drop cost, in nanoseconds, from which a batch is worth
+/// handing to another thread under [`Policy::Offload`](crate::Policy).
+///
+/// Measured with `cargo bench --bench heavy_drop -- threshold` (see
+/// BENCHMARKS.md, "Offload (issue 10)"): moving a batch to a reclaimer and
+/// freeing it there costs the producer little, but the whole process pays
+/// the hand-off, the wake-up and the cache misses of freeing memory
+/// another core touched last, about as much as freeing a few hundred small
+/// objects inline. Below this, a batch is freed inline.
+pub const DEFAULT_OFFLOAD_THRESHOLD_NS: u64 = 20_000;
+
+static THRESHOLD_NS: StaticAtomicUsize =
+    StaticAtomicUsize::new(DEFAULT_OFFLOAD_THRESHOLD_NS as usize);
+
+/// Sets the estimated drop cost, in nanoseconds, from which a drained batch
+/// leaves the thread under [`Policy::Offload`](crate::Policy); cheaper
+/// batches are freed inline (default [`DEFAULT_OFFLOAD_THRESHOLD_NS`]).
+/// `0` offloads every batch.
+///
+/// ```
+/// freeq::set_offload_threshold_ns(50_000);
+/// assert_eq!(freeq::offload_threshold_ns(), 50_000);
+/// # freeq::set_offload_threshold_ns(freeq::DEFAULT_OFFLOAD_THRESHOLD_NS);
+/// ```
+pub fn set_offload_threshold_ns(ns: u64) {
+    THRESHOLD_NS.store(usize::try_from(ns).unwrap_or(usize::MAX), StaticRelaxed);
+}
+
+/// The threshold set by [`set_offload_threshold_ns`].
+pub fn offload_threshold_ns() -> u64 {
+    THRESHOLD_NS.load(StaticRelaxed) as u64
+}
+
+/// Whether a batch whose items are estimated to take `estimated_ns` to free
+/// is worth handing to another thread.
+// Called by the drain once batches carry their cost estimate.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn worth_offloading(estimated_ns: u64) -> bool {
+    estimated_ns >= offload_threshold_ns()
+}
+
+freeq_thread_local! {
+    /// Nonzero while this thread must free inline whatever its policy: it is
+    /// a reclaimer, or it is freeing batches taken by `quiesce`, a
+    /// [`Batch::free`] or the exit hook. Needs no destructor, so it stays
+    /// reachable during thread exit.
+    static INLINE_ONLY: Cell<usize> = Cell::new(0);
+}
+
+fn inline_only() -> bool {
+    INLINE_ONLY.try_with(|c| c.get() != 0).unwrap_or(false)
+}
+
+/// Makes this thread free inline while it lives.
+struct InlineOnly;
+
+impl InlineOnly {
+    fn enter() -> InlineOnly {
+        let _ = INLINE_ONLY.try_with(|c| c.set(c.get() + 1));
+        InlineOnly
+    }
+}
+
+impl Drop for InlineOnly {
+    fn drop(&mut self) {
+        let _ = INLINE_ONLY.try_with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// Drops a panic payload whose own destructor may panic: that second
+/// payload is forgotten rather than dropped, so nothing can unwind out of
+/// a reclaimer's loop.
+fn drop_payload(payload: crate::item::Panic) {
+    if let Err(again) = panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
+}
+
+/// Frees `batch` on this thread, containing any panic (reported by the
+/// panic hook, payload dropped safely).
+fn free_contained(batch: &mut Buffer) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| free_batch(batch))) {
+        drop_payload(payload);
+    }
+    if !batch.is_empty() {
+        // A drain stopped by a section left open by a free: the items left
+        // run here so that none is lost.
+        let mut first = None;
+        batch.run_all(&mut first);
+        if let Some(payload) = first {
+            drop_payload(payload);
+        }
+    }
+}
+
+/// Frees `batch` on this thread, inline whatever its policy. Inside a
+/// section the items run here and now (they were deferred once already,
+/// where they came from); otherwise through this thread's queue.
+fn free_batch(batch: &mut Buffer) {
+    let _inline = InlineOnly::enter();
+    if queue::in_section() {
+        let mut first = None;
+        batch.run_all(&mut first);
+        crate::item::resume(first);
+    } else {
+        queue::free_here(batch);
+    }
+}
+
 struct Node {
     next: *mut Node,
     batch: Buffer,
-    /// Items the batch counts for (0 for a quiesce marker).
+    /// Items the batch counts for.
     items: usize,
 }
 
@@ -60,19 +179,10 @@ impl Node {
     }
 }
 
-/// A reclaimer: an inbox of batches and the thread that frees them.
-///
-/// freeq starts one per CPU, lazily, for [`Policy::Offload`](crate::Policy);
-/// this type is public (and hidden) so that the loom models can drive one
-/// with their own threads.
-#[doc(hidden)]
-pub struct Reclaimer {
-    /// Treiber stack of handed-off batches, newest first.
-    inbox: AtomicPtr<Node>,
-    /// Set by the reclaimer just before it parks.
-    sleeping: AtomicBool,
-    shutdown: AtomicBool,
-    /// Items handed over and not yet freed.
+/// One CPU's inbox: a Treiber stack of handed-off batches, newest first.
+struct Inbox {
+    head: AtomicPtr<Node>,
+    /// Items handed to this inbox and not yet freed.
     outstanding: AtomicUsize,
     /// Treiber stack of freed nodes, their buffers emptied but keeping their
     /// memory, for producers to reuse: steady-state offloading allocates
@@ -80,111 +190,55 @@ pub struct Reclaimer {
     returned: AtomicPtr<Node>,
     /// Nodes on `returned` (roughly; it only caps the pool).
     returned_len: AtomicUsize,
-    thread: OnceLock<thread::Thread>,
-    /// Yield the CPU after each batch (freeq's own reclaimers, which share
-    /// a CPU with the producers they serve).
-    courteous: bool,
 }
 
-/// Most freed nodes a reclaimer keeps for reuse.
-const MAX_RETURNED: usize = crate::sync::scaled(64, 2);
-
-// SAFETY: (1) the raw pointers in the inbox are owned nodes passed between
-// threads through the atomic with release/acquire ordering; each node's
-// batch is `Send`. Everything else is atomics and a `OnceLock`.
-unsafe impl Send for Reclaimer {}
-// SAFETY: (2) as in (1): all shared access goes through atomics.
-unsafe impl Sync for Reclaimer {}
-
-impl Default for Reclaimer {
-    fn default() -> Self {
-        Reclaimer::new()
-    }
-}
-
-impl Reclaimer {
-    /// A reclaimer with an empty inbox and no thread yet.
-    pub fn new() -> Self {
-        Reclaimer {
-            inbox: AtomicPtr::new(ptr::null_mut()),
-            sleeping: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
+impl Inbox {
+    fn new() -> Inbox {
+        Inbox {
+            head: AtomicPtr::new(ptr::null_mut()),
             outstanding: AtomicUsize::new(0),
             returned: AtomicPtr::new(ptr::null_mut()),
             returned_len: AtomicUsize::new(0),
-            thread: OnceLock::new(),
-            courteous: false,
         }
     }
 
-    /// Items handed over and not yet freed.
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Acquire)
-    }
-
-    /// Hands `batch` over unless the backlog is past `bound`. On success,
-    /// returns an emptied buffer from an earlier batch, if one is free, for
-    /// the producer's next queue.
-    fn try_hand_off(&self, batch: Buffer, bound: usize) -> Result<Option<Buffer>, Buffer> {
-        let n = batch.len();
-        let mut now = self.outstanding.load(Relaxed);
-        loop {
-            if now != 0 && now + n > bound {
-                return Err(batch);
-            }
-            match self
-                .outstanding
-                .compare_exchange_weak(now, now + n, Relaxed, Relaxed)
-            {
-                Ok(_) => break,
-                Err(seen) => now = seen,
-            }
-        }
-        let (node, recycled) = match self.take_returned() {
-            Some(mut node) => {
-                let empty = std::mem::replace(&mut node.batch, batch);
-                node.items = n;
-                (node, Some(empty))
-            }
-            None => (Node::boxed(batch, n), None),
-        };
-        self.push(node);
-        Ok(recycled)
-    }
-
-    /// Hands a whole [`FreeQueue`] over, ignoring the bound.
-    pub fn hand_off_queue(&self, mut queue: FreeQueue) {
-        let batch = std::mem::take(queue.buffer_mut());
-        let n = batch.len();
-        self.outstanding.fetch_add(n, Relaxed);
-        self.push(Node::boxed(batch, n));
-    }
-
-    /// Pushes `node` on `stack` (a Treiber stack of owned nodes).
-    fn push_on(stack: &AtomicPtr<Node>, node: Box<Node>) {
+    /// Pushes `node` on `stack` (a Treiber stack of owned nodes); `true`
+    /// if the stack was empty.
+    fn push_on(stack: &AtomicPtr<Node>, node: Box<Node>) -> bool {
         let node = Box::into_raw(node);
         let mut head = stack.load(Relaxed);
         loop {
-            // SAFETY: (3) `node` is ours alone until the exchange below
+            // SAFETY: (1) `node` is ours alone until the exchange below
             // publishes it.
             unsafe { (*node).next = head };
             match stack.compare_exchange_weak(head, node, SeqCst, Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return head.is_null(),
                 Err(now) => head = now,
             }
         }
     }
 
-    fn push(&self, node: Box<Node>) {
-        Self::push_on(&self.inbox, node);
-        // Pairs with the fence in `sleep`: either the reclaimer sees the
-        // node, or this load sees it going to sleep.
-        fence(SeqCst);
-        if self.sleeping.load(SeqCst) && self.sleeping.swap(false, SeqCst) {
-            if let Some(t) = self.thread.get() {
-                t.unpark();
+    /// Takes every batch waiting here, oldest first.
+    fn take_all(&self) -> Fifo {
+        // Acquire: finding the inbox empty because a runner swapped it out
+        // must make that runner's `taken` announcement visible (quiesce
+        // then waits for it).
+        if self.head.load(Acquire).is_null() {
+            return Fifo(ptr::null_mut());
+        }
+        let mut head = self.head.swap(ptr::null_mut(), SeqCst);
+        let mut fifo: *mut Node = ptr::null_mut();
+        while !head.is_null() {
+            // SAFETY: (2) the swap above took ownership of the whole chain;
+            // every node in it came from `Box::into_raw` in `push_on`.
+            unsafe {
+                let next = (*head).next;
+                (*head).next = fifo;
+                fifo = head;
+                head = next;
             }
         }
+        Fifo(fifo)
     }
 
     /// Takes one freed node for reuse. The whole pool is swapped out (no
@@ -198,13 +252,13 @@ impl Reclaimer {
         if head.is_null() {
             return None;
         }
-        // SAFETY: (4) the swap took ownership of the whole chain; every node
+        // SAFETY: (3) the swap took ownership of the whole chain; every node
         // in it came from `Box::into_raw` in `push_on`.
         let mut node = unsafe { Box::from_raw(head) };
         let mut rest = std::mem::replace(&mut node.next, ptr::null_mut());
         self.returned_len.fetch_sub(1, Relaxed);
         while !rest.is_null() {
-            // SAFETY: (5) as in (4).
+            // SAFETY: (4) as in (3).
             let mut other = unsafe { Box::from_raw(rest) };
             rest = std::mem::replace(&mut other.next, ptr::null_mut());
             Self::push_on(&self.returned, other);
@@ -214,7 +268,7 @@ impl Reclaimer {
 
     /// Keeps a freed node (emptied, memory trimmed) for reuse, up to a cap.
     fn give_back(&self, mut node: Box<Node>) {
-        if self.returned_len.load(Relaxed) >= MAX_RETURNED {
+        if self.returned_len.load(Relaxed) >= MAX_RETURNED || !node.batch.is_empty() {
             return;
         }
         node.batch.trim(crate::max_retained());
@@ -222,64 +276,14 @@ impl Reclaimer {
         Self::push_on(&self.returned, node);
     }
 
-    /// The reclaimer loop: frees batches as they arrive, parks when idle,
-    /// returns once shut down and empty. Call it on the reclaimer's thread.
-    pub fn run(&self) {
-        let _ = self.thread.set(thread::current());
-        queue::set_policy(crate::Policy::Inline);
-        loop {
-            if self.run_once() {
-                continue;
-            }
-            if self.shutdown.load(SeqCst) && self.inbox.load(SeqCst).is_null() {
-                return;
-            }
-            self.sleep();
-        }
-    }
-
-    fn sleep(&self) {
-        self.sleeping.store(true, SeqCst);
-        fence(SeqCst);
-        if self.inbox.load(SeqCst).is_null() && !self.shutdown.load(SeqCst) {
-            thread::park();
-        }
-        self.sleeping.store(false, SeqCst);
-    }
-
-    /// Frees every batch in the inbox, oldest first; `false` if it was empty.
-    /// A panicking free is reported by the panic hook and does not stop the
-    /// reclaimer.
-    pub fn run_once(&self) -> bool {
-        let mut head = self.inbox.swap(ptr::null_mut(), Acquire);
-        if head.is_null() {
-            return false;
-        }
-        let mut fifo: *mut Node = ptr::null_mut();
-        while !head.is_null() {
-            // SAFETY: (6) the swap above took ownership of the whole chain;
-            // every node in it came from `Box::into_raw` in `push_on`.
-            unsafe {
-                let next = (*head).next;
-                (*head).next = fifo;
-                fifo = head;
-                head = next;
-            }
-        }
-        while !fifo.is_null() {
-            // SAFETY: (7) as in (6); each node is reclaimed exactly once.
-            let mut node = unsafe { Box::from_raw(fifo) };
-            fifo = std::mem::replace(&mut node.next, ptr::null_mut());
-            let items = node.items;
-            let batch = &mut node.batch;
-            // A panicking free is reported by the panic hook; the reclaimer
-            // goes on. A quiesce marker (no items) runs the same way.
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| queue::free_here(batch)));
-            if items > 0 {
-                self.outstanding.fetch_sub(items, Release);
-                self.give_back(node);
-            }
-            if self.courteous {
+    /// Frees every batch in `fifo` on this thread, in order, containing
+    /// panics.
+    fn free_all(&self, mut fifo: Fifo, courteous: bool) {
+        while let Some(mut node) = fifo.pop() {
+            free_contained(&mut node.batch);
+            self.outstanding.fetch_sub(node.items, Release);
+            self.give_back(node);
+            if courteous {
                 // When the scheduler does hand an idle-priority reclaimer
                 // the CPU of a busy producer, the producer may be inside a
                 // critical section: give the CPU back after every batch
@@ -287,103 +291,602 @@ impl Reclaimer {
                 std::thread::yield_now();
             }
         }
-        true
-    }
-
-    /// Asks the loop in [`Reclaimer::run`] to return once the inbox is empty.
-    pub fn shutdown(&self) {
-        self.shutdown.store(true, SeqCst);
-        // Pairs with the fence in `sleep`, which the reclaimer reaches only
-        // after publishing its thread handle.
-        fence(SeqCst);
-        if let Some(t) = self.thread.get() {
-            t.unpark();
-        }
-    }
-
-    fn is_current(&self) -> bool {
-        self.thread
-            .get()
-            .is_some_and(|t| t.id() == thread::current().id())
-    }
-
-    /// Returns once every batch handed over before the call has been freed.
-    pub fn quiesce(&self) {
-        if self.is_current() {
-            while self.run_once() {}
-            return;
-        }
-        let done = Arc::new((Mutex::new(false), Condvar::new()));
-        let signal = done.clone();
-        let mut marker = Buffer::new();
-        marker.push(move || {
-            let (flag, cv) = &*signal;
-            *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
-            cv.notify_all();
-        });
-        self.push(Node::boxed(marker, 0));
-        let (flag, cv) = &*done;
-        let mut seen = flag.lock().unwrap_or_else(|e| e.into_inner());
-        while !*seen {
-            seen = cv.wait(seen).unwrap_or_else(|e| e.into_inner());
-        }
     }
 }
 
-impl Drop for Reclaimer {
+impl Drop for Inbox {
     fn drop(&mut self) {
-        // Whatever is still in the inbox is freed, never leaked.
-        while self.run_once() {}
+        // Whatever is still here is freed, never leaked.
+        let fifo = self.take_all();
+        self.free_all(fifo, false);
         while self.take_returned().is_some() {}
     }
 }
 
-/// One slot per CPU; each starts its reclaimer on first use.
-type Slots = Box<[OnceLock<Option<std::sync::Arc<Reclaimer>>>]>;
+/// An owned chain of nodes, oldest first.
+struct Fifo(*mut Node);
 
-static RECLAIMERS: OnceLock<Slots> = OnceLock::new();
+impl Fifo {
+    fn is_empty(&self) -> bool {
+        self.0.is_null()
+    }
 
-fn slots() -> &'static Slots {
-    RECLAIMERS.get_or_init(|| {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (0..n).map(|_| OnceLock::new()).collect()
+    fn pop(&mut self) -> Option<Box<Node>> {
+        if self.0.is_null() {
+            return None;
+        }
+        // SAFETY: (5) the chain is owned by this `Fifo` (taken from an
+        // inbox by `take_all`); each node is taken off exactly once.
+        let mut node = unsafe { Box::from_raw(self.0) };
+        self.0 = std::mem::replace(&mut node.next, ptr::null_mut());
+        Some(node)
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        // Reached only if freeing unwound past the loop: drop the nodes
+        // (their buffers free what they still hold).
+        while let Some(node) = self.pop() {
+            drop(node);
+        }
+    }
+}
+
+/// Most freed nodes an inbox keeps for reuse.
+const MAX_RETURNED: usize = crate::sync::scaled(64, 2);
+
+/// Runner states (freeq's own pool only).
+const NOT_STARTED: usize = 0;
+const STARTING: usize = 1;
+const RUNNING: usize = 2;
+
+/// One reclaimer thread's shared state.
+struct Runner {
+    /// Set by the runner just before it parks.
+    sleeping: AtomicBool,
+    thread: Mutex<Option<thread::Thread>>,
+    /// Inbox swaps begun and finished: a chain taken when `taken` was `t`
+    /// has been freed once `done` reaches `t`.
+    taken: AtomicUsize,
+    done: AtomicUsize,
+    /// Whether freeq has started this runner's thread in this process.
+    state: StaticAtomicUsize,
+}
+
+impl Runner {
+    fn new() -> Runner {
+        Runner {
+            sleeping: AtomicBool::new(false),
+            thread: Mutex::new(None),
+            taken: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            state: StaticAtomicUsize::new(NOT_STARTED),
+        }
+    }
+
+    fn wake(&self) -> bool {
+        if self.sleeping.load(SeqCst) && self.sleeping.swap(false, SeqCst) {
+            let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = &*handle {
+                t.unpark();
+            }
+            return true;
+        }
+        false
+    }
+
+    fn busy(&self) -> bool {
+        self.taken.load(SeqCst) != self.done.load(SeqCst)
+    }
+}
+
+/// Reclaimers: one inbox per CPU and the threads that free what lands in
+/// them, any thread taking work from any inbox.
+///
+/// freeq keeps one, lazily started, for [`Policy::Offload`](crate::Policy);
+/// this type is public (and hidden) so that tests and the loom models can
+/// drive one with their own threads.
+#[doc(hidden)]
+pub struct Reclaimer {
+    inboxes: Box<[Inbox]>,
+    runners: Box<[Runner]>,
+    shutdown: AtomicBool,
+    /// Held by a `quiesce` caller while it frees the batches it took: a
+    /// second caller waits for those too.
+    helping: Mutex<()>,
+    /// Yield the CPU after each batch (freeq's own reclaimers, which may
+    /// share a CPU with producers).
+    courteous: bool,
+}
+
+impl Default for Reclaimer {
+    fn default() -> Self {
+        Reclaimer::new()
+    }
+}
+
+impl Reclaimer {
+    /// A reclaimer with one inbox, one runner slot and no thread yet.
+    pub fn new() -> Self {
+        Reclaimer::with_shape(1, 1)
+    }
+
+    /// A reclaimer with `inboxes` inboxes and `runners` runner slots (at
+    /// least one each), no thread yet.
+    pub fn with_shape(inboxes: usize, runners: usize) -> Self {
+        Reclaimer {
+            inboxes: (0..inboxes.max(1)).map(|_| Inbox::new()).collect(),
+            runners: (0..runners.max(1)).map(|_| Runner::new()).collect(),
+            shutdown: AtomicBool::new(false),
+            helping: Mutex::new(()),
+            courteous: false,
+        }
+    }
+
+    /// Items handed over and not yet freed, over all inboxes.
+    pub fn outstanding(&self) -> usize {
+        self.inboxes
+            .iter()
+            .map(|i| i.outstanding.load(Acquire))
+            .sum()
+    }
+
+    /// Hands `batch` to inbox `index` unless its backlog is past `bound`.
+    /// On success, returns an emptied buffer from an earlier batch, if one
+    /// is free, for the producer's next queue.
+    fn try_hand_off(
+        &self,
+        index: usize,
+        batch: Buffer,
+        bound: usize,
+    ) -> Result<Option<Buffer>, Buffer> {
+        let inbox = &self.inboxes[index % self.inboxes.len()];
+        let n = batch.len();
+        let mut now = inbox.outstanding.load(Relaxed);
+        loop {
+            if now != 0 && now + n > bound {
+                return Err(batch);
+            }
+            match inbox
+                .outstanding
+                .compare_exchange_weak(now, now + n, Relaxed, Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => now = seen,
+            }
+        }
+        let (node, recycled) = match inbox.take_returned() {
+            Some(mut node) => {
+                let empty = std::mem::replace(&mut node.batch, batch);
+                node.items = n;
+                (node, Some(empty))
+            }
+            None => (Node::boxed(batch, n), None),
+        };
+        self.push(index, node);
+        Ok(recycled)
+    }
+
+    /// Hands a whole [`FreeQueue`] to inbox 0, ignoring the bound.
+    pub fn hand_off_queue(&self, queue: FreeQueue) {
+        self.hand_off_queue_to(0, queue);
+    }
+
+    /// Hands a whole [`FreeQueue`] to inbox `index` (modulo the inbox
+    /// count), ignoring the bound.
+    pub fn hand_off_queue_to(&self, index: usize, mut queue: FreeQueue) {
+        let batch = std::mem::take(queue.buffer_mut());
+        let n = batch.len();
+        let index = index % self.inboxes.len();
+        self.inboxes[index].outstanding.fetch_add(n, Relaxed);
+        self.push(index, Node::boxed(batch, n));
+    }
+
+    fn push(&self, index: usize, node: Box<Node>) {
+        let index = index % self.inboxes.len();
+        let was_empty = Inbox::push_on(&self.inboxes[index].head, node);
+        // Pairs with the fence in `sleep`: either a runner sees the node,
+        // or this thread sees it going to sleep.
+        fence(SeqCst);
+        let home = &self.runners[index % self.runners.len()];
+        if home.wake() {
+            return;
+        }
+        // The home runner is awake. If it is busy freeing, or has not yet
+        // come for what was already waiting, another sleeping runner takes
+        // this batch from wherever it runs.
+        if !was_empty || home.busy() {
+            let n = self.runners.len();
+            for k in 1..n {
+                if self.runners[(index + k) % n].wake() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runner 0's loop; see [`Reclaimer::run_as`].
+    pub fn run(&self) {
+        self.run_as(0);
+    }
+
+    /// The loop of runner `index`: frees batches as they arrive (its own
+    /// inbox first, then any other), parks when every inbox is empty,
+    /// returns once shut down and empty. Call it on the runner's thread.
+    pub fn run_as(&self, index: usize) {
+        let _inline = InlineOnly::enter();
+        let runner = &self.runners[index % self.runners.len()];
+        *runner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+        loop {
+            if self.run_once_as(index) {
+                continue;
+            }
+            if self.shutdown.load(SeqCst) && self.all_empty() {
+                return;
+            }
+            self.sleep(runner);
+        }
+    }
+
+    fn all_empty(&self) -> bool {
+        self.inboxes.iter().all(|i| i.head.load(SeqCst).is_null())
+    }
+
+    fn sleep(&self, runner: &Runner) {
+        runner.sleeping.store(true, SeqCst);
+        fence(SeqCst);
+        if self.all_empty() && !self.shutdown.load(SeqCst) {
+            thread::park();
+        }
+        runner.sleeping.store(false, SeqCst);
+    }
+
+    /// Runner 0's [`Reclaimer::run_once_as`].
+    pub fn run_once(&self) -> bool {
+        self.run_once_as(0)
+    }
+
+    /// As runner `index`: frees every batch in one inbox (its own if it
+    /// has any, else the first non-empty one after it), oldest first;
+    /// `false` if every inbox was empty. A panicking free is reported by
+    /// the panic hook and does not stop the runner.
+    pub fn run_once_as(&self, index: usize) -> bool {
+        let _inline = InlineOnly::enter();
+        let runner = &self.runners[index % self.runners.len()];
+        let n = self.inboxes.len();
+        for k in 0..n {
+            let inbox = &self.inboxes[(index + k) % n];
+            if inbox.head.load(Relaxed).is_null() {
+                continue;
+            }
+            // Announce the swap before making it: a `quiesce` that finds
+            // the inbox empty afterwards sees `taken` and waits for `done`.
+            let t = runner.taken.fetch_add(1, SeqCst).wrapping_add(1);
+            let fifo = inbox.take_all();
+            let found = !fifo.is_empty();
+            inbox.free_all(fifo, self.courteous);
+            runner.done.store(t, SeqCst);
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Asks the loops in [`Reclaimer::run_as`] to return once every inbox
+    /// is empty.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, SeqCst);
+        // Pairs with the fence in `sleep`.
+        fence(SeqCst);
+        for r in self.runners.iter() {
+            let handle = r.thread.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = &*handle {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Frees, on the calling thread, every batch still waiting in an inbox.
+    /// Callers take turns, so that one returns only after the batches
+    /// another caller took before it are freed. A `nested` caller (one that
+    /// frees inline only) never waits for that turn: if another caller is
+    /// helping (or it is that caller, called again from a free), it leaves
+    /// the batches to it.
+    fn help(&self, nested: bool) {
+        let _turn = if nested {
+            match self.helping.try_lock() {
+                Ok(turn) => turn,
+                Err(_) => return,
+            }
+        } else {
+            self.helping.lock().unwrap_or_else(|e| e.into_inner())
+        };
+        for inbox in self.inboxes.iter() {
+            let fifo = inbox.take_all();
+            inbox.free_all(fifo, false);
+        }
+    }
+
+    /// Waits until every runner has finished the chain it was freeing when
+    /// this was called. Runners that `alive` rejects are skipped.
+    fn wait_for_runners(&self, alive: impl Fn(&Runner) -> bool) {
+        for r in self.runners.iter() {
+            if !alive(r) {
+                continue;
+            }
+            let t = r.taken.load(SeqCst);
+            let mut spins = 0u32;
+            while (r.done.load(SeqCst).wrapping_sub(t) as isize) < 0 {
+                spins += 1;
+                if spins < 64 {
+                    thread::yield_now();
+                } else {
+                    crate::sync::park_timeout(std::time::Duration::from_micros(200));
+                }
+            }
+        }
+    }
+
+    /// Returns once every batch handed over before the call has been freed:
+    /// the batches still waiting are freed by the caller, who then waits
+    /// only for the ones runners are freeing right now.
+    ///
+    /// On a thread that frees inline only (a runner, or a thread already
+    /// inside `quiesce`, [`Batch::free`] or the exit hook), it frees what
+    /// is waiting and waits for no runner (see [`quiesce`]).
+    pub fn quiesce(&self) {
+        let nested = inline_only();
+        self.help(nested);
+        if !nested {
+            self.wait_for_runners(|_| true);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// freeq's own reclaimers
+// ---------------------------------------------------------------------------
+
+/// freeq's reclaimers and the fork generation they belong to.
+struct Pool {
+    reclaimer: Reclaimer,
+    /// `FORKS` when the runners' states were last valid.
+    generation: StaticAtomicUsize,
+    /// The process's CPU set, which runners take as their affinity.
+    #[cfg(all(target_os = "linux", not(miri)))]
+    cpus: Option<libc::cpu_set_t>,
+    /// When a failed spawn may be retried (ms since the pool started).
+    retry_at_ms: StaticAtomicUsize,
+    born: std::time::Instant,
+    /// Every runner has a thread (in this process).
+    all_started: std::sync::atomic::AtomicBool,
+}
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Forks seen by the child hook (each child counts one more).
+static FORKS: StaticAtomicUsize = StaticAtomicUsize::new(0);
+/// Set by the exit hook: from then on, everything is freed inline.
+static EXITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn pool() -> &'static Pool {
+    POOL.get_or_init(|| {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        let cpus = process_cpus();
+        #[cfg(all(target_os = "linux", not(miri)))]
+        // SAFETY: (6) `CPU_COUNT` only reads the set.
+        let n = cpus
+            .as_ref()
+            .map(|s| unsafe { libc::CPU_COUNT(s) } as usize);
+        #[cfg(not(all(target_os = "linux", not(miri))))]
+        let n: Option<usize> = None;
+        let n = n
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut reclaimer = Reclaimer::with_shape(n, n);
+        reclaimer.courteous = true;
+        install_hooks();
+        Pool {
+            reclaimer,
+            generation: StaticAtomicUsize::new(FORKS.load(StaticSeqCst)),
+            #[cfg(all(target_os = "linux", not(miri)))]
+            cpus,
+            retry_at_ms: StaticAtomicUsize::new(0),
+            born: std::time::Instant::now(),
+            all_started: std::sync::atomic::AtomicBool::new(false),
+        }
     })
 }
 
-/// Starts reclaimer `index`, pinned to a core when the platform allows.
-fn start(index: usize) -> Option<std::sync::Arc<Reclaimer>> {
-    let mut reclaimer = Reclaimer::new();
-    reclaimer.courteous = true;
-    let reclaimer = std::sync::Arc::new(reclaimer);
-    let mine = reclaimer.clone();
-    std::thread::Builder::new()
-        .name(format!("freeq-reclaim-{index}"))
-        .spawn(move || {
-            lower_priority();
-            if let Some(cores) = core_affinity::get_core_ids() {
-                if let Some(&core) = cores.get(index % cores.len().max(1)) {
-                    // Refused pinning is fine: the reclaimer runs unpinned.
-                    let _ = core_affinity::set_for_current(core);
+/// The CPUs this process may run on: the main thread's set together with
+/// the calling thread's (a thread pinned to one CPU must not shrink the
+/// reclaimers to one).
+#[cfg(all(target_os = "linux", not(miri)))]
+fn process_cpus() -> Option<libc::cpu_set_t> {
+    // SAFETY: (7) a zeroed `cpu_set_t` is a valid empty set; the calls only
+    // write into sets of the size passed. `getpid()` names the main thread.
+    unsafe {
+        let mut process: libc::cpu_set_t = std::mem::zeroed();
+        let mut mine: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let a = libc::sched_getaffinity(libc::getpid(), size, &mut process) == 0;
+        let b = libc::sched_getaffinity(0, size, &mut mine) == 0;
+        match (a, b) {
+            (false, false) => None,
+            (true, false) => Some(process),
+            (false, true) => Some(mine),
+            (true, true) => {
+                for cpu in 0..libc::CPU_SETSIZE as usize {
+                    if libc::CPU_ISSET(cpu, &mine) {
+                        libc::CPU_SET(cpu, &mut process);
+                    }
                 }
+                Some(process)
             }
-            mine.run();
-        })
-        .ok()?;
-    Some(reclaimer)
+        }
+    }
+}
+
+/// Registers the exit hook and the fork hook, once.
+fn install_hooks() {
+    #[cfg(all(unix, not(miri), not(loom)))]
+    {
+        extern "C" fn at_exit() {
+            exit_hook();
+        }
+        extern "C" fn in_child() {
+            FORKS.fetch_add(1, StaticSeqCst);
+        }
+        // SAFETY: (8) both hooks are `extern "C"` functions with the
+        // signatures these calls expect, valid for the life of the process;
+        // the child hook only does an atomic add (async-signal-safe).
+        // Failure to register is harmless: quiesce still works, and a child
+        // is then detected by nothing (documented).
+        unsafe {
+            let _ = libc::atexit(at_exit);
+            let _ = libc::pthread_atfork(None, None, Some(in_child));
+        }
+    }
+}
+
+/// At normal process exit: frees, on the exiting thread, everything still
+/// waiting, waits for what runners are freeing, and frees inline from then
+/// on.
+fn exit_hook() {
+    let _ = panic::catch_unwind(|| {
+        EXITED.store(true, StaticSeqCst);
+        if let Some(pool) = POOL.get() {
+            pool.check_fork();
+            pool.quiesce();
+        }
+    });
+}
+
+impl Pool {
+    /// In a forked child, the runners' threads do not exist: forget them
+    /// (they restart on demand), abandon the chains they were freeing (the
+    /// parent frees its own copies), and keep what waits in the inboxes.
+    fn check_fork(&self) {
+        let now = FORKS.load(StaticRelaxed);
+        let seen = self.generation.load(StaticRelaxed);
+        if now == seen
+            || self
+                .generation
+                .compare_exchange(seen, now, StaticSeqCst, StaticRelaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.all_started.store(false, StaticSeqCst);
+        for r in self.reclaimer.runners.iter() {
+            r.state.store(NOT_STARTED, StaticSeqCst);
+            r.sleeping.store(false, SeqCst);
+            *r.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            r.done.store(r.taken.load(SeqCst), SeqCst);
+        }
+    }
+
+    fn runner_alive(&self, r: &Runner) -> bool {
+        r.state.load(StaticSeqCst) == RUNNING
+    }
+
+    /// Makes sure runner `index` has a thread; `false` if none could be
+    /// started (tried again later).
+    fn ensure_started(&self, index: usize) -> bool {
+        let r = &self.reclaimer.runners[index];
+        match r.state.load(StaticRelaxed) {
+            RUNNING => return true,
+            STARTING => return true,
+            _ => {}
+        }
+        let now_ms = self.born.elapsed().as_millis() as usize;
+        if now_ms < self.retry_at_ms.load(StaticRelaxed) {
+            return false;
+        }
+        if r.state
+            .compare_exchange(NOT_STARTED, STARTING, StaticSeqCst, StaticRelaxed)
+            .is_err()
+        {
+            return true;
+        }
+        let spawned = std::thread::Builder::new()
+            .name(format!("freeq-reclaim-{index}"))
+            .spawn(move || {
+                let pool = pool();
+                lower_priority();
+                #[cfg(all(target_os = "linux", not(miri)))]
+                if let Some(set) = &pool.cpus {
+                    // SAFETY: (9) `set` is a valid CPU set of the size
+                    // passed; 0 names this thread. Refusal is harmless.
+                    let _ = unsafe {
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set)
+                    };
+                }
+                pool.reclaimer.run_as(index);
+            });
+        match spawned {
+            Ok(_) => {
+                r.state.store(RUNNING, StaticSeqCst);
+                true
+            }
+            Err(_) => {
+                // A transient failure (out of threads, say): try again in
+                // a while rather than never.
+                self.retry_at_ms.store(now_ms + 10, StaticRelaxed);
+                r.state.store(NOT_STARTED, StaticSeqCst);
+                false
+            }
+        }
+    }
+
+    /// Starts every runner (any of them may be needed to take this CPU's
+    /// work while its own is busy); `false` if this CPU's could not be
+    /// started.
+    #[cold]
+    fn start_all(&self, index: usize) -> bool {
+        let mine = self.ensure_started(index);
+        let mut all = mine;
+        for i in 0..self.reclaimer.runners.len() {
+            all &= self.ensure_started(i);
+        }
+        if all {
+            self.all_started.store(true, StaticSeqCst);
+        }
+        mine
+    }
+
+    fn hand_off(&self, batch: Buffer) -> Result<Option<Buffer>, Buffer> {
+        self.check_fork();
+        let index = current_cpu() % self.reclaimer.inboxes.len();
+        if !self.all_started.load(StaticRelaxed) && !self.start_all(index) {
+            return Err(batch);
+        }
+        self.reclaimer.try_hand_off(index, batch, offload_bound())
+    }
+
+    fn quiesce(&self) {
+        self.check_fork();
+        let nested = inline_only();
+        self.reclaimer.help(nested);
+        if !nested {
+            self.reclaimer.wait_for_runners(|r| self.runner_alive(r));
+        }
+    }
 }
 
 /// Makes the calling reclaimer thread yield its CPU to any ordinary thread:
-/// it shares a core with the producers it serves, and must not preempt one
-/// inside its next critical section. A reclaimer that gets no CPU time
-/// falls behind, and the backlog bound turns producers back to inline
-/// frees, so nothing grows without bound.
+/// it must never take a busy producer's CPU, only one that has time. A
+/// reclaimer that gets no CPU time falls behind, and the backlog bound
+/// turns producers back to inline frees, so nothing grows without bound.
 fn lower_priority() {
     #[cfg(all(target_os = "linux", not(miri)))]
     {
         let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: (8) `param` is a valid `sched_param` for SCHED_IDLE (which
-        // takes priority 0); pid 0 means the calling thread. Failure is
-        // harmless: the reclaimer then runs at normal priority.
+        // SAFETY: (10) `param` is a valid `sched_param` for SCHED_IDLE
+        // (which takes priority 0); pid 0 means the calling thread. Failure
+        // is harmless: the reclaimer then runs at normal priority.
         let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     }
 }
@@ -392,7 +895,7 @@ fn lower_priority() {
 fn current_cpu() -> usize {
     #[cfg(all(target_os = "linux", not(miri)))]
     {
-        // SAFETY: (6) `sched_getcpu` takes no arguments and only reads the
+        // SAFETY: (11) `sched_getcpu` takes no arguments and only reads the
         // calling thread's CPU number.
         let cpu = unsafe { libc::sched_getcpu() };
         if cpu >= 0 {
@@ -405,23 +908,208 @@ fn current_cpu() -> usize {
     h.finish() as usize
 }
 
-/// Hands `batch` to this CPU's reclaimer; gives it back when the backlog is
-/// past the bound or no reclaimer could be started.
-pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
-    let slots = slots();
-    let index = current_cpu() % slots.len();
-    match slots[index].get_or_init(|| start(index)) {
-        Some(r) => r.try_hand_off(batch, offload_bound()),
-        None => Err(batch),
+/// How many reclaimer threads freeq runs at most (one per CPU of the
+/// process); for tests.
+#[doc(hidden)]
+pub fn reclaimer_count() -> usize {
+    pool().reclaimer.runners.len()
+}
+
+// ---------------------------------------------------------------------------
+// User executors
+// ---------------------------------------------------------------------------
+
+/// A drained batch handed to the executor set with
+/// [`set_offload_executor`]: free it, on any thread, with [`Batch::free`].
+///
+/// Dropping a `Batch` frees it too, so a batch is never leaked.
+pub struct Batch {
+    items: Buffer,
+}
+
+impl Batch {
+    /// How many items the batch holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
     }
+
+    /// Whether the batch holds no items.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Frees every item of the batch on the calling thread, oldest first,
+    /// inline whatever the thread's policy. Frees that defer more are
+    /// freed by the same call. If a free panics, the rest are still freed
+    /// and the first panic resumes afterwards.
+    pub fn free(mut self) {
+        Self::free_items(&mut self.items);
+    }
+
+    fn free_items(items: &mut Buffer) {
+        let _inline = InlineOnly::enter();
+        if queue::in_section() {
+            let mut first = None;
+            items.run_all(&mut first);
+            crate::item::resume(first);
+        } else {
+            queue::free_here(items);
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            Self::free_items(&mut self.items);
+        }
+    }
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("len", &self.len()).finish()
+    }
+}
+
+type Executor = std::sync::Arc<dyn Fn(Batch) + Send + Sync + 'static>;
+
+static EXECUTOR: StdRwLock<Option<Executor>> = StdRwLock::new(None);
+static HAS_EXECUTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Routes offloaded batches (under [`Policy::Offload`](crate::Policy) and
+/// from [`defer_heavy`]) to `executor` instead of freeq's own reclaimer
+/// threads. `executor` receives each batch as a [`Batch`] and must see to
+/// it that [`Batch::free`] is called (or the batch dropped), on any
+/// thread. It is called right after the unlock, on the draining thread:
+/// it should only queue the batch, never free it there.
+///
+/// freeq starts no thread of its own while an executor is set. The backlog
+/// bound does not apply and [`quiesce`] does not wait for batches given
+/// to an executor: the executor owns them.
+///
+/// A dedicated thread:
+/// ```
+/// use std::sync::{mpsc, Mutex};
+/// let (tx, rx) = mpsc::channel::<freeq::Batch>();
+/// let freer = std::thread::spawn(move || {
+///     for batch in rx {
+///         batch.free();
+///     }
+/// });
+/// let tx = Mutex::new(tx);
+/// freeq::set_offload_executor(move |batch| {
+///     // If the freeing thread is gone, the batch is freed here, on drop.
+///     let _ = tx.lock().unwrap().send(batch);
+/// });
+/// freeq::defer_heavy(vec![0u8; 1 << 20]); // freed on `freer`
+/// freeq::clear_offload_executor(); // drops the sender: `freer` ends
+/// freer.join().unwrap();
+/// ```
+///
+/// A rayon pool would be `move |batch| pool.spawn(move || batch.free())`;
+/// tokio's blocking pool `move |batch| { handle.spawn_blocking(move ||
+/// batch.free()); }`.
+pub fn set_offload_executor<F>(executor: F)
+where
+    F: Fn(Batch) + Send + Sync + 'static,
+{
+    *EXECUTOR.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(executor));
+    HAS_EXECUTOR.store(true, StaticSeqCst);
+}
+
+/// Goes back to freeq's own reclaimers (see [`set_offload_executor`]).
+pub fn clear_offload_executor() {
+    HAS_EXECUTOR.store(false, StaticSeqCst);
+    let old = EXECUTOR.write().unwrap_or_else(|e| e.into_inner()).take();
+    drop(old);
+}
+
+fn executor() -> Option<Executor> {
+    if !HAS_EXECUTOR.load(StaticRelaxed) {
+        return None;
+    }
+    EXECUTOR.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------
+
+/// Hands `batch` to the user's executor or to a reclaimer; gives it back
+/// (free inline) on a reclaimer or other inline-only thread, at process
+/// exit, when the backlog is past the bound, or when no reclaimer could be
+/// started.
+pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
+    if inline_only() || EXITED.load(StaticRelaxed) {
+        return Err(batch);
+    }
+    if let Some(run) = executor() {
+        run(Batch { items: batch });
+        return Ok(None);
+    }
+    pool().hand_off(batch)
+}
+
+/// Drops `value` on another thread, whatever this thread's policy: on one
+/// of freeq's reclaimers, or on the executor set with
+/// [`set_offload_executor`]. Inside a section it leaves when the outermost
+/// section closes, after the unlock, like [`defer`](crate::defer); outside
+/// one, at once. Use it for the one value whose drop is slow (a big tree,
+/// a memtable, the last `Arc` of a large structure) in a thread that
+/// otherwise frees inline.
+///
+/// The value is freed inline instead when it cannot leave: on a reclaimer
+/// (or in a free run by [`Batch::free`] or [`quiesce`]), past the backlog
+/// bound, or at process exit. [`quiesce`] waits for it like any other
+/// offloaded item.
+///
+/// ```
+/// let m = freeq::Mutex::new(vec![0u64; 1 << 16]);
+/// {
+///     let mut g = m.lock().unwrap();
+///     let old = std::mem::replace(&mut *g, Vec::new());
+///     freeq::defer_heavy(old); // leaves this thread after the unlock
+/// }
+/// freeq::quiesce();
+/// ```
+pub fn defer_heavy<T: Send + 'static>(value: T) {
+    crate::defer_fn(move || {
+        let mut one = Buffer::new();
+        one.push(move || drop(value));
+        if let Err(mut back) = hand_off(one) {
+            let mut first = None;
+            back.run_all(&mut first);
+            crate::item::resume(first);
+        }
+    });
 }
 
 /// Returns once every item handed to a reclaimer before the call has been
 /// freed (and everything those frees deferred in turn).
 ///
+/// The calling thread frees, itself, every handed-off batch that no
+/// reclaimer has started on yet, and then waits only for the batches
+/// reclaimers are freeing at that moment: it does not depend on how much
+/// CPU idle-priority reclaimers get. Batches given to a user executor
+/// ([`set_offload_executor`]) are the executor's to free, and not waited
+/// for.
+///
+/// Called from inside a free that a drain is running (on a reclaimer, or
+/// inline on any thread), the batches it takes join that drain and are
+/// freed right after the free that called it; called on a reclaimer (or
+/// from a free run by [`Batch::free`] or `quiesce` itself), it waits for
+/// no reclaimer, so frees on two reclaimers that both call it cannot
+/// deadlock. Inside a section, the batches it takes are freed at once,
+/// not when the section closes.
+///
+/// In a forked child, reclaimers of the parent do not exist: `quiesce`
+/// frees what the child inherited in the inboxes and does not wait for
+/// the batches the parent's reclaimers were freeing when it forked (the
+/// parent frees those).
+///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
-/// use std::sync::Arc;
 /// static FREED: AtomicUsize = AtomicUsize::new(0);
 /// struct Noisy;
 /// impl Drop for Noisy {
@@ -437,12 +1125,21 @@ pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
 /// freeq::set_policy(freeq::Policy::Inline);
 /// ```
 pub fn quiesce() {
-    let Some(slots) = RECLAIMERS.get() else {
-        return;
-    };
-    for slot in slots.iter() {
-        if let Some(Some(r)) = slot.get() {
-            r.quiesce();
-        }
+    if let Some(pool) = POOL.get() {
+        pool.quiesce();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_judges_cost() {
+        let old = offload_threshold_ns();
+        set_offload_threshold_ns(1_000);
+        assert!(!worth_offloading(999));
+        assert!(worth_offloading(1_000));
+        set_offload_threshold_ns(old);
     }
 }

@@ -20,10 +20,14 @@ pub enum Policy {
     /// The unlocking thread frees its batch right after the unlock (default).
     #[default]
     Inline,
-    /// The whole batch is handed, in O(1) and lock-free, to the reclaimer
-    /// thread of the CPU this thread runs on. When reclaimers are past their
-    /// backlog bound ([`set_offload_bound`](crate::set_offload_bound)), the
-    /// thread frees inline instead.
+    /// The whole batch is handed, in O(1) and lock-free, to the inbox of
+    /// the CPU this thread runs on, where an idle-priority reclaimer thread
+    /// running on any CPU with time to spare frees it (or to the executor
+    /// set with [`set_offload_executor`](crate::set_offload_executor)).
+    /// When that inbox is past its backlog bound
+    /// ([`set_offload_bound`](crate::set_offload_bound)), the thread frees
+    /// inline instead. Reclaimers themselves always free inline, whatever
+    /// policy a free sets on them.
     Offload,
 }
 

@@ -1,0 +1,380 @@
+//! Offload where it pays: heavy drops, and the cost threshold.
+//!
+//! `heavy` (default): one producer; each operation locks, replaces a record
+//! of small strings, unlocks, and then works ~10 µs outside the lock; one
+//! operation in 200 also replaces a value that takes ~1 ms to drop (a busy
+//! loop in its `Drop`). Per-operation latency is lock → guard dropped →
+//! back in user code, drain included. For each strategy: p50/p99/p99.9/max
+//! of that latency, how long after the hand-off (the unlock) each heavy
+//! value was freed, as a multiple of its own drop time, and which threads
+//! freed the heavy values.
+//!
+//! `threshold`: the cost of freeing a batch of N small strings inline (the
+//! drain's time on the producer) against throughput to full reclamation
+//! under Inline and Offload, for the default of
+//! `freeq::DEFAULT_OFFLOAD_THRESHOLD_NS`.
+//!
+//! `cargo bench --bench heavy_drop` (both), `-- heavy` or `-- threshold`.
+
+use std::hint::black_box;
+use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+const OPS: usize = 20_000;
+const HEAVY_EVERY: usize = 200;
+const HEAVY_DROP: Duration = Duration::from_millis(1);
+const THINK: Duration = Duration::from_micros(10);
+const STRINGS: usize = 8;
+
+fn spin(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// What each heavy drop reports: when it was handed off, when its drop
+/// started and ended, on which thread.
+struct HeavyLog {
+    handed: Instant,
+    started: Instant,
+    ended: Instant,
+    thread: String,
+}
+
+static HEAVY: StdMutex<Vec<HeavyLog>> = StdMutex::new(Vec::new());
+
+/// Takes [`HEAVY_DROP`] to drop.
+struct Heavy {
+    handed: Option<Instant>,
+}
+
+impl Drop for Heavy {
+    fn drop(&mut self) {
+        let started = Instant::now();
+        spin(HEAVY_DROP);
+        let ended = Instant::now();
+        if let Some(handed) = self.handed {
+            HEAVY.lock().unwrap().push(HeavyLog {
+                handed,
+                started,
+                ended,
+                thread: std::thread::current()
+                    .name()
+                    .unwrap_or("<unnamed>")
+                    .to_owned(),
+            });
+        }
+    }
+}
+
+// `Heavy` values are marked as handed off just before the unlock; the drop
+// that counts is the one after it. The heavy slot is replaced by a value
+// with `handed: None` until marked.
+
+struct State {
+    record: Vec<String>,
+    heavy: Heavy,
+}
+
+fn record(i: usize) -> Vec<String> {
+    (0..STRINGS)
+        .map(|k| format!("record {i} part {k}"))
+        .collect()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Strategy {
+    Hand,
+    Inline,
+    Offload,
+    InlineHeavyHint,
+    DeferDrop,
+    Epoch,
+}
+
+impl Strategy {
+    const ALL: [Strategy; 6] = [
+        Strategy::Hand,
+        Strategy::Inline,
+        Strategy::Offload,
+        Strategy::InlineHeavyHint,
+        Strategy::DeferDrop,
+        Strategy::Epoch,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::Hand => "hand-written Vec",
+            Strategy::Inline => "freeq Inline",
+            Strategy::Offload => "freeq Offload",
+            Strategy::InlineHeavyHint => "freeq Inline+defer_heavy",
+            Strategy::DeferDrop => "defer-drop",
+            Strategy::Epoch => "crossbeam-epoch",
+        }
+    }
+}
+
+struct Row {
+    name: &'static str,
+    lat: Histogram<u64>,
+    after: Vec<f64>,
+    drop_ms: f64,
+    on_other: usize,
+    heavies: usize,
+    wall: Duration,
+}
+
+fn run(strategy: Strategy) -> Row {
+    HEAVY.lock().unwrap().clear();
+    let policy = if strategy == Strategy::Offload {
+        freeq::Policy::Offload
+    } else {
+        freeq::Policy::Inline
+    };
+    freeq::set_policy(policy);
+    let fq = freeq::Mutex::new(State {
+        record: record(0),
+        heavy: Heavy { handed: None },
+    });
+    let std_lock = StdMutex::new(State {
+        record: record(0),
+        heavy: Heavy { handed: None },
+    });
+    let mut lat = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    let mut fresh: Vec<Vec<String>> = (0..OPS).map(|i| record(i + 1)).collect();
+    let started = Instant::now();
+    for (i, new) in fresh.drain(..).enumerate() {
+        let heavy = i % HEAVY_EVERY == HEAVY_EVERY - 1;
+        let new_heavy = heavy.then(|| Heavy { handed: None });
+        let t0 = Instant::now();
+        match strategy {
+            Strategy::Hand => {
+                let mut dead_record;
+                let mut dead_heavy = None;
+                {
+                    let mut g = std_lock.lock().unwrap();
+                    dead_record = std::mem::replace(&mut g.record, new);
+                    if let Some(h) = new_heavy {
+                        let mut old = std::mem::replace(&mut g.heavy, h);
+                        old.handed = Some(Instant::now());
+                        dead_heavy = Some(old);
+                    }
+                }
+                dead_record.clear();
+                drop(dead_record);
+                drop(dead_heavy);
+            }
+            Strategy::Inline | Strategy::Offload | Strategy::InlineHeavyHint => {
+                let mut g = fq.lock().unwrap();
+                freeq::defer(std::mem::replace(&mut g.record, new));
+                if let Some(h) = new_heavy {
+                    let mut old = std::mem::replace(&mut g.heavy, h);
+                    old.handed = Some(Instant::now());
+                    if strategy == Strategy::InlineHeavyHint {
+                        freeq::defer_heavy(old);
+                    } else {
+                        freeq::defer(old);
+                    }
+                }
+            }
+            Strategy::DeferDrop => {
+                let mut g = std_lock.lock().unwrap();
+                let old = std::mem::replace(&mut g.record, new);
+                drop(defer_drop::DeferDrop::new(old));
+                if let Some(h) = new_heavy {
+                    let mut old = std::mem::replace(&mut g.heavy, h);
+                    old.handed = Some(Instant::now());
+                    drop(defer_drop::DeferDrop::new(old));
+                }
+            }
+            Strategy::Epoch => {
+                let guard = freeq::epoch::pin();
+                let mut g = std_lock.lock().unwrap();
+                let old = std::mem::replace(&mut g.record, new);
+                guard.defer(move || drop(old));
+                if let Some(h) = new_heavy {
+                    let mut old = std::mem::replace(&mut g.heavy, h);
+                    old.handed = Some(Instant::now());
+                    guard.defer(move || drop(old));
+                }
+                drop(g);
+                drop(guard);
+            }
+        }
+        let ns = t0.elapsed().as_nanos() as u64;
+        lat.record(ns.max(1)).unwrap();
+        spin(THINK);
+        black_box(i);
+    }
+    // Full reclamation.
+    freeq::quiesce();
+    if strategy == Strategy::Epoch {
+        for _ in 0..256 {
+            freeq::epoch::pin().flush();
+        }
+    }
+    let wall = started.elapsed();
+    freeq::set_policy(freeq::Policy::Inline);
+    drop(fq);
+    drop(std_lock);
+    // defer-drop's thread may still be working: wait for every heavy value.
+    let expect = OPS / HEAVY_EVERY;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while HEAVY.lock().unwrap().len() < expect && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        freeq::epoch::pin().flush();
+    }
+    let logs = std::mem::take(&mut *HEAVY.lock().unwrap());
+    let drop_ms = logs
+        .iter()
+        .map(|l| (l.ended - l.started).as_secs_f64() * 1e3)
+        .sum::<f64>()
+        / logs.len().max(1) as f64;
+    let after: Vec<f64> = logs
+        .iter()
+        .map(|l| (l.ended - l.handed).as_secs_f64() / (l.ended - l.started).as_secs_f64())
+        .collect();
+    let me = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_owned();
+    Row {
+        name: strategy.name(),
+        lat,
+        on_other: logs.iter().filter(|l| l.thread != me).count(),
+        heavies: logs.len(),
+        after,
+        drop_ms,
+        wall,
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn heavy() {
+    println!(
+        "heavy drops: {OPS} ops, one in {HEAVY_EVERY} also replaces a value taking {HEAVY_DROP:?} to drop; \
+         {THINK:?} of work outside the lock per op; one producer"
+    );
+    println!("per-op latency (lock -> guard dropped, drain included), µs; heavy value freed at (end of drop - hand-off) / its drop time");
+    println!(
+        "{:<26} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8}",
+        "strategy",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "freed p50",
+        "freed max",
+        "drop ms",
+        "off-thread",
+        "wall ms"
+    );
+    let rows: Vec<Row> = Strategy::ALL.iter().map(|&s| run(s)).collect();
+    let inline = rows
+        .iter()
+        .find(|r| r.name == "freeq Inline")
+        .map(|r| (r.lat.value_at_quantile(0.999) as f64, r.lat.max() as f64));
+    for mut r in rows {
+        let us = |v: u64| v as f64 / 1e3;
+        let after50 = pct(&mut r.after, 0.5);
+        let aftermax = pct(&mut r.after, 1.0);
+        println!(
+            "{:<26} {:>8.2} {:>8.2} {:>9.1} {:>9.1} {:>8.2}x {:>8.2}x {:>8.3} {:>5}/{:<4} {:>8.0}",
+            r.name,
+            us(r.lat.value_at_quantile(0.5)),
+            us(r.lat.value_at_quantile(0.99)),
+            us(r.lat.value_at_quantile(0.999)),
+            us(r.lat.max()),
+            after50,
+            aftermax,
+            r.drop_ms,
+            r.on_other,
+            r.heavies,
+            r.wall.as_secs_f64() * 1e3,
+        );
+        if let Some((p999, max)) = inline {
+            println!(
+                "{:<26} p99.9 {:.3}x Inline's, max {:.3}x Inline's",
+                "",
+                r.lat.value_at_quantile(0.999) as f64 / p999,
+                r.lat.max() as f64 / max
+            );
+        }
+    }
+}
+
+fn threshold() {
+    const TOTAL: usize = 1 << 18;
+    println!("threshold: batches of N 24-byte heap strings; {TOTAL} strings per row, full reclamation (quiesce) included");
+    println!(
+        "{:>6} {:>16} {:>16} {:>16} {:>14}",
+        "N", "inline drain ns", "inline ns/item", "offload ns/item", "offload/inline"
+    );
+    let m = freeq::Mutex::new(());
+    for n in [1usize, 4, 16, 64, 256, 1024, 4096] {
+        let mut results = [0f64; 2];
+        let mut drain_ns = 0f64;
+        for (k, policy) in [freeq::Policy::Inline, freeq::Policy::Offload]
+            .into_iter()
+            .enumerate()
+        {
+            freeq::set_policy(policy);
+            let mut pool: Vec<String> = Vec::with_capacity(n);
+            let mut total = Duration::ZERO;
+            let mut drains = Duration::ZERO;
+            for _ in 0..TOTAL / n {
+                pool.extend((0..n).map(|i| format!("small string {i:>10}")));
+                let t0 = Instant::now();
+                let g = m.lock().unwrap();
+                for s in pool.drain(..) {
+                    freeq::defer(s);
+                }
+                let t1 = Instant::now();
+                drop(g);
+                let t2 = Instant::now();
+                total += t2 - t0;
+                drains += t2 - t1;
+            }
+            let t0 = Instant::now();
+            freeq::quiesce();
+            total += t0.elapsed();
+            results[k] = total.as_nanos() as f64 / TOTAL as f64;
+            if k == 0 {
+                drain_ns = drains.as_nanos() as f64 / (TOTAL / n) as f64;
+            }
+        }
+        freeq::set_policy(freeq::Policy::Inline);
+        println!(
+            "{:>6} {:>16.0} {:>16.1} {:>16.1} {:>14.2}",
+            n,
+            drain_ns,
+            results[0],
+            results[1],
+            results[1] / results[0]
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let all = args.is_empty();
+    if all || args.iter().any(|a| a == "heavy") {
+        heavy();
+    }
+    if all || args.iter().any(|a| a == "threshold") {
+        threshold();
+    }
+}

@@ -1,0 +1,363 @@
+//! Failure paths of freeq's reclaimers: frees that panic with payloads that
+//! panic again, frees that set `Policy::Offload` or call `quiesce()` on a
+//! reclaimer, a narrow CPU mask on the first offloading thread, and normal
+//! process exit with handed-off values still queued.
+//!
+//! Scenarios that need a fresh process (the reclaimers are started once per
+//! process) or could hang run in a child process: this test binary runs
+//! itself again with `FREEQ_CHILD` naming the scenario, and the parent
+//! fails the test if the child does not exit in time.
+#![cfg(not(miri))]
+
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard as StdMutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use freeq::Policy;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn serial() -> StdMutexGuard<'static, ()> {
+    static SERIAL: StdMutex<()> = StdMutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on a helper thread; fails if it does not return in time.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(Ok(v)) => v,
+        Ok(Err(payload)) => panic::resume_unwind(payload),
+        Err(_) => panic!("{what} did not return within {PATIENCE:?}"),
+    }
+}
+
+fn thread_name() -> String {
+    thread::current().name().unwrap_or("<unnamed>").to_owned()
+}
+
+/// Waits until `done()` holds, polling; fails after [`PATIENCE`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+struct RestorePolicy(Policy);
+
+impl RestorePolicy {
+    fn set(policy: Policy) -> RestorePolicy {
+        let old = freeq::policy();
+        freeq::set_policy(policy);
+        RestorePolicy(old)
+    }
+}
+
+impl Drop for RestorePolicy {
+    fn drop(&mut self) {
+        freeq::set_policy(self.0);
+    }
+}
+
+/// Runs this binary again as scenario `name` and returns its output; fails
+/// if it does not exit within [`PATIENCE`] or exits unsuccessfully.
+fn run_child(name: &str, env: &[(&str, &str)]) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("FREEQ_CHILD", name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(status.success(), "child {name} failed: {status}\n{text}");
+            return text;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {name} did not exit within {PATIENCE:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The child side: dispatches on `FREEQ_CHILD`; does nothing in a normal run.
+#[test]
+fn child() {
+    let Ok(name) = std::env::var("FREEQ_CHILD") else {
+        return;
+    };
+    match name.as_str() {
+        "pinned_first" => child_pinned_first(),
+        "exit" => child_exit(),
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 14, finding 5: a panic payload whose destructor panics
+// ---------------------------------------------------------------------------
+
+/// A panic payload whose own destructor panics.
+struct NastyPayload;
+
+impl Drop for NastyPayload {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("freeq test: a panic payload whose drop panics");
+        }
+    }
+}
+
+struct NastyBomb;
+
+impl Drop for NastyBomb {
+    fn drop(&mut self) {
+        panic::panic_any(NastyPayload);
+    }
+}
+
+struct Count(Arc<AtomicUsize>, Arc<StdMutex<Vec<String>>>);
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.1.lock().unwrap().push(thread_name());
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+#[test]
+fn a_panic_payload_that_panics_when_dropped_does_not_kill_a_reclaimer() {
+    let _serial = serial();
+    let _policy = RestorePolicy::set(Policy::Offload);
+    let freed = Arc::new(AtomicUsize::new(0));
+    let threads = Arc::new(StdMutex::new(Vec::new()));
+    let rounds = 2 * freeq::__reclaimer_count();
+    for round in 0..rounds {
+        {
+            let _s = freeq::section();
+            freeq::defer(NastyBomb);
+            freeq::defer(Count(freed.clone(), threads.clone()));
+        }
+        // No quiesce: the reclaimers themselves must get through it.
+        wait_until("a reclaimer freeing after a nasty panic", || {
+            freed.load(SeqCst) == round + 1
+        });
+    }
+    let threads = threads.lock().unwrap().clone();
+    assert!(
+        threads.iter().all(|t| t.starts_with("freeq-reclaim")),
+        "{threads:?}"
+    );
+    within("quiesce", freeq::quiesce);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 14, finding 6: set_policy(Offload) inside a free on a reclaimer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_reclaimer_frees_inline_whatever_a_free_sets() {
+    let _serial = serial();
+    let _policy = RestorePolicy::set(Policy::Offload);
+    let freed = Arc::new(AtomicUsize::new(0));
+    let threads = Arc::new(StdMutex::new(Vec::new()));
+    let seen = Arc::new(StdMutex::new(Vec::new()));
+    for _ in 0..4 {
+        let (freed, threads, seen) = (freed.clone(), threads.clone(), seen.clone());
+        let _s = freeq::section();
+        freeq::defer_fn(move || {
+            freeq::set_policy(Policy::Offload);
+            seen.lock().unwrap().push(thread_name());
+            // Outside a section: freed at once, and, on a reclaimer (or a
+            // quiesce caller), inline.
+            freeq::defer(Count(freed, threads));
+        });
+    }
+    within("quiesce", freeq::quiesce);
+    assert_eq!(freed.load(SeqCst), 4);
+    let seen = seen.lock().unwrap().clone();
+    let threads = threads.lock().unwrap().clone();
+    assert_eq!(seen, threads, "a free on {seen:?} sent its value elsewhere");
+    // The reclaimers are still serving.
+    {
+        let _s = freeq::section();
+        freeq::defer(Count(freed.clone(), Arc::default()));
+    }
+    within("quiesce", freeq::quiesce);
+    assert_eq!(freed.load(SeqCst), 5);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 14, finding 7: quiesce() from inside a free on a reclaimer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn quiesce_from_frees_on_reclaimers_does_not_deadlock() {
+    let _serial = serial();
+    let freed = Arc::new(AtomicUsize::new(0));
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let freed = freed.clone();
+            thread::spawn(move || {
+                freeq::set_policy(Policy::Offload);
+                for _ in 0..50 {
+                    let _s = freeq::section();
+                    freeq::defer(Count(freed.clone(), Arc::default()));
+                    freeq::defer_fn(freeq::quiesce);
+                    freeq::defer(Count(freed.clone(), Arc::default()));
+                }
+            })
+        })
+        .collect();
+    within("producers whose frees call quiesce", move || {
+        for p in producers {
+            p.join().unwrap();
+        }
+        freeq::quiesce();
+    });
+    assert_eq!(freed.load(SeqCst), 4 * 50 * 2);
+}
+
+#[test]
+fn quiesce_inside_a_section_frees_what_it_takes_at_once() {
+    let _serial = serial();
+    let freed = Arc::new(AtomicUsize::new(0));
+    {
+        let freed = freed.clone();
+        thread::spawn(move || {
+            freeq::set_policy(Policy::Offload);
+            let _s = freeq::section();
+            freeq::defer(Count(freed, Arc::default()));
+        })
+        .join()
+        .unwrap();
+    }
+    let f = freed.clone();
+    within("quiesce in a section", move || {
+        let _s = freeq::section();
+        freeq::quiesce();
+        assert_eq!(f.load(SeqCst), 1);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Issue 14, finding 8: the first offloading thread is pinned to one CPU
+// ---------------------------------------------------------------------------
+
+#[test]
+fn reclaimers_follow_the_process_cpu_set_not_the_first_offloader() {
+    let _serial = serial();
+    let cpus = core_affinity::get_core_ids().map_or(0, |c| c.len());
+    if cpus < 2 {
+        eprintln!("skipped: needs at least two CPUs");
+        return;
+    }
+    let out = run_child("pinned_first", &[]);
+    assert!(out.contains("pinned_first ok"), "{out}");
+}
+
+fn child_pinned_first() {
+    let cpus = core_affinity::get_core_ids().unwrap();
+    let seen = thread::spawn(move || {
+        assert!(core_affinity::set_for_current(cpus[0]));
+        freeq::set_policy(Policy::Offload);
+        let (tx, rx) = mpsc::channel();
+        {
+            let _s = freeq::section();
+            freeq::defer_fn(move || {
+                let mask = core_affinity::get_core_ids().map_or(0, |c| c.len());
+                let _ = tx.send((thread_name(), mask));
+            });
+        }
+        rx.recv_timeout(PATIENCE).unwrap()
+    })
+    .join()
+    .unwrap();
+    let n = core_affinity::get_core_ids().unwrap().len();
+    assert_eq!(freeq::__reclaimer_count(), n, "one reclaimer per CPU");
+    assert!(seen.0.starts_with("freeq-reclaim"), "freed on {}", seen.0);
+    assert_eq!(seen.1, n, "the reclaimer inherited a narrow CPU mask");
+    println!("pinned_first ok");
+}
+
+// ---------------------------------------------------------------------------
+// Issue 12, part 3: handed-off values are freed at normal process exit
+// ---------------------------------------------------------------------------
+
+#[test]
+fn handed_off_values_are_freed_at_normal_exit() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("freed");
+    run_child("exit", &[("FREEQ_EXIT_LOG", path.to_str().unwrap())]);
+    let log = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines = log.lines().filter(|l| l.starts_with("freed ")).count();
+    assert_eq!(lines, 20, "freed at exit:\n{log}");
+}
+
+/// Appends a line to the log file when dropped.
+struct Logged(usize);
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let path = std::env::var("FREEQ_EXIT_LOG").unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(f, "freed {}", self.0).unwrap();
+    }
+}
+
+/// Keeps a reclaimer busy for a while.
+struct Slow(mpsc::Sender<()>);
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn child_exit() {
+    freeq::set_policy(Policy::Offload);
+    // Keep every reclaimer busy, so that what follows is still queued
+    // when the process exits.
+    for _ in 0..freeq::__reclaimer_count() {
+        let (tx, rx) = mpsc::channel();
+        {
+            let _s = freeq::section();
+            freeq::defer(Slow(tx));
+        }
+        let _ = rx.recv_timeout(PATIENCE);
+    }
+    for i in 0..20 {
+        let _s = freeq::section();
+        freeq::defer(Logged(i));
+    }
+    // No quiesce: the process exits with the values handed off.
+}
