@@ -37,11 +37,15 @@
 //! - **Explicit queues.** [`FreeQueue`] is an owned, `Send` queue for code
 //!   that prefers to say when.
 //! - **Policies.** [`Policy::Inline`] (default) frees on the unlocking
-//!   thread; [`Policy::Offload`] hands the whole batch, in O(1), to a
-//!   per-CPU reclaimer thread ([`set_policy`], [`quiesce`]). Reclaimers
-//!   run at idle priority (`SCHED_IDLE` on Linux) so they never preempt a
-//!   producer; when they fall behind, the backlog bound
-//!   ([`set_offload_bound`]) sends producers back to inline frees.
+//!   thread; [`Policy::Offload`] hands a batch that is worth moving (its
+//!   learned drop cost is at least [`offload_threshold_ns`]), in O(1), to
+//!   its CPU's inbox, freed by idle-priority reclaimer threads wherever a
+//!   CPU has time ([`set_policy`], [`quiesce`]); cheap batches stay
+//!   inline. [`defer_heavy`] sends one value off the thread whatever the
+//!   policy, and [`set_offload_executor`] routes batches to your own
+//!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux) so
+//!   they never preempt a producer; when they fall behind, the backlog
+//!   bound ([`set_offload_bound`]) sends producers back to inline frees.
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
 //!   [`epoch::pin`](https://docs.rs/crossbeam-epoch/0.9/crossbeam_epoch/fn.pin.html).
 //! - **Stats.** [`stats`] sums counters over all threads.
