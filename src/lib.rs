@@ -72,6 +72,8 @@ pub use free_queue::FreeQueue;
 pub use guard::{section, LockGuard, Section};
 pub use offload::{offload_bound, quiesce, set_offload_bound, DEFAULT_OFFLOAD_BOUND};
 pub use policy::{default_policy, set_default_policy, Policy};
+#[doc(hidden)]
+pub use queue::queue_bytes;
 pub use queue::{
     flush, in_section, max_retained, pending, policy, prepare_thread, set_max_retained, set_policy,
     DEFAULT_MAX_RETAINED,

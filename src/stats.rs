@@ -127,6 +127,20 @@ fn slots() -> std::sync::MutexGuard<'static, Vec<Arc<Slot>>> {
     SLOTS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Counts work done on a thread whose freeq state is already gone (thread
+/// exit: frees run by the exit path, `defer` and `retire` from late
+/// thread-local destructors). It goes straight to the exited-threads total.
+pub(crate) fn count_late(deferred: usize, freed: usize, retired: usize) {
+    let add = |to: &AtomicU64, n: usize| {
+        if n != 0 {
+            to.fetch_add(n as u64, Relaxed);
+        }
+    };
+    add(&EXITED.deferred, deferred);
+    add(&EXITED.freed, freed);
+    add(&EXITED.retired, retired);
+}
+
 /// Reads the counters of every thread and sums them.
 pub fn stats() -> Stats {
     let mut s = Stats::default();
