@@ -118,6 +118,20 @@ impl Stats {
 
 /// The slots of live threads. Settings-like process state: `std` in loom
 /// builds too, held only for a few loads and stores.
+///
+/// Why a home-made registry rather than the `thread_local` crate's
+/// `ThreadLocal`: an earlier note here blamed a Tree Borrows failure in that
+/// crate, but recorded no failing program, and an outside audit could not
+/// reproduce one; that reason is withdrawn. The registry stays for what it
+/// does that `ThreadLocal` does not: counting happens in plain cells in the
+/// thread's own freeq state (no per-item lookup of any kind), this vector
+/// is touched only at a thread's first publish and at its exit, and at exit
+/// the slot's counts move to `EXITED` under the same lock that removes the
+/// slot, so a concurrent [`stats`] sees them exactly once. `ThreadLocal`
+/// (by its documentation) keeps an exited thread's value for the next
+/// thread that reuses its id,
+/// which would serve the sum as well; it would add a dependency for a
+/// `Mutex<Vec<_>>`'s worth of work.
 static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
 /// Counts of threads that have exited.
