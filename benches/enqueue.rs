@@ -169,7 +169,45 @@ fn bench_size<const W: usize>(c: &mut Criterion) {
     group.finish();
 }
 
+/// The worst single call in one section of a million 24-byte values:
+/// `freeq::defer` next to `Vec::push` into a `Vec` grown from empty (the
+/// hand-written pattern when the count is not known). Printed, not
+/// criterion-timed: a maximum is what matters here. Both columns include
+/// the same `Instant::now` overhead and the same exposure to preemption;
+/// the count of calls over 50 µs tells the two apart on a busy machine.
+fn worst_single() {
+    const N: u64 = 1_000_000;
+    let time = |f: &mut dyn FnMut(u64)| {
+        let mut worst = Duration::ZERO;
+        let mut over = 0;
+        for i in 0..N {
+            let start = Instant::now();
+            f(black_box(i));
+            let took = start.elapsed();
+            worst = worst.max(took);
+            over += usize::from(took > Duration::from_micros(50));
+        }
+        (worst, over)
+    };
+    for round in 0..3 {
+        let mut v: Vec<Val<3>> = Vec::new();
+        let vec = time(&mut |i| v.push(Val::new(i)));
+        drop(v);
+        let section = freeq::section();
+        let defer = time(&mut |i| freeq::defer(Val::<3>::new(i)));
+        drop(section);
+        eprintln!(
+            "worst single call, 1M x 24 B in one section, round {round}: \
+             Vec::push {:?} ({} over 50 us), freeq::defer {:?} ({} over 50 us)",
+            vec.0, vec.1, defer.0, defer.1
+        );
+    }
+}
+
 fn enqueue(c: &mut Criterion) {
+    if std::env::var_os("FREEQ_WORST").is_some() {
+        worst_single();
+    }
     bench_size::<1>(c);
     bench_size::<3>(c);
     bench_size::<8>(c);

@@ -4,10 +4,14 @@
 use crate::queue;
 
 /// Drops `value` once this thread leaves its outermost section, after the
-/// lock that opened it is released. Outside a section, drops it at once.
+/// lock that opened it is released. Outside a section it is freed at once
+/// by the thread's policy: dropped here under `Policy::Inline`, handed to
+/// a reclaimer under `Policy::Offload`.
 ///
 /// Queueing is O(1) and, once the thread's queue has warmed up, allocates
-/// nothing for any `T` up to 256 bytes with alignment up to 16.
+/// nothing for any `T` up to 256 bytes with alignment up to 16. Values of
+/// up to 8 bytes take 16 bytes of queue. A long section grows the queue a
+/// 4 KiB block at a time and never copies what is queued.
 ///
 /// ```
 /// let cache = freeq::Mutex::new(vec![String::from("old")]);
@@ -52,7 +56,8 @@ where
 }
 
 /// Runs `action` once this thread leaves its outermost section, after the
-/// lock is released; at once outside a section. This is the wake-up half of
+/// lock is released; outside a section, at once by the thread's policy
+/// (here under `Policy::Inline`, on a reclaimer under `Policy::Offload`). This is the wake-up half of
 /// the idea: a thread woken after the unlock does not block on the lock
 /// straight away.
 ///

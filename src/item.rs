@@ -1,33 +1,63 @@
 //! Type-erased, append-only storage for deferred items.
 //!
-//! This file holds freeq's only serious `unsafe`. A [`Buffer`] is a growable
-//! array of 16-byte, 16-aligned slots. Each item takes one header slot (the
-//! function that runs it and its length in slots) followed by its payload,
-//! written in place: any `FnOnce()` up to [`MAX_INLINE`] bytes with alignment
-//! up to 16 is stored with no allocation of its own, so a warmed-up buffer
-//! accepts items without touching the allocator. Larger or over-aligned
-//! closures are boxed first. Items run oldest first.
+//! This file holds freeq's only serious `unsafe`. A [`Buffer`] is a FIFO of
+//! items in a chain of fixed-size blocks of 16-byte, 16-aligned slots. Each
+//! item starts with a header (a pointer to its type's static [`Meta`]);
+//! a payload with alignment up to 8 is packed right behind the header in
+//! the same slot, so values of up to 8 bytes take one slot (16 bytes), and
+//! a 16-aligned payload starts at the next slot. Any `FnOnce()` up to
+//! [`MAX_INLINE`] bytes with alignment up to 16 is stored with no
+//! allocation of its own; larger or over-aligned closures are boxed first.
+//!
+//! Growth links one more block and never moves an item: when the tail
+//! block is full, a *jump* header written in its last free slot sends the
+//! reader on to the next block. Drained blocks go to the buffer's free list
+//! and are reused, so a warmed-up buffer accepts items without touching the
+//! allocator, and a whole batch changes hands in O(1) (its chain of blocks).
+//! Items run oldest first.
+//!
+//! Each item type's static metadata also indexes a learned estimate of its
+//! drop cost (a sampled moving average, see [`Buffer::estimated_cost_ns`]).
 
 use std::alloc::{self, Layout};
 use std::any::{Any, TypeId};
+use std::hash::{Hash, Hasher};
 use std::mem::{self, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
-use std::ptr::{self, NonNull};
+use std::ptr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
-use crate::sync::{scaled, thread, Cell};
+use crate::sync::{scaled, thread, Cell, StaticAtomicUsize};
 
 /// Size and alignment of one slot.
 pub(crate) const SLOT: usize = 16;
 /// Largest payload, in bytes, stored inline; anything larger is boxed.
 pub(crate) const MAX_INLINE: usize = 256;
-/// Slots allocated the first time a buffer grows.
-const MIN_SLOTS: usize = scaled(64, 4);
+/// Slots in one block.
+const BLOCK_SLOTS: usize = scaled(255, 31);
+/// Slots the largest inline item takes (header and a 16-aligned payload).
+const MAX_ITEM_SLOTS: usize = 1 + MAX_INLINE / SLOT;
+/// Bytes one block takes, its link included.
+pub(crate) const BLOCK_BYTES: usize = mem::size_of::<Block>();
 
 /// A panic payload caught while freeing an item.
 pub(crate) type Panic = Box<dyn Any + Send + 'static>;
 
 #[repr(C, align(16))]
 struct Slot(MaybeUninit<[u8; SLOT]>);
+
+/// One link of a buffer's chain: the next block, then the slots.
+#[repr(C, align(16))]
+struct Block {
+    next: *mut Block,
+    slots: [Slot; BLOCK_SLOTS],
+}
+
+// Every item, and a jump header after it, fits in one block.
+const _: () = assert!(MAX_ITEM_SLOTS < BLOCK_SLOTS);
+const _: () = assert!(mem::size_of::<Slot>() == SLOT && mem::align_of::<Slot>() == SLOT);
+const _: () = assert!(mem::size_of::<Block>() == (BLOCK_SLOTS + 1) * SLOT);
 
 /// What freeq knows about one item type: one `'static` instance per type,
 /// so the header before each payload is a single pointer store.
@@ -36,15 +66,46 @@ struct Meta {
     run: unsafe fn(&mut Buffer, Option<Watch<'_>>) -> bool,
     /// Slots the item occupies, header included.
     slots: usize,
-    /// Tells a run of same-typed items where it ends.
+    /// Tells a run of same-typed items where it ends, and indexes the
+    /// type's learned drop cost.
     type_id: TypeId,
 }
 
-/// Written in the slot before each payload.
+/// Written at the start of each item.
 type Header = &'static Meta;
 
-const _: () = assert!(mem::size_of::<Header>() <= SLOT && mem::align_of::<Header>() <= SLOT);
-const _: () = assert!(mem::size_of::<Slot>() == SLOT && mem::align_of::<Slot>() == SLOT);
+const _: () = assert!(mem::size_of::<Header>() == 8 && mem::align_of::<Header>() <= 8);
+
+/// The type behind the jump header's `TypeId`; never stored.
+struct Jump;
+
+/// Ends the items of a block: the 8 bytes after this header hold the
+/// position of the next item, at the start of the next block's items.
+static JUMP: Meta = Meta {
+    run: jump,
+    slots: 1,
+    type_id: TypeId::of::<Jump>(),
+};
+
+/// Byte offset of an `F` payload from its header: packed into the header's
+/// slot when its alignment allows, else in the next slot.
+const fn payload_offset<F>() -> usize {
+    if mem::align_of::<F>() <= 8 {
+        8
+    } else {
+        SLOT
+    }
+}
+
+/// Slots an `F` item takes, header included.
+const fn item_slots<F>() -> usize {
+    let slots = (payload_offset::<F>() + mem::size_of::<F>()).div_ceil(SLOT);
+    if slots == 0 {
+        1
+    } else {
+        slots
+    }
+}
 
 /// Stops a drain between two items: once `cell` holds at least `limit`
 /// (the owning thread has re-entered a section), the rest waits.
@@ -67,26 +128,25 @@ impl Watch<'_> {
 /// is not run again. Returns `false` if `watch` stopped the run.
 ///
 /// # Safety
-/// The front item of `buf` must be an `F` written by
-/// [`Buffer::push_inline`].
+/// The front item of `buf` must be an `F` written by [`Buffer::push_raw`].
 unsafe fn run_items<F: FnOnce() + 'static>(buf: &mut Buffer, watch: Option<Watch<'_>>) -> bool {
-    let slots = 1 + payload_slots::<F>();
     loop {
         // SAFETY: (1) the front item is an `F` (the caller's promise on the
-        // first pass, the type check below on later ones); its payload
-        // follows its header slot, 16-aligned because `push_inline` only
-        // stores types with alignment <= SLOT at a slot boundary. Moving
-        // `head` past it before reading means it is read exactly once.
+        // first pass, the type check below on later ones); its payload sits
+        // `payload_offset::<F>()` bytes after its header, aligned for `F`
+        // because headers are slot-aligned and `push_raw` chose the offset
+        // by `F`'s alignment (at most 16). Moving `head` past the item
+        // before reading means it is read exactly once; the item lies
+        // inside the head block, so `head` stays inside it too.
         let f = unsafe {
-            let payload = buf.ptr.as_ptr().add(buf.head + 1).cast::<F>();
-            buf.head += slots;
+            let payload = buf.head.cast::<u8>().add(payload_offset::<F>()).cast::<F>();
+            buf.head = buf.head.add(item_slots::<F>());
             buf.len -= 1;
             payload.read()
         };
         let more = buf.len != 0;
         if !more {
-            buf.head = 0;
-            buf.tail = 0;
+            buf.rewind();
         }
         f();
         if Watch::hit(watch) {
@@ -95,51 +155,116 @@ unsafe fn run_items<F: FnOnce() + 'static>(buf: &mut Buffer, watch: Option<Watch
         if !more {
             return true;
         }
-        // SAFETY: (2) `len > 0`, so a header written by `push_inline` sits at
-        // `head`; `f` could not touch `buf`, which is borrowed here.
-        let next: Header = unsafe { buf.ptr.as_ptr().add(buf.head).cast::<Header>().read() };
+        // SAFETY: (2) `len > 0`, so a header written by `push_raw` (or a
+        // jump header) sits at `head`; `f` could not touch `buf`, which is
+        // borrowed here.
+        let next: Header = unsafe { buf.head.cast::<Header>().read() };
         if next.type_id != TypeId::of::<F>() {
             return true;
         }
     }
 }
 
-/// Number of payload slots an `F` needs.
-const fn payload_slots<F>() -> usize {
-    mem::size_of::<F>().div_ceil(SLOT)
+/// The `run` of a jump header: moves `head` to the next block and recycles
+/// the block it leaves.
+///
+/// # Safety
+/// The front header of `buf` must be a jump header written by
+/// [`Buffer::link`] or [`Buffer::append`].
+unsafe fn jump(buf: &mut Buffer, _watch: Option<Watch<'_>>) -> bool {
+    // SAFETY: (3) a jump header's second word holds the next item's
+    // position, in the block linked after the head block; every item of
+    // the head block has been taken, so it can go to the free list.
+    unsafe {
+        let to = buf.head.cast::<u8>().add(8).cast::<*mut Slot>().read();
+        let done = buf.head_block;
+        buf.head_block = (*done).next;
+        buf.head = to;
+        buf.chain_blocks -= 1;
+        buf.push_free(done);
+    }
+    true
 }
 
-/// A FIFO of type-erased `FnOnce()` items in one reusable allocation.
+/// Allocates one block. No buffer may be borrowed across this call: the
+/// global allocator may itself use freeq.
+fn alloc_block() -> *mut Block {
+    let layout = Layout::new::<Block>();
+    // SAFETY: (4) `Block` has a non-zero size.
+    let raw = unsafe { alloc::alloc(layout) }.cast::<Block>();
+    if raw.is_null() {
+        alloc::handle_alloc_error(layout);
+    }
+    raw
+}
+
+/// Frees a block from [`alloc_block`].
+///
+/// # Safety
+/// `block` came from [`alloc_block`], is freed once, and holds no live item.
+unsafe fn dealloc_block(block: *mut Block) {
+    // SAFETY: (5) allocated by `alloc_block` with this layout (the
+    // caller's promise).
+    unsafe { alloc::dealloc(block.cast(), Layout::new::<Block>()) }
+}
+
+/// The first slot of `block`.
+///
+/// # Safety
+/// `block` points at a live block.
+#[inline(always)]
+unsafe fn first_slot(block: *mut Block) -> *mut Slot {
+    // SAFETY: (6) in bounds of the live block (the caller's promise); no
+    // reference is created.
+    unsafe { (&raw mut (*block).slots).cast::<Slot>() }
+}
+
+/// A FIFO of type-erased `FnOnce()` items in a chain of reusable blocks.
+///
+/// The items live in the chain `head_block ..= tail_block` (linked by
+/// `next`), from `head` up to `tail`; emptied blocks wait on the `free`
+/// list. All null when the buffer owns no block of that kind.
 // `repr(C)` keeps `tail` and `len` apart: adjacent, the compiler merges
 // their updates into one vector read-modify-write, and the next push's
 // scalar read of `tail` then misses store forwarding.
 #[repr(C)]
 pub(crate) struct Buffer {
-    ptr: NonNull<Slot>,
-    /// First free slot.
-    tail: usize,
-    /// Allocated slots.
-    cap: usize,
-    /// First slot of the oldest item.
-    head: usize,
-    /// Items in `head..tail`.
+    /// Where the next item goes.
+    tail: *mut Slot,
+    /// The last slot of the tail block, kept free for a jump header: an
+    /// item fits if it ends at or before it.
+    limit: *mut Slot,
+    /// The oldest item's header (or a jump header before it).
+    head: *mut Slot,
+    /// Items held.
     len: usize,
+    head_block: *mut Block,
+    tail_block: *mut Block,
+    /// Emptied blocks, linked by `next`.
+    free: *mut Block,
+    /// Blocks in the chain and on the free list.
+    chain_blocks: usize,
+    free_blocks: usize,
 }
 
-// SAFETY: (2) every item enters through `push`, which requires `F: Send`, and
-// the buffer owns its allocation exclusively; moving the whole buffer to
-// another thread moves only `Send` values.
+// SAFETY: (7) every item enters through `push`/`push_raw`, which require
+// `F: Send`, and the buffer owns its blocks exclusively; moving the whole
+// buffer to another thread moves only `Send` values and memory.
 unsafe impl Send for Buffer {}
 
 impl Buffer {
     /// An empty buffer; allocates nothing until the first push.
     pub(crate) const fn new() -> Self {
         Buffer {
-            ptr: NonNull::dangling(),
-            cap: 0,
-            head: 0,
-            tail: 0,
+            tail: ptr::null_mut(),
+            limit: ptr::null_mut(),
+            head: ptr::null_mut(),
             len: 0,
+            head_block: ptr::null_mut(),
+            tail_block: ptr::null_mut(),
+            free: ptr::null_mut(),
+            chain_blocks: 0,
+            free_blocks: 0,
         }
     }
 
@@ -154,116 +279,199 @@ impl Buffer {
         self.len == 0
     }
 
-    /// Bytes allocated.
+    /// Bytes allocated: every block, in the chain or free.
     pub(crate) fn capacity_bytes(&self) -> usize {
-        self.cap * SLOT
+        (self.chain_blocks + self.free_blocks) * BLOCK_BYTES
+    }
+
+    /// Whether an item of any inline size can be pushed without allocating.
+    #[inline(always)]
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.free.is_null() || self.room() >= MAX_ITEM_SLOTS * SLOT
+    }
+
+    /// Bytes free in the tail block (before the slot kept for a jump).
+    #[inline(always)]
+    fn room(&self) -> usize {
+        self.limit.addr() - self.tail.addr()
     }
 
     /// Appends `f`; it runs when its turn comes in a drain.
     #[inline]
     pub(crate) fn push<F: FnOnce() + Send + 'static>(&mut self, f: F) {
+        // SAFETY: (8) `self` is a unique reference, so nothing else reaches
+        // the buffer during the call.
+        unsafe { Buffer::push_raw(self, f) }
+    }
+
+    /// Appends `f` to `*buf` without holding a reference to it across a
+    /// call into the global allocator (which may itself use freeq and push
+    /// to the same buffer): each step borrows the buffer only for itself.
+    ///
+    /// # Safety
+    /// `buf` points at a live buffer, and no reference to it is live during
+    /// the call other than momentary ones taken by code this call runs (the
+    /// allocator's own pushes through this function).
+    #[inline(always)]
+    pub(crate) unsafe fn push_raw<F: FnOnce() + Send + 'static>(buf: *mut Buffer, f: F) {
         if mem::size_of::<F>() > MAX_INLINE || mem::align_of::<F>() > SLOT {
             let boxed = Box::new(f);
-            self.push_inline(boxed);
+            // SAFETY: (9) the caller's promise, passed on.
+            unsafe { Buffer::push_inline(buf, boxed) }
         } else {
-            self.push_inline(f);
+            // SAFETY: (10) as in (9).
+            unsafe { Buffer::push_inline(buf, f) }
         }
     }
 
     #[inline(always)]
-    fn push_inline<F: FnOnce() + 'static>(&mut self, f: F) {
-        debug_assert!(mem::align_of::<F>() <= SLOT);
+    unsafe fn push_inline<F: FnOnce() + 'static>(buf: *mut Buffer, f: F) {
         let meta: Header = const {
             &Meta {
                 run: run_items::<F>,
-                slots: 1 + payload_slots::<F>(),
+                slots: item_slots::<F>(),
                 type_id: TypeId::of::<F>(),
             }
         };
-        let slots = meta.slots;
-        if self.cap - self.tail < slots {
-            self.grow(slots);
+        let bytes = meta.slots * SLOT;
+        // SAFETY: (11) `buf` is live (the caller's promise); the read is
+        // momentary.
+        while unsafe { (*buf).room() } < bytes {
+            // SAFETY: (12) the caller's promise, passed on.
+            unsafe { Buffer::grow(buf) };
         }
-        // SAFETY: (3) `grow` guarantees `tail + slots <= cap`, so the header
-        // slot and `payload_slots::<F>()` payload slots after it lie inside the
-        // allocation and hold no live item (live items are in `head..tail`).
-        // Slots are 16-aligned and `F`'s alignment is at most 16, so both
-        // writes are aligned. For a zero-sized `F` the payload pointer may be
-        // one past the end, which is fine for a zero-sized write.
+        // SAFETY: (13) no other reference to the buffer is live now (the
+        // caller's promise; the allocator is not running). The loop above
+        // left room for `slots` slots before `limit`, all inside the tail
+        // block and holding no live item (live items end at `tail`). The
+        // header is slot-aligned, the payload offset suits `F`'s alignment
+        // (at most 16), so both writes are aligned; a zero-sized payload
+        // may sit at the end of the item, which is fine for a zero-sized
+        // write.
         unsafe {
-            let base = self.ptr.as_ptr().add(self.tail);
-            base.cast::<Header>().write(meta);
-            base.add(1).cast::<F>().write(f);
+            let b = &mut *buf;
+            let at = b.tail;
+            at.cast::<Header>().write(meta);
+            at.cast::<u8>()
+                .add(payload_offset::<F>())
+                .cast::<F>()
+                .write(f);
+            b.tail = at.add(meta.slots);
+            b.len += 1;
         }
-        self.tail += slots;
-        self.len += 1;
     }
 
-    /// Makes room for `slots` more slots at the tail.
+    /// Links one more block at the tail: a free one, or a new one allocated
+    /// with no reference to the buffer held.
+    ///
+    /// # Safety
+    /// As for [`Buffer::push_raw`].
     #[cold]
     #[inline(never)]
-    fn grow(&mut self, slots: usize) {
-        let live = self.tail - self.head;
-        if self.head > 0 && live + slots <= self.cap {
-            // SAFETY: (4) both ranges lie inside the allocation; `ptr::copy`
-            // allows overlap. Items are plain bytes until run, so moving them
-            // is a valid Rust move.
-            unsafe { ptr::copy(self.ptr.as_ptr().add(self.head), self.ptr.as_ptr(), live) };
-            self.head = 0;
-            self.tail = live;
-            return;
+    unsafe fn grow(buf: *mut Buffer) {
+        // SAFETY: (14) a momentary borrow; popping runs nothing.
+        let mut block = unsafe { (*buf).pop_free() };
+        if block.is_null() {
+            block = alloc_block();
+            // SAFETY: (15) the allocator has returned; a momentary borrow.
+            let b = unsafe { &mut *buf };
+            if b.room() >= MAX_ITEM_SLOTS * SLOT {
+                // A push inside the allocator linked a block already.
+                // SAFETY: (16) `block` is a fresh block, owned here.
+                unsafe { b.push_free(block) };
+                return;
+            }
         }
-        let new_cap = (self.cap * 2).max(live + slots).max(MIN_SLOTS);
-        self.reallocate(new_cap);
+        // SAFETY: (17) a momentary borrow; `block` is owned here and empty.
+        unsafe { (*buf).link(block) };
     }
 
-    /// Moves the live slots into a fresh allocation of `new_cap >= live`
-    /// slots (or frees everything when `new_cap` is zero).
-    fn reallocate(&mut self, new_cap: usize) {
-        let live = self.tail - self.head;
-        debug_assert!(new_cap >= live);
-        let new_ptr = if new_cap == 0 {
-            NonNull::dangling()
-        } else {
-            let layout = Layout::array::<Slot>(new_cap).expect("freeq: queue capacity overflow");
-            // SAFETY: (5) `layout` has a non-zero size because `new_cap > 0`.
-            let raw = unsafe { alloc::alloc(layout) };
-            let Some(new_ptr) = NonNull::new(raw.cast::<Slot>()) else {
-                alloc::handle_alloc_error(layout)
-            };
-            // SAFETY: (6) the source range `head..tail` is inside the old
-            // allocation, the destination `0..live` inside the new one, and
-            // the two allocations are distinct.
-            unsafe {
-                ptr::copy_nonoverlapping(self.ptr.as_ptr().add(self.head), new_ptr.as_ptr(), live)
-            };
-            new_ptr
-        };
-        self.free_allocation();
-        self.ptr = new_ptr;
-        self.cap = new_cap;
-        self.head = 0;
-        self.tail = live;
+    /// Makes `block` (owned by the caller, empty) the new tail block.
+    ///
+    /// # Safety
+    /// `block` is a live block that no buffer owns.
+    unsafe fn link(&mut self, block: *mut Block) {
+        // SAFETY: (18) `block` is live and unowned (the caller's promise);
+        // when a tail block exists, `tail <= limit` leaves its slot at
+        // `tail` free for the jump header, which names the first slot of
+        // the block linked right after it.
+        unsafe {
+            (*block).next = ptr::null_mut();
+            let start = first_slot(block);
+            if self.tail_block.is_null() {
+                self.head_block = block;
+                self.head = start;
+            } else {
+                self.tail.cast::<Header>().write(&JUMP);
+                self.tail
+                    .cast::<u8>()
+                    .add(8)
+                    .cast::<*mut Slot>()
+                    .write(start);
+                (*self.tail_block).next = block;
+            }
+            self.tail_block = block;
+            self.tail = start;
+            self.limit = start.add(BLOCK_SLOTS - 1);
+        }
+        self.chain_blocks += 1;
     }
 
-    fn free_allocation(&mut self) {
-        if self.cap > 0 {
-            // SAFETY: (7) `ptr` was allocated by `reallocate` with exactly
-            // this layout (`cap` slots) and has not been freed.
-            unsafe {
-                alloc::dealloc(
-                    self.ptr.as_ptr().cast(),
-                    Layout::array::<Slot>(self.cap).expect("layout was valid when allocated"),
-                )
-            };
-            self.cap = 0;
-            self.ptr = NonNull::dangling();
+    /// # Safety
+    /// `block` is a live block with no live item that no buffer owns.
+    unsafe fn push_free(&mut self, block: *mut Block) {
+        // SAFETY: (19) the caller's promise.
+        unsafe { (*block).next = self.free };
+        self.free = block;
+        self.free_blocks += 1;
+    }
+
+    fn pop_free(&mut self) -> *mut Block {
+        let block = self.free;
+        if !block.is_null() {
+            // SAFETY: (20) blocks on the free list are live.
+            self.free = unsafe { (*block).next };
+            self.free_blocks -= 1;
         }
+        block
+    }
+
+    /// The buffer has just been emptied: write from the start of the tail
+    /// block again, which is also the head block.
+    #[inline(always)]
+    fn rewind(&mut self) {
+        debug_assert!(self.len == 0 && self.head_block == self.tail_block);
+        // SAFETY: (21) with items taken from it, the tail block is live.
+        let start = unsafe { first_slot(self.tail_block) };
+        self.head = start;
+        self.tail = start;
+    }
+
+    /// Moves the chain (empty of items) to the free list.
+    fn release_chain(&mut self) {
+        debug_assert!(self.len == 0);
+        let mut block = self.head_block;
+        while !block.is_null() {
+            // SAFETY: (22) chain blocks are live; with no items left,
+            // none holds a live item.
+            unsafe {
+                let next = (*block).next;
+                self.push_free(block);
+                block = next;
+            }
+        }
+        self.chain_blocks = 0;
+        self.head_block = ptr::null_mut();
+        self.tail_block = ptr::null_mut();
+        self.head = ptr::null_mut();
+        self.tail = ptr::null_mut();
+        self.limit = ptr::null_mut();
     }
 
     /// Runs items oldest first until the buffer is empty (returns `true`) or
     /// `watch` fires after an item (returns `false`). A panicking item
     /// counts as run; the first panic is kept in `first`, later ones dropped.
+    /// Now and then a run of one type is timed, to learn its drop cost.
     pub(crate) fn run_until(
         &mut self,
         first: &mut Option<Panic>,
@@ -272,13 +480,21 @@ impl Buffer {
         loop {
             let run = panic::catch_unwind(AssertUnwindSafe(|| {
                 while self.len != 0 {
-                    // SAFETY: (8) `len > 0`, so a header written by
-                    // `push_inline` sits at `head`, and `run` is the
-                    // `run_items` of the type stored behind it.
-                    let stopped = unsafe {
-                        let header: Header =
-                            self.ptr.as_ptr().add(self.head).cast::<Header>().read();
-                        !(header.run)(self, watch)
+                    // SAFETY: (23) `len > 0`, so a header written by
+                    // `push_raw` or `link` sits at `head`, and its `run` is
+                    // the `run_items` of the type stored behind it (or
+                    // `jump` behind a jump header).
+                    let header: Header = unsafe { self.head.cast::<Header>().read() };
+                    let stopped = if sample() {
+                        let before = self.len;
+                        let start = Instant::now();
+                        // SAFETY: (24) as in (23).
+                        let stopped = unsafe { !(header.run)(self, watch) };
+                        learn(header, start, before - self.len);
+                        stopped
+                    } else {
+                        // SAFETY: (25) as in (23).
+                        unsafe { !(header.run)(self, watch) }
                     };
                     if stopped {
                         return false;
@@ -306,47 +522,154 @@ impl Buffer {
         self.run_until(first, None);
     }
 
-    /// Moves all of `other`'s items after this buffer's, keeping their order.
+    /// Moves all of `other`'s items after this buffer's, keeping their
+    /// order, in O(1): `other`'s chain of blocks is linked behind this
+    /// one's. `other` keeps its free blocks.
     pub(crate) fn append(&mut self, other: &mut Buffer) {
-        let slots = other.tail - other.head;
-        if slots == 0 {
+        if other.len == 0 {
             return;
         }
-        if self.cap - self.tail < slots {
-            self.grow(slots);
+        if self.len == 0 {
+            self.release_chain();
+            self.head = other.head;
+            self.head_block = other.head_block;
+        } else {
+            // SAFETY: (26) `tail <= limit` in the tail block leaves the slot
+            // at `tail` free for the jump header; it names `other`'s oldest
+            // item, in `other`'s head block, which is linked right after.
+            unsafe {
+                self.tail.cast::<Header>().write(&JUMP);
+                self.tail
+                    .cast::<u8>()
+                    .add(8)
+                    .cast::<*mut Slot>()
+                    .write(other.head);
+                (*self.tail_block).next = other.head_block;
+            }
         }
-        // SAFETY: (10) `grow` made room for `slots` slots at `tail`; the
-        // source range `other.head..other.tail` holds `other`'s items, in a
-        // different allocation. Ownership of the items moves with the bytes:
-        // `other` is emptied below, so nothing runs twice.
-        unsafe {
-            ptr::copy_nonoverlapping(
-                other.ptr.as_ptr().add(other.head),
-                self.ptr.as_ptr().add(self.tail),
-                slots,
-            )
-        };
-        self.tail += slots;
+        self.tail_block = other.tail_block;
+        self.tail = other.tail;
+        self.limit = other.limit;
         self.len += other.len;
-        other.head = 0;
-        other.tail = 0;
+        self.chain_blocks += other.chain_blocks;
+        other.head_block = ptr::null_mut();
+        other.tail_block = ptr::null_mut();
+        other.head = ptr::null_mut();
+        other.tail = ptr::null_mut();
+        other.limit = ptr::null_mut();
         other.len = 0;
+        other.chain_blocks = 0;
     }
 
-    /// Grows the allocation to at least `bytes` (rounded to slots) now, so
-    /// later pushes need not.
+    /// Takes every item, with the blocks that hold them, in O(1); this
+    /// buffer keeps its free blocks.
+    pub(crate) fn take_items(&mut self) -> Buffer {
+        let mut items = Buffer::new();
+        items.append(self);
+        items
+    }
+
+    /// Moves `other`'s free blocks (and, once `other` is empty, the blocks
+    /// of its chain) to this buffer's free list. Allocates nothing.
+    pub(crate) fn take_free(&mut self, other: &mut Buffer) {
+        if other.len == 0 {
+            other.release_chain();
+        }
+        loop {
+            let block = other.pop_free();
+            if block.is_null() {
+                return;
+            }
+            // SAFETY: (27) a free block, now owned by no buffer.
+            unsafe { self.push_free(block) };
+        }
+    }
+
+    // Kept for the offload path, which reserves through `reserve_raw` here
+    // but may hold a buffer of its own.
+    #[allow(dead_code)]
+    /// Makes sure the buffer holds at least `bytes` (rounded up to whole
+    /// blocks), so later pushes need not allocate.
     pub(crate) fn reserve_bytes(&mut self, bytes: usize) {
-        let slots = bytes.div_ceil(SLOT);
-        if self.cap < slots {
-            self.reallocate(slots);
+        // SAFETY: (28) `self` is a unique reference.
+        unsafe { Buffer::reserve_raw(self, bytes) }
+    }
+
+    /// Makes sure `*buf` [`is_ready`](Buffer::is_ready), allocating a free
+    /// block if needed, with no reference held across allocation.
+    ///
+    /// # Safety
+    /// As for [`Buffer::push_raw`].
+    pub(crate) unsafe fn ready_raw(buf: *mut Buffer) {
+        // SAFETY: (35) momentary borrows between allocations.
+        while unsafe { !(*buf).is_ready() } {
+            let block = alloc_block();
+            // SAFETY: (36) a fresh block, handed to the buffer.
+            unsafe { (*buf).push_free(block) };
         }
     }
 
-    /// Keeps at most `max_bytes` of allocation once the buffer is empty.
-    pub(crate) fn trim(&mut self, max_bytes: usize) {
-        if self.is_empty() && self.capacity_bytes() > max_bytes {
-            self.reallocate(max_bytes / SLOT);
+    /// [`Buffer::reserve_bytes`] with no reference held across allocation.
+    ///
+    /// # Safety
+    /// As for [`Buffer::push_raw`].
+    pub(crate) unsafe fn reserve_raw(buf: *mut Buffer, bytes: usize) {
+        // SAFETY: (29) momentary borrows between allocations.
+        while unsafe { (*buf).capacity_bytes() } < bytes {
+            let block = alloc_block();
+            // SAFETY: (30) a fresh block, handed to the buffer.
+            unsafe { (*buf).push_free(block) };
         }
+    }
+
+    /// Frees blocks until at most `max_bytes` are kept: free ones first,
+    /// and, once the buffer is empty, the chain's too. Never drops an item.
+    pub(crate) fn trim(&mut self, max_bytes: usize) {
+        if self.len == 0 && self.capacity_bytes() > max_bytes {
+            self.release_chain();
+        }
+        while self.capacity_bytes() > max_bytes {
+            let block = self.pop_free();
+            if block.is_null() {
+                return;
+            }
+            // SAFETY: (31) a free block, unlinked above; freed once.
+            unsafe { dealloc_block(block) };
+        }
+    }
+
+    /// An estimate of what freeing every item would cost, in nanoseconds:
+    /// the sum of each item type's learned cost per item (a small default
+    /// for types not timed yet). O(items); meant for after the unlock.
+    pub(crate) fn estimated_cost_ns(&self) -> u64 {
+        let mut at = self.head;
+        let mut left = self.len;
+        let mut total = 0u64;
+        let mut last: Option<(TypeId, u64)> = None;
+        while left > 0 {
+            // SAFETY: (32) `left` items remain from `at`, so a header (or a
+            // jump header before one) sits there.
+            let header: Header = unsafe { at.cast::<Header>().read() };
+            if header.type_id == TypeId::of::<Jump>() {
+                // SAFETY: (33) a jump header's second word is the position
+                // of the next item.
+                at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
+                continue;
+            }
+            let cost = match last {
+                Some((id, cost)) if id == header.type_id => cost,
+                _ => {
+                    let cost = cost_ns(header.type_id);
+                    last = Some((header.type_id, cost));
+                    cost
+                }
+            };
+            total = total.saturating_add(cost);
+            // SAFETY: (34) the item lies inside its block.
+            at = unsafe { at.add(header.slots) };
+            left -= 1;
+        }
+        total
     }
 }
 
@@ -360,9 +683,87 @@ impl Drop for Buffer {
     fn drop(&mut self) {
         let mut first = None;
         self.run_all(&mut first);
-        self.free_allocation();
+        self.trim(0);
         resume(first);
     }
+}
+
+/// Learned drop costs, indexed by a hash of the item type: a sampled
+/// moving average of nanoseconds per item, 0 for "not timed yet". Types
+/// that share a slot share an estimate, which is all an estimate needs.
+static COSTS: [StaticAtomicUsize; COST_SLOTS] = [const { StaticAtomicUsize::new(0) }; COST_SLOTS];
+const COST_SLOTS: usize = 256;
+/// The cost of a type not timed yet.
+const DEFAULT_COST_NS: u64 = 25;
+/// One run of one type in this many (on average) is timed.
+const SAMPLE_EVERY: u32 = 16;
+
+std::thread_local! {
+    /// A xorshift state that picks the runs to time at random (a counter
+    /// would alias with batches that alternate types). No destructor, so
+    /// it works throughout thread exit.
+    static RUNS: Cell<u32> = const { Cell::new(0x9E37_79B9) };
+}
+
+#[inline(always)]
+fn sample() -> bool {
+    RUNS.try_with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        r.set(x);
+        x % SAMPLE_EVERY == 0
+    })
+    .unwrap_or(false)
+}
+
+fn cost_slot(id: TypeId) -> &'static StaticAtomicUsize {
+    /// Folds what `TypeId` hashes into one word.
+    struct Fold(u64);
+    impl Hasher for Fold {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    let mut h = Fold(0);
+    id.hash(&mut h);
+    &COSTS[(h.finish() >> 56) as usize % COST_SLOTS]
+}
+
+/// The learned cost of one item of type `id`, in nanoseconds.
+fn cost_ns(id: TypeId) -> u64 {
+    match cost_slot(id).load(Relaxed) {
+        0 => DEFAULT_COST_NS,
+        n => n as u64,
+    }
+}
+
+/// Folds a timed run of `items` items into the type's estimate (an
+/// exponential moving average with weight 1/8).
+#[cold]
+fn learn(header: Header, start: Instant, items: usize) {
+    if items == 0 || header.type_id == TypeId::of::<Jump>() {
+        return;
+    }
+    let per_item = (start.elapsed().as_nanos() / items as u128).max(1);
+    let per_item = usize::try_from(per_item).unwrap_or(usize::MAX);
+    let slot = cost_slot(header.type_id);
+    let old = slot.load(Relaxed);
+    let new = if old == 0 {
+        per_item
+    } else {
+        (old - old / 8).saturating_add(per_item / 8).max(1)
+    };
+    slot.store(new, Relaxed);
 }
 
 /// Stores `payload` as the first panic, or drops it if one is kept already.
@@ -374,9 +775,18 @@ pub(crate) fn keep_first(first: &mut Option<Panic>, payload: Panic) {
     }
 }
 
-/// Drops a panic payload, swallowing a panic from its own destructor.
+/// Drops a panic payload, swallowing a panic from its own destructor (and
+/// from that panic's payload, a few levels deep; past that the payload is
+/// leaked rather than let unwind).
 pub(crate) fn drop_quietly(payload: Panic) {
-    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    let mut payload = payload;
+    for _ in 0..8 {
+        match panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            Ok(()) => return,
+            Err(next) => payload = next,
+        }
+    }
+    mem::forget(payload);
 }
 
 /// Resumes the kept panic, unless the thread is already unwinding (a second
@@ -400,24 +810,56 @@ mod tests {
         Arc::new(Mutex::new(Vec::new()))
     }
 
+    /// Items of one block's worth several times over.
+    const MANY: u32 = (BLOCK_SLOTS * 3) as u32;
+
     #[test]
     fn fifo_order_and_reuse() {
         let seen = log();
         let mut b = Buffer::new();
+        let mut cap = 0;
         for round in 0..3 {
-            for i in 0..100u32 {
+            for i in 0..MANY {
                 let s = seen.clone();
                 b.push(move || s.lock().unwrap().push(i));
             }
-            assert_eq!(b.len(), 100);
-            let cap = b.capacity_bytes();
+            assert_eq!(b.len(), MANY as usize);
+            if round == 0 {
+                cap = b.capacity_bytes();
+                assert!(cap >= 3 * BLOCK_BYTES, "grew by linking blocks");
+            }
             b.run_all(&mut None);
             assert!(b.is_empty());
-            assert_eq!(b.capacity_bytes(), cap, "round {round} kept its memory");
+            assert_eq!(b.capacity_bytes(), cap, "round {round} reused its blocks");
         }
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 300);
-        assert!(seen.chunks(100).all(|c| c.iter().copied().eq(0..100)));
+        assert_eq!(seen.len(), 3 * MANY as usize);
+        assert!(seen
+            .chunks(MANY as usize)
+            .all(|c| c.iter().copied().eq(0..MANY)));
+    }
+
+    #[test]
+    fn small_payloads_share_the_header_slot() {
+        assert_eq!(item_slots::<[u8; 0]>(), 1);
+        assert_eq!(item_slots::<u64>(), 1);
+        assert_eq!(item_slots::<[u64; 3]>(), 2);
+        assert_eq!(item_slots::<[u8; 256]>(), 17);
+        #[repr(align(16))]
+        struct A16(#[allow(dead_code)] [u8; 16]);
+        assert_eq!(item_slots::<A16>(), 2);
+        assert_eq!(payload_offset::<A16>(), 16);
+        // Eight-byte closures: one slot each.
+        let mut b = Buffer::new();
+        let n = Arc::new(Mutex::new(0u64));
+        let per_block = BLOCK_SLOTS - 1;
+        for _ in 0..per_block {
+            let n = n.clone(); // one pointer: 8 bytes
+            b.push(move || *n.lock().unwrap() += 1);
+        }
+        assert_eq!(b.capacity_bytes(), BLOCK_BYTES, "one slot per item");
+        b.run_all(&mut None);
+        assert_eq!(*n.lock().unwrap(), per_block as u64);
     }
 
     #[test]
@@ -428,21 +870,27 @@ mod tests {
         struct A64(u8);
         let mut b = Buffer::new();
         let total = Arc::new(Mutex::new(0usize));
-        let t = total.clone();
-        b.push(move || *t.lock().unwrap() += 1); // one pointer: one payload slot
-        let big = [7u8; 1000]; // past MAX_INLINE: boxed
-        let t = total.clone();
-        b.push(move || *t.lock().unwrap() += big.iter().map(|&x| x as usize).sum::<usize>());
-        let a16 = A16([1; 48]);
-        let t = total.clone();
-        b.push(move || *t.lock().unwrap() += a16.0.len());
-        let a64 = A64(5); // over-aligned: boxed
-        let t = total.clone();
-        b.push(move || *t.lock().unwrap() += a64.0 as usize);
-        b.push(|| ()); // zero-sized: header only
-        assert_eq!(b.len(), 5);
+        for _ in 0..BLOCK_SLOTS / 4 {
+            let t = total.clone();
+            b.push(move || *t.lock().unwrap() += 1);
+            let big = [7u8; 1000]; // past MAX_INLINE: boxed
+            let t = total.clone();
+            b.push(move || *t.lock().unwrap() += big.iter().map(|&x| x as usize).sum::<usize>());
+            let a16 = A16([1; 48]);
+            let t = total.clone();
+            b.push(move || *t.lock().unwrap() += a16.0.len());
+            let a64 = A64(5); // over-aligned: boxed
+            let t = total.clone();
+            b.push(move || *t.lock().unwrap() += a64.0 as usize);
+            let max = [1u8; MAX_INLINE - 8]; // with the Arc: exactly MAX_INLINE
+            let t = total.clone();
+            b.push(move || *t.lock().unwrap() += max.len());
+            b.push(|| ()); // zero-sized: header only
+        }
+        assert_eq!(b.len(), 6 * (BLOCK_SLOTS / 4));
         b.run_all(&mut None);
-        assert_eq!(*total.lock().unwrap(), 1 + 7000 + 48 + 5);
+        let per = 1 + 7000 + 48 + 5 + MAX_INLINE - 8;
+        assert_eq!(*total.lock().unwrap(), per * (BLOCK_SLOTS / 4));
     }
 
     #[test]
@@ -474,36 +922,41 @@ mod tests {
         let seen = log();
         let mut a = Buffer::new();
         let mut b = Buffer::new();
-        for i in 0..4u32 {
+        let n = MANY;
+        for i in 0..n {
             let s = seen.clone();
             a.push(move || {
                 RAN.with(|r| r.set(r.get() + 1));
                 s.lock().unwrap().push(i)
             });
             let s = seen.clone();
-            b.push(move || s.lock().unwrap().push(10 + i));
+            b.push(move || s.lock().unwrap().push(n + i));
         }
+        let stop_at = BLOCK_SLOTS + 3; // past the first block
         RAN.with(|ran| {
             ran.set(0);
             let watch = Watch {
                 cell: ran,
-                limit: 2,
+                limit: stop_at,
             };
             assert!(!a.run_until(&mut None, Some(watch)));
         });
-        assert_eq!(a.len(), 2);
+        assert_eq!(a.len(), n as usize - stop_at);
         a.append(&mut b);
         assert!(b.is_empty());
-        assert_eq!(a.len(), 6);
+        assert_eq!(a.len(), 2 * n as usize - stop_at);
+        let mut c = a.take_items();
+        assert!(a.is_empty());
         drop(a);
-        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 3, 10, 11, 12, 13]);
+        c.run_all(&mut None);
+        assert_eq!(*seen.lock().unwrap(), (0..2 * n).collect::<Vec<_>>());
     }
 
     #[test]
     fn runs_of_one_type_and_mixed_types_keep_fifo_order() {
         let seen = log();
         let mut b = Buffer::new();
-        for i in 0..12u32 {
+        for i in 0..MANY {
             let s = seen.clone();
             if i % 4 == 3 {
                 let pad = [i as u64; 5];
@@ -513,39 +966,101 @@ mod tests {
             }
         }
         b.run_all(&mut None);
-        assert_eq!(*seen.lock().unwrap(), (0..12).collect::<Vec<_>>());
+        assert_eq!(*seen.lock().unwrap(), (0..MANY).collect::<Vec<_>>());
     }
 
     #[test]
-    fn compaction_and_trim() {
+    fn append_to_an_empty_buffer_and_take_free_blocks() {
+        let mut a = Buffer::new();
+        a.push(|| ());
+        a.run_all(&mut None);
+        assert_eq!(a.capacity_bytes(), BLOCK_BYTES);
         let mut b = Buffer::new();
-        for _ in 0..MIN_SLOTS / 2 {
+        for _ in 0..MANY {
+            b.push(|| ());
+        }
+        let held = b.capacity_bytes();
+        a.append(&mut b);
+        assert_eq!(b.capacity_bytes(), 0, "the chain moved");
+        assert_eq!(a.capacity_bytes(), held + BLOCK_BYTES);
+        a.run_all(&mut None);
+        let mut c = Buffer::new();
+        c.take_free(&mut a);
+        // `a` keeps its (emptied) tail block in its chain.
+        assert_eq!(c.capacity_bytes() + a.capacity_bytes(), held + BLOCK_BYTES);
+        assert!(c.is_ready());
+    }
+
+    #[test]
+    fn trim_and_reserve() {
+        let mut b = Buffer::new();
+        assert!(!b.is_ready());
+        b.reserve_bytes(3 * BLOCK_BYTES);
+        assert_eq!(b.capacity_bytes(), 3 * BLOCK_BYTES);
+        assert!(b.is_ready());
+        for _ in 0..MANY {
             b.push(|| {});
         }
-        let cap = b.capacity_bytes();
-        RAN.with(|ran| {
-            ran.set(0);
-            let mut c = Buffer::new();
-            for _ in 0..MIN_SLOTS / 4 {
-                c.push(|| RAN.with(|r| r.set(r.get() + 1)));
-            }
-            c.append(&mut b);
-            let watch = Watch {
-                cell: ran,
-                limit: MIN_SLOTS / 4,
-            };
-            assert!(!c.run_until(&mut None, Some(watch)));
-            b = c;
-        });
-        for _ in 0..MIN_SLOTS / 4 {
-            b.push(|| {});
-        }
-        assert!(b.capacity_bytes() >= cap);
+        b.trim(0);
+        assert_eq!(b.len(), MANY as usize, "trim never drops items");
         b.run_all(&mut None);
+        b.trim(BLOCK_BYTES);
+        assert_eq!(b.capacity_bytes(), BLOCK_BYTES);
         b.trim(0);
         assert_eq!(b.capacity_bytes(), 0);
         b.push(|| {});
-        b.trim(0);
-        assert_eq!(b.len(), 1, "trim never drops items");
+        assert_eq!(b.len(), 1);
+    }
+
+    /// Pushes `f` and returns the type the buffer stores it as.
+    fn push_id<F: FnOnce() + Send + 'static>(b: &mut Buffer, f: F) -> TypeId {
+        b.push(f);
+        TypeId::of::<F>()
+    }
+
+    #[test]
+    fn estimated_cost_sums_over_the_items() {
+        let mut b = Buffer::new();
+        let mut ids = Vec::new();
+        for i in 0..MANY {
+            let v = vec![i as u8];
+            ids.push(if i % 3 == 0 {
+                push_id(&mut b, move || drop(v))
+            } else {
+                push_id(&mut b, || ())
+            });
+        }
+        let expected: u64 = ids.iter().map(|&id| cost_ns(id)).sum();
+        assert!(expected >= MANY as u64);
+        assert_eq!(b.estimated_cost_ns(), expected);
+        b.run_all(&mut None);
+        assert_eq!(b.estimated_cost_ns(), 0);
+    }
+
+    #[test]
+    fn timing_learns_a_slow_type() {
+        const SPIN_US: u64 = if cfg!(miri) { 1 } else { 50 };
+        struct Slow;
+        impl Drop for Slow {
+            fn drop(&mut self) {
+                let t = Instant::now();
+                while t.elapsed() < std::time::Duration::from_micros(SPIN_US) {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        let mut b = Buffer::new();
+        let mut slow = None;
+        for _ in 0..16 * SAMPLE_EVERY {
+            let v = Slow;
+            slow = Some(push_id(&mut b, move || drop(v)));
+            b.push(|| ()); // a different type: one run per item
+        }
+        b.run_all(&mut None);
+        let learned = cost_slot(slow.unwrap()).load(Relaxed);
+        // 256 runs of `Slow`, one in 16 timed on average: with a sample
+        // or more, every one at least SPIN_US, the estimate moved at least
+        // 1/8 of the way from wherever it started (a shared slot).
+        assert!(learned as u64 >= SPIN_US * 1000 / 8, "learned {learned} ns");
     }
 }

@@ -165,6 +165,8 @@ pub use offload::{
     DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS,
 };
 pub use policy::{default_policy, set_default_policy, Policy};
+#[doc(hidden)]
+pub use queue::queue_bytes;
 pub use queue::{
     flush, in_section, max_retained, pending, policy, prepare_thread, set_max_retained, set_policy,
     DEFAULT_MAX_RETAINED,

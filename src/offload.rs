@@ -88,8 +88,6 @@ pub fn offload_threshold_ns() -> u64 {
 
 /// Whether a batch whose items are estimated to take `estimated_ns` to free
 /// is worth handing to another thread.
-// Called by the drain once batches carry their cost estimate.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn worth_offloading(estimated_ns: u64) -> bool {
     estimated_ns >= offload_threshold_ns()
 }

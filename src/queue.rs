@@ -1,17 +1,25 @@
 //! The per-thread free queue and section depth.
 //!
 //! Each thread owns a [`Local`]: how deeply it is nested in sections, whether
-//! it is draining, the queue of deferred items and a spare buffer that the
-//! queue swaps with at drain time, so a drain never allocates and items
-//! deferred while a batch is being freed land in the other buffer. Drains are
-//! a loop, never a recursion: an item freed during a drain that defers more
-//! only appends to the queue, and the loop picks it up.
+//! it is draining, the queue of deferred items and the list of retired ones.
+//! A drain takes the queue's whole chain of blocks in O(1) as its batch;
+//! items deferred while the batch is being freed land in the queue, on its
+//! free blocks, and the batch's emptied blocks go back to the queue's free
+//! list, within the retention cap. Drains are a loop, never a recursion: an
+//! item freed during a drain that defers more only appends to the queue,
+//! and the loop picks it up. A drain after a spike frees the blocks past
+//! the cap; in steady state it neither allocates nor frees memory.
+//!
+//! The thread's buffers are reached through raw pointers, each borrow
+//! momentary, and none is held across a call into the global allocator,
+//! which may itself use freeq on this thread.
 
 use std::mem;
+use std::panic::{self, AssertUnwindSafe};
 
 use crate::item::{self, Buffer, Panic, Watch};
 use crate::policy::{default_policy, Policy};
-use crate::stats::LocalCounts;
+use crate::stats::{self, LocalCounts};
 use crate::sync::{freeq_thread_local, Cell, StaticAtomicUsize, UnsafeCell};
 use crate::{offload, retire as epoch};
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,8 +30,11 @@ pub const DEFAULT_MAX_RETAINED: usize = 64 * 1024;
 static MAX_RETAINED: StaticAtomicUsize = StaticAtomicUsize::new(DEFAULT_MAX_RETAINED);
 
 /// Sets how many bytes of queue memory each thread may keep between drains
-/// (default [`DEFAULT_MAX_RETAINED`], 64 KiB). A spike may grow a queue past
-/// this; the excess is released after the drain that follows it.
+/// (default [`DEFAULT_MAX_RETAINED`], 64 KiB): everything the thread's
+/// queue holds together, whole blocks of 4 KiB. A spike may grow a queue
+/// past this; the excess is released by the drain that follows it. A cap
+/// below one block keeps nothing, and every section then allocates its
+/// queue before its lock is taken (see [`prepare_thread`]).
 ///
 /// ```
 /// freeq::set_max_retained(16 * 1024);
@@ -48,10 +59,9 @@ pub(crate) struct Local {
     /// Open sections on this thread times two, plus one while a drain (or
     /// flush) runs: "queue, don't free" is then the single test `state != 0`.
     state: Cell<usize>,
-    /// Items waiting for the outermost section to close.
+    /// Items waiting for the outermost section to close, and the free
+    /// blocks the next items go to.
     queue: UnsafeCell<Buffer>,
-    /// An empty buffer with capacity, swapped in for the queue at drain time.
-    spare: UnsafeCell<Buffer>,
     /// Items for [`retire`](crate::retire), handed to the epoch as one batch.
     retired: UnsafeCell<Buffer>,
     /// This thread's policy (`Policy::to_u8`), or 0 for the process default.
@@ -65,11 +75,28 @@ freeq_thread_local! {
 }
 
 freeq_thread_local! {
-    /// While this thread's `Local` is being destroyed (thread exit), the
-    /// buffer its destructor drains into: items deferred by the frees it
-    /// runs land here rather than being freed recursively. Needs no
-    /// destructor, so it stays reachable throughout thread exit.
+    /// On a thread whose `Local` is gone or going (thread exit), the buffer
+    /// of the exit loop running further up the stack, if any: items
+    /// deferred by the frees it runs land there rather than being freed
+    /// recursively. Needs no destructor, so it stays reachable throughout
+    /// thread exit.
     static EXITING: Cell<*mut Buffer> = Cell::new(std::ptr::null_mut());
+}
+
+/// Clears the draining bit when a drain ends, however it ends.
+struct Draining<'a>(&'a Cell<usize>);
+
+impl<'a> Draining<'a> {
+    fn start(state: &'a Cell<usize>) -> Self {
+        state.set(state.get() | DRAINING);
+        Draining(state)
+    }
+}
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() & !DRAINING);
+    }
 }
 
 impl Local {
@@ -77,41 +104,22 @@ impl Local {
         Local {
             state: Cell::new(0),
             queue: UnsafeCell::new(Buffer::new()),
-            spare: UnsafeCell::new(Buffer::new()),
             retired: UnsafeCell::new(Buffer::new()),
             policy: Cell::new(0),
             counts: LocalCounts::new(),
         }
     }
 
-    /// # Safety
-    /// No other reference to the queue may exist while the returned one
-    /// lives, and no user code (which could reach this thread's queue) may
-    /// run during that time.
-    #[allow(clippy::mut_from_ref)]
+    /// The queue, for momentary borrows and [`Buffer::push_raw`].
     #[inline(always)]
-    unsafe fn queue(&self) -> &mut Buffer {
-        // SAFETY: (1) `Local` is thread-confined (a thread-local, never
-        // shared), and the caller upholds exclusivity as documented.
-        unsafe { &mut *self.queue.get() }
+    fn queue(&self) -> *mut Buffer {
+        self.queue.get()
     }
 
-    /// # Safety
-    /// As for [`Local::queue`], for the spare buffer.
-    #[allow(clippy::mut_from_ref)]
+    /// The retired list, likewise.
     #[inline(always)]
-    unsafe fn spare(&self) -> &mut Buffer {
-        // SAFETY: (2) as in `queue`.
-        unsafe { &mut *self.spare.get() }
-    }
-
-    /// # Safety
-    /// As for [`Local::queue`], for the retired buffer.
-    #[allow(clippy::mut_from_ref)]
-    #[inline(always)]
-    unsafe fn retired(&self) -> &mut Buffer {
-        // SAFETY: (2b) as in `queue`.
-        unsafe { &mut *self.retired.get() }
+    fn retired(&self) -> *mut Buffer {
+        self.retired.get()
     }
 
     fn policy(&self) -> Policy {
@@ -133,23 +141,30 @@ impl Local {
         self.state.get() & DRAINING != 0
     }
 
-    fn set_draining(&self, on: bool) {
-        let s = self.state.get();
-        self.state
-            .set(if on { s | DRAINING } else { s & !DRAINING });
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // SAFETY: (1) `Local` is thread-confined; a momentary read, with no
+        // other borrow of the queue live (none is ever held across code
+        // that could reach here).
+        unsafe { (*self.queue()).len() }
     }
 
     #[inline(always)]
-    fn len(&self) -> usize {
-        // SAFETY: (3) a momentary shared read; no user code runs.
-        unsafe { self.queue().len() }
+    fn retired_len(&self) -> usize {
+        // SAFETY: (2) as in (1).
+        unsafe { (*self.retired()).len() }
     }
 
     /// Whether a drain would find anything: deferred or retired items.
     #[inline(always)]
     fn has_work(&self) -> bool {
-        // SAFETY: (3b) as in (3).
-        self.len() > 0 || unsafe { !self.retired().is_empty() }
+        self.len() > 0 || self.retired_len() > 0
+    }
+
+    /// Bytes held by the thread's buffers.
+    fn held_bytes(&self) -> usize {
+        // SAFETY: (3) as in (1).
+        unsafe { (*self.queue()).capacity_bytes() + (*self.retired()).capacity_bytes() }
     }
 
     /// Frees queued items until the queue is empty, or, unless `flush`, until
@@ -159,7 +174,7 @@ impl Local {
     #[cold]
     #[inline(never)]
     fn drain(&self, flush: bool) {
-        self.set_draining(true);
+        let draining = Draining::start(&self.state);
         LocalCounts::add(&self.counts.drains, 1);
         let mut first: Option<Panic> = None;
         let stop = || !flush && self.depth() > 0;
@@ -169,27 +184,32 @@ impl Local {
             limit: SECTION,
         });
         while !stop() {
-            // SAFETY: (4) the borrows end before anything runs.
-            if unsafe { !self.retired().is_empty() } {
-                // SAFETY: (4b) as in (4).
-                let retired = unsafe { mem::take(self.retired()) };
+            if self.retired_len() > 0 {
+                // SAFETY: (4) a momentary borrow; taking items runs nothing.
+                let retired = unsafe { (*self.retired()).take_items() };
                 let r = retired.len();
                 LocalCounts::add(&self.counts.deferred, r);
                 LocalCounts::add(&self.counts.retired, r);
-                // May run epoch garbage, which lands in this queue.
-                epoch::defer_batch(retired);
+                // May run epoch garbage (which lands in this queue), or
+                // anyone's: a panic from it is kept like a free's.
+                let handed = panic::catch_unwind(AssertUnwindSafe(|| epoch::defer_batch(retired)));
+                if let Err(payload) = handed {
+                    item::keep_first(&mut first, payload);
+                }
             }
             if self.len() == 0 {
                 break;
             }
-            // SAFETY: (5) the two borrows are disjoint and end before any
-            // item runs; no user code runs in between.
-            let mut batch = unsafe { mem::replace(self.queue(), mem::take(self.spare())) };
+            // SAFETY: (5) a momentary borrow; O(1), runs nothing.
+            let mut batch = unsafe { (*self.queue()).take_items() };
             let n = batch.len();
             let c = &self.counts;
             LocalCounts::add(&c.deferred, n);
             c.max_pending.set(c.max_pending.get().max(n as u64));
-            if self.policy() == Policy::Offload {
+            // Offload only what costs more to free than to move.
+            if self.policy() == Policy::Offload
+                && offload::worth_offloading(batch.estimated_cost_ns())
+            {
                 let sent_bytes = batch.capacity_bytes();
                 match offload::hand_off(batch) {
                     Ok(recycled) => {
@@ -198,9 +218,10 @@ impl Local {
                             Some(buffer) => self.recycle(buffer),
                             // Allocate now, after the unlock, rather than in
                             // the next critical section's first push.
-                            // SAFETY: (12) no user code runs.
-                            None => unsafe { self.queue() }
-                                .reserve_bytes(sent_bytes.min(max_retained())),
+                            // SAFETY: (6) no borrow of the queue is live.
+                            None => unsafe {
+                                Buffer::reserve_raw(self.queue(), sent_bytes.min(max_retained()))
+                            },
                         }
                         continue;
                     }
@@ -217,32 +238,30 @@ impl Local {
                 // waits, oldest first, ahead of anything deferred since.
                 // They are counted again when they are drained.
                 LocalCounts::sub(&c.deferred, batch.len());
-                // SAFETY: (6) as in (5); `append` moves bytes, runs nothing.
+                // SAFETY: (7) a momentary borrow; both appends relink
+                // blocks in O(1) and run nothing.
                 unsafe {
-                    let queue = self.queue();
+                    let queue = &mut *self.queue();
                     batch.append(queue);
-                    mem::swap(queue, &mut batch);
+                    queue.append(&mut batch);
                 }
             }
             self.recycle(batch);
         }
-        self.set_draining(false);
+        drop(draining);
         self.counts.publish();
         item::resume(first);
     }
 
-    /// Keeps an emptied buffer as the spare, within the retention cap.
+    /// Gives an emptied buffer's blocks to the queue, within the retention
+    /// cap on everything the thread holds; frees the rest.
     fn recycle(&self, mut batch: Buffer) {
         debug_assert!(batch.is_empty());
-        batch.trim(max_retained());
-        // SAFETY: (7) no user code runs; the buffer dropped here is empty,
-        // so its drop only frees memory.
-        unsafe {
-            let spare = self.spare();
-            if spare.capacity_bytes() < batch.capacity_bytes() {
-                mem::swap(spare, &mut batch);
-            }
-        }
+        // Frees memory with no borrow of the thread's buffers live: the
+        // allocator may use freeq.
+        batch.trim(max_retained().saturating_sub(self.held_bytes()));
+        // SAFETY: (8) a momentary borrow; moving blocks runs nothing.
+        unsafe { (*self.queue()).take_free(&mut batch) };
     }
 }
 
@@ -253,41 +272,82 @@ impl Drop for Local {
     /// unwinding out of a thread-local destructor would abort the process.
     fn drop(&mut self) {
         self.state.set(0);
-        let mut first = None;
-        let mut late = Buffer::new();
-        let late_ptr: *mut Buffer = &mut late;
-        let _ = EXITING.try_with(|p| p.set(late_ptr));
-        let mut batch = mem::take(self.queue.get_mut());
-        loop {
-            let n = batch.len();
-            batch.run_all(&mut first);
-            LocalCounts::add(&self.counts.deferred, n);
-            LocalCounts::add(&self.counts.freed, n);
-            // SAFETY: (13) `late` is only reached through `late_ptr` (here,
-            // and from pushes on this thread while items run, none of which
-            // is running now); it outlives the loop.
-            batch = unsafe { mem::take(&mut *late_ptr) };
-            if batch.is_empty() {
-                break;
-            }
-        }
-        let _ = EXITING.try_with(|p| p.set(std::ptr::null_mut()));
         let retired = mem::take(self.retired.get_mut());
-        if !retired.is_empty() {
-            LocalCounts::add(&self.counts.deferred, retired.len());
-            LocalCounts::add(&self.counts.retired, retired.len());
-            let handed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                epoch::defer_batch(retired)
-            }));
-            if let Err(payload) = handed {
-                item::keep_first(&mut first, payload);
-            }
-        }
+        let queue = mem::take(self.queue.get_mut());
+        LocalCounts::add(&self.counts.deferred, queue.len() + retired.len());
+        LocalCounts::add(&self.counts.retired, retired.len());
         self.counts.publish_at_exit();
+        retire_late(retired);
+        run_late(queue);
+    }
+}
+
+/// Hands `batch` to the epoch on a thread whose state is gone or going.
+fn retire_late(batch: Buffer) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| epoch::defer_batch(batch))) {
+        item::drop_quietly(payload);
+    }
+}
+
+/// Frees `batch`'s items, and everything their frees defer, on a thread
+/// whose state is gone (thread exit): in a loop, so chains of frees that
+/// defer more run in constant stack. Inside a loop already running
+/// further up the stack, the items join it instead. Panics are reported by
+/// the panic hook and discarded: nothing may unwind out of thread exit.
+fn run_late(mut batch: Buffer) {
+    if batch.is_empty() {
+        return;
+    }
+    let running = EXITING
+        .try_with(|p| p.get())
+        .unwrap_or(std::ptr::null_mut());
+    if !running.is_null() {
+        // SAFETY: (9) `running` is the buffer of the loop below, further up
+        // this thread's stack; no borrow of it is live while its items run.
+        // Appending relinks blocks and runs nothing.
+        unsafe { (*running).append(&mut batch) };
+        return;
+    }
+    let mut late = Buffer::new();
+    late.append(&mut batch);
+    drop(batch);
+    let late_ptr: *mut Buffer = &raw mut late;
+    if EXITING.try_with(|p| p.set(late_ptr)).is_err() {
+        // Unreachable with `std`'s destructor-less thread-locals; freeing
+        // where we are is all that is left.
+        let mut first = None;
+        // SAFETY: (10) `late_ptr` points at `late`, unborrowed.
+        let n = unsafe { (*late_ptr).len() };
+        // SAFETY: (10b) as in (10).
+        unsafe { (*late_ptr).run_all(&mut first) };
+        stats::count_late(0, n, 0);
         if let Some(payload) = first {
             item::drop_quietly(payload);
         }
+        return;
     }
+    loop {
+        // SAFETY: (11) a momentary borrow of `late`, which lives in this
+        // frame; the frees below reach it only through `EXITING`.
+        let mut items = unsafe { (*late_ptr).take_items() };
+        if items.is_empty() {
+            break;
+        }
+        let n = items.len();
+        let mut first = None;
+        items.run_all(&mut first);
+        stats::count_late(0, n, 0);
+        if let Some(payload) = first {
+            item::drop_quietly(payload);
+        }
+        // SAFETY: (12) as in (11); moves blocks, runs nothing.
+        unsafe { (*late_ptr).take_free(&mut items) };
+    }
+    let _ = EXITING.try_with(|p| p.set(std::ptr::null_mut()));
+    drop(late);
 }
 
 /// Queues `f`. Outside a section (and outside a drain) the queue is
@@ -310,61 +370,66 @@ fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
     // closure: moving `f` into the closure and back out (for the case where
     // the state is gone) costs a store-forwarding stall per item.
     let Ok(local) = LOCAL.try_with(|l| l as *const Local) else {
-        return push_exiting(f);
+        return push_exiting(f, retire);
     };
-    // SAFETY: (8) a thread's `Local` lives until its thread-local destructor
+    // SAFETY: (13) a thread's `Local` lives until its thread-local destructor
     // runs, which cannot start while this thread is in this call; the
     // reference is used only here.
     let l = unsafe { &*local };
     // Counted (`deferred`, `retired`) when drained, not here.
-    if retire {
-        // SAFETY: (9) pushing runs no user code.
-        unsafe { l.retired() }.push(f);
-    } else {
-        // SAFETY: (9b) as in (9).
-        unsafe { l.queue() }.push(f);
-    }
+    let buf = if retire { l.retired() } else { l.queue() };
+    // SAFETY: (14) no borrow of the thread's buffers is live: they are only
+    // ever borrowed momentarily, never across user code or allocation.
+    unsafe { Buffer::push_raw(buf, f) };
     if !l.queues_now() {
         l.drain(false);
     }
 }
 
-/// [`push_to`] once this thread's state is gone (thread exit): into the
-/// buffer its destructor is draining, or, after that, freed in place.
+/// [`push_to`] once this thread's state is gone (thread exit). A retired
+/// value still goes to the epoch, never freed at once; anything else joins
+/// the exit loop (or starts one), so frees that defer more stay iterative.
 #[cold]
-fn push_exiting<F: FnOnce() + Send + 'static>(f: F) {
-    let late = EXITING
+fn push_exiting<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
+    stats::count_late(1, 0, usize::from(retire));
+    if retire {
+        let mut batch = Buffer::new();
+        batch.push(f);
+        return retire_late(batch);
+    }
+    let running = EXITING
         .try_with(|p| p.get())
         .unwrap_or(std::ptr::null_mut());
-    if late.is_null() {
-        f();
+    if running.is_null() {
+        let mut batch = Buffer::new();
+        batch.push(f);
+        run_late(batch);
     } else {
-        // SAFETY: (14) `late` points at the buffer `Local::drop` drains, on
-        // this thread, for as long as it is set; no other reference to it is
-        // live while an item runs.
-        unsafe { (*late).push(f) };
+        // SAFETY: (15) `running` is the buffer of the exit loop further up
+        // this thread's stack; only momentary borrows of it exist, none
+        // live now.
+        unsafe { Buffer::push_raw(running, f) };
     }
 }
 
 /// Frees `batch`'s items on this thread: appended to the queue, so inside a
 /// section they wait for the section to close, and drained at once
-/// otherwise. `batch` is left empty, its memory kept for reuse.
+/// otherwise. `batch` is left empty, its free blocks kept for reuse.
 pub(crate) fn free_here(batch: &mut Buffer) {
     let _ = LOCAL.try_with(|l| {
         // Deferred once already, where they came from: the drain that frees
         // them here counts them only as freed.
         LocalCounts::sub(&l.counts.deferred, batch.len());
-        // SAFETY: (10) `append` moves bytes and runs nothing.
-        unsafe { l.queue() }.append(batch);
+        // SAFETY: (16) a momentary borrow; `append` relinks blocks in O(1)
+        // and runs nothing.
+        unsafe { (*l.queue()).append(batch) };
         if !l.queues_now() {
             l.drain(false);
         }
     });
     if !batch.is_empty() {
-        // This thread's state is gone (thread exit): free in place.
-        let mut first = None;
-        batch.run_all(&mut first);
-        item::resume(first);
+        // This thread's state is gone (thread exit).
+        run_late(batch.take_items());
     }
 }
 
@@ -408,19 +473,19 @@ pub fn policy() -> Policy {
 #[inline]
 pub fn prepare_thread() {
     let _ = LOCAL.try_with(|l| {
-        // SAFETY: (15) a momentary borrow; reserving runs no user code
-        // (see the allocator note on `Buffer::push`).
-        let q = unsafe { l.queue() };
-        if q.capacity_bytes() == 0 {
-            prepare_cold(q);
+        // SAFETY: (17) a momentary read.
+        if unsafe { !(*l.queue()).is_ready() } {
+            prepare_cold(l);
         }
     });
 }
 
 #[cold]
 #[inline(never)]
-fn prepare_cold(q: &mut Buffer) {
-    q.reserve_bytes(1024);
+fn prepare_cold(l: &Local) {
+    // SAFETY: (18) no borrow of the queue is live; `ready_raw` holds none
+    // across its allocation.
+    unsafe { Buffer::ready_raw(l.queue()) };
 }
 
 /// Opens a section on this thread.
@@ -482,10 +547,7 @@ pub fn flush() {
 /// assert_eq!(freeq::pending(), 0);
 /// ```
 pub fn pending() -> usize {
-    // SAFETY: (11) a momentary read; no user code runs.
-    LOCAL
-        .try_with(|l| l.len() + unsafe { l.retired() }.len())
-        .unwrap_or(0)
+    LOCAL.try_with(|l| l.len() + l.retired_len()).unwrap_or(0)
 }
 
 /// Whether this thread is inside at least one section (a freeq lock guard
@@ -500,6 +562,14 @@ pub fn pending() -> usize {
 /// ```
 pub fn in_section() -> bool {
     LOCAL.try_with(|l| l.depth() > 0).unwrap_or(false)
+}
+
+/// Bytes of queue memory the calling thread holds: its queue's blocks and
+/// its retired list's, in use or free. After a drain it is at most
+/// [`max_retained`]. For tests and diagnostics.
+#[doc(hidden)]
+pub fn queue_bytes() -> usize {
+    LOCAL.try_with(|l| l.held_bytes()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -591,11 +661,8 @@ mod tests {
             push(move || assert!(i < 10_000));
         }
         leave();
-        let kept = LOCAL.with(|l| {
-            // SAFETY: test-only momentary reads; no user code runs.
-            unsafe { l.queue().capacity_bytes() + l.spare().capacity_bytes() }
-        });
-        assert!(kept <= 2 * 1024, "kept {kept} bytes");
+        let kept = queue_bytes();
+        assert!(kept <= 1024, "kept {kept} bytes");
         set_max_retained(old);
     }
 }

@@ -1,6 +1,8 @@
 //! Epoch retirement: frees that must also wait for lock-free readers.
 
-use crate::item::Buffer;
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::item::{self, Buffer};
 use crate::queue;
 
 /// Frees `value` after this thread leaves its outermost section **and**
@@ -15,7 +17,17 @@ use crate::queue;
 /// crossbeam-epoch collects garbage as threads pin; a program that wants
 /// retired values gone at a given point can call
 /// `freeq::epoch::pin().flush()` a few times once its readers have left.
-/// Outside a section the value goes to the epoch at once.
+/// Outside a section the value goes to the epoch at once; so does a value
+/// retired during thread exit, after the thread's freeq state is gone (from
+/// a free run by the exit path, or a late thread-local destructor): a
+/// retired value is never freed before its readers have unpinned.
+///
+/// A retired value whose destructor panics does not unwind out of the
+/// `epoch::pin()` or `flush()` that happened to collect it: freed there
+/// (outside any section), the panic is reported by the panic hook and
+/// discarded, as on a reclaimer. Collected inside a section, the values
+/// join that thread's queue, and a panic surfaces from its drain like any
+/// free's.
 ///
 /// ```
 /// use freeq::epoch::{self, Atomic, Owned};
@@ -54,8 +66,14 @@ pub fn retire<T: Send + 'static>(value: T) {
 pub(crate) fn defer_batch(batch: Buffer) {
     let guard = crossbeam_epoch::pin();
     guard.defer(move || {
-        let mut batch = batch;
-        queue::free_here(&mut batch);
+        // Runs inside whatever pin or flush collected it: contained.
+        let freed = panic::catch_unwind(AssertUnwindSafe(move || {
+            let mut batch = batch;
+            queue::free_here(&mut batch);
+        }));
+        if let Err(payload) = freed {
+            item::drop_quietly(payload);
+        }
     });
     guard.flush();
 }

@@ -118,6 +118,20 @@ impl Stats {
 
 /// The slots of live threads. Settings-like process state: `std` in loom
 /// builds too, held only for a few loads and stores.
+///
+/// Why a home-made registry rather than the `thread_local` crate's
+/// `ThreadLocal`: an earlier note here blamed a Tree Borrows failure in that
+/// crate, but recorded no failing program, and an outside audit could not
+/// reproduce one; that reason is withdrawn. The registry stays for what it
+/// does that `ThreadLocal` does not: counting happens in plain cells in the
+/// thread's own freeq state (no per-item lookup of any kind), this vector
+/// is touched only at a thread's first publish and at its exit, and at exit
+/// the slot's counts move to `EXITED` under the same lock that removes the
+/// slot, so a concurrent [`stats`] sees them exactly once. `ThreadLocal`
+/// (by its documentation) keeps an exited thread's value for the next
+/// thread that reuses its id,
+/// which would serve the sum as well; it would add a dependency for a
+/// `Mutex<Vec<_>>`'s worth of work.
 static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
 /// Counts of threads that have exited.
@@ -125,6 +139,20 @@ static EXITED: Slot = Slot::new();
 
 fn slots() -> std::sync::MutexGuard<'static, Vec<Arc<Slot>>> {
     SLOTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts work done on a thread whose freeq state is already gone (thread
+/// exit: frees run by the exit path, `defer` and `retire` from late
+/// thread-local destructors). It goes straight to the exited-threads total.
+pub(crate) fn count_late(deferred: usize, freed: usize, retired: usize) {
+    let add = |to: &AtomicU64, n: usize| {
+        if n != 0 {
+            to.fetch_add(n as u64, Relaxed);
+        }
+    };
+    add(&EXITED.deferred, deferred);
+    add(&EXITED.freed, freed);
+    add(&EXITED.retired, retired);
 }
 
 /// Reads the counters of every thread and sums them.

@@ -76,6 +76,8 @@ fn a_forked_child_defers_drains_and_quiesces() {
 /// In the re-run binary: offload (reclaimers start), fork, and check the
 /// child's exit status with a timeout.
 fn forking_process() {
+    // Every batch, however cheap, is worth offloading here.
+    freeq::set_offload_threshold_ns(0);
     freeq::set_policy(Policy::Offload);
     let freed = offload_some(100);
     freeq::quiesce();

@@ -187,6 +187,8 @@ struct RestorePolicy(Policy);
 impl RestorePolicy {
     fn set(policy: Policy) -> RestorePolicy {
         let old = freeq::policy();
+        // Every batch, however cheap, is worth offloading here.
+        freeq::set_offload_threshold_ns(0);
         freeq::set_policy(policy);
         RestorePolicy(old)
     }
@@ -365,6 +367,8 @@ fn quiesce_waits_for_everything_handed_off_before_it() {
         .map(|p| {
             let total = total.clone();
             thread::spawn(move || {
+                // Every batch, however cheap, is worth offloading here.
+                freeq::set_offload_threshold_ns(0);
                 freeq::set_policy(Policy::Offload);
                 let mine = Arc::new(AtomicUsize::new(0));
                 let m = freeq::Mutex::new(());
@@ -431,6 +435,8 @@ fn backpressure_frees_inline_past_the_bound() {
                 eprintln!("backpressure test skipped: cannot pin a thread to a core");
                 return;
             }
+            // Every batch, however cheap, is worth offloading here.
+            freeq::set_offload_threshold_ns(0);
             freeq::set_policy(Policy::Offload);
             let me = thread_name();
 
@@ -790,6 +796,8 @@ fn default_policy_applies_to_threads_without_their_own() {
     assert_eq!(freeq::default_policy(), Policy::Inline);
     assert_eq!(thread::spawn(freeq::policy).join().unwrap(), Policy::Inline);
 
+    // Every batch, however cheap, is worth offloading here.
+    freeq::set_offload_threshold_ns(0);
     freeq::set_default_policy(Policy::Offload);
     assert_eq!(freeq::default_policy(), Policy::Offload);
 

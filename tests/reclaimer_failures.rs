@@ -58,6 +58,8 @@ struct RestorePolicy(Policy);
 impl RestorePolicy {
     fn set(policy: Policy) -> RestorePolicy {
         let old = freeq::policy();
+        // Every batch, however cheap, is worth offloading here.
+        freeq::set_offload_threshold_ns(0);
         freeq::set_policy(policy);
         RestorePolicy(old)
     }
@@ -189,6 +191,8 @@ fn a_reclaimer_frees_inline_whatever_a_free_sets() {
         let (freed, threads, seen) = (freed.clone(), threads.clone(), seen.clone());
         let _s = freeq::section();
         freeq::defer_fn(move || {
+            // Every batch, however cheap, is worth offloading here.
+            freeq::set_offload_threshold_ns(0);
             freeq::set_policy(Policy::Offload);
             seen.lock().unwrap().push(thread_name());
             // Outside a section: freed at once, and, on a reclaimer (or a
@@ -222,6 +226,8 @@ fn quiesce_from_frees_on_reclaimers_does_not_deadlock() {
         .map(|_| {
             let freed = freed.clone();
             thread::spawn(move || {
+                // Every batch, however cheap, is worth offloading here.
+                freeq::set_offload_threshold_ns(0);
                 freeq::set_policy(Policy::Offload);
                 for _ in 0..50 {
                     let _s = freeq::section();
@@ -248,6 +254,8 @@ fn quiesce_inside_a_section_frees_what_it_takes_at_once() {
     {
         let freed = freed.clone();
         thread::spawn(move || {
+            // Every batch, however cheap, is worth offloading here.
+            freeq::set_offload_threshold_ns(0);
             freeq::set_policy(Policy::Offload);
             let _s = freeq::section();
             freeq::defer(Count(freed, Arc::default()));
@@ -283,6 +291,8 @@ fn child_pinned_first() {
     let cpus = core_affinity::get_core_ids().unwrap();
     let seen = thread::spawn(move || {
         assert!(core_affinity::set_for_current(cpus[0]));
+        // Every batch, however cheap, is worth offloading here.
+        freeq::set_offload_threshold_ns(0);
         freeq::set_policy(Policy::Offload);
         let (tx, rx) = mpsc::channel();
         {
@@ -344,6 +354,8 @@ impl Drop for Slow {
 }
 
 fn child_exit() {
+    // Every batch, however cheap, is worth offloading here.
+    freeq::set_offload_threshold_ns(0);
     freeq::set_policy(Policy::Offload);
     // Keep every reclaimer busy, so that what follows is still queued
     // when the process exits.

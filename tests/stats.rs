@@ -165,6 +165,8 @@ fn offloaded_items_are_counted_by_producer_and_reclaimer() {
         .map(|_| {
             let freed = freed.clone();
             thread::spawn(move || {
+                // Every batch, however cheap, is worth offloading here.
+                freeq::set_offload_threshold_ns(0);
                 freeq::set_policy(Policy::Offload);
                 for _ in 0..SECTIONS {
                     let _s = freeq::section();
@@ -284,4 +286,49 @@ fn counters_never_go_down() {
         assert_monotonic(last, now);
         last = now;
     }
+}
+
+/// Each one, dropped, defers a `Counted` and retires another.
+struct DeferOnDrop(Arc<AtomicUsize>);
+
+impl Drop for DeferOnDrop {
+    fn drop(&mut self) {
+        freeq::defer(Counted(self.0.clone()));
+        freeq::retire(Counted(self.0.clone()));
+    }
+}
+
+std::thread_local! {
+    /// Dropped after freeq's state on the threads below.
+    static LATE: std::cell::Cell<Option<DeferOnDrop>> = const { std::cell::Cell::new(None) };
+}
+
+/// Items deferred, retired and freed after a thread's freeq state is gone
+/// (a late thread-local destructor, frees run by the exit path) count.
+#[test]
+#[cfg_attr(miri, ignore = "crossbeam-epoch: run in the Tree Borrows pass")]
+fn the_exit_fallbacks_are_counted() {
+    const THREADS: usize = 4;
+    let _serial = serial();
+    let freed = Arc::new(AtomicUsize::new(0));
+    let before = freeq::stats();
+    for _ in 0..THREADS {
+        let freed = freed.clone();
+        thread::spawn(move || {
+            // Registered before freeq's state, so destroyed after it.
+            LATE.with(|l| l.set(Some(DeferOnDrop(freed.clone()))));
+            mem::forget(freeq::section());
+            freeq::defer(DeferOnDrop(freed)); // freed by the exit path
+        })
+        .join()
+        .unwrap();
+    }
+    // Per thread: two `DeferOnDrop` (one from the queue, one late), each
+    // deferring and retiring one `Counted`.
+    let d = delta(before, freeq::stats());
+    let per = 1 + 2 * 2;
+    assert!(d.deferred >= (THREADS * per) as u64, "{d:?}");
+    assert!(d.retired >= (THREADS * 2) as u64, "{d:?}");
+    assert!(d.freed >= (THREADS * 3) as u64, "{d:?}");
+    flush_epoch_until("retired values freed", || freed.load(SeqCst) == THREADS * 4);
 }
