@@ -23,7 +23,8 @@
 //! - **Deferring.** [`defer`] queues a value (O(1), no allocation once
 //!   warm), [`defer_with`] frees it with your function (return it to a
 //!   pool), [`defer_fn`] runs an action (a wake-up). Outside a section they
-//!   act at once. [`Deferred<T>`] defers its own drop: store it in a map
+//!   are freed at once by the thread's policy (dropped there under
+//!   `Inline`, possibly handed off under `Offload`). [`Deferred<T>`] defers its own drop: store it in a map
 //!   and every value displaced under a lock waits for the unlock.
 //! - **Locks.** [`Mutex`] and [`RwLock`] are `std`'s with the same API;
 //!   [`parking_lot`] has parking_lot's locks; [`RawDeferred`] makes any
