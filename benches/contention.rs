@@ -18,9 +18,9 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{critical_section, refill, thread_counts, Cache, Rng, Strategy, RECORDS, STRINGS};
+use common::{Cache, RECORDS, Rng, STRINGS, Strategy, critical_section, refill, thread_counts};
 use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 
 /// Critical sections per thread per iteration.

@@ -18,7 +18,7 @@ mod common;
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// 24 bytes with a destructor the optimiser cannot remove.
 struct Cheap24([u64; 3]);

@@ -265,7 +265,9 @@ fn heavy() {
         "heavy drops: {OPS} ops, one in {HEAVY_EVERY} also replaces a value taking {HEAVY_DROP:?} to drop; \
          {THINK:?} of work outside the lock per op; one producer"
     );
-    println!("per-op latency (lock -> guard dropped, drain included), µs; heavy value freed at (end of drop - hand-off) / its drop time");
+    println!(
+        "per-op latency (lock -> guard dropped, drain included), µs; heavy value freed at (end of drop - hand-off) / its drop time"
+    );
     println!(
         "{:<26} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8}",
         "strategy",
@@ -315,7 +317,9 @@ fn heavy() {
 
 fn threshold() {
     const TOTAL: usize = 1 << 18;
-    println!("threshold: batches of N 24-byte heap strings; {TOTAL} strings per row, full reclamation (quiesce) included");
+    println!(
+        "threshold: batches of N 24-byte heap strings; {TOTAL} strings per row, full reclamation (quiesce) included"
+    );
     println!(
         "{:>6} {:>16} {:>16} {:>16} {:>14}",
         "N", "inline drain ns", "inline ns/item", "offload ns/item", "offload/inline"

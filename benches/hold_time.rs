@@ -13,8 +13,8 @@ use std::hint::black_box;
 use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
 
-use common::{critical_section, refill, Cache, Rng, Strategy, RECORDS, STRINGS};
-use criterion::{criterion_group, criterion_main, Criterion};
+use common::{Cache, RECORDS, Rng, STRINGS, Strategy, critical_section, refill};
+use criterion::{Criterion, criterion_group, criterion_main};
 
 fn hold_time(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("hold_time/cache_{RECORDS}x{STRINGS}"));

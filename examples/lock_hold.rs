@@ -50,8 +50,8 @@
 
 use std::fmt::Write as _;
 use std::mem;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -816,16 +816,16 @@ fn verdict(threads: usize, cfg: &Config, outcomes: &[Outcome]) {
             }
         ));
     }
-    if cfg.fresh {
-        if let (Some(f), Some(h)) = (freeq, find(Strategy::HandWritten)) {
-            lines.push(format!(
-                "fresh threads: the longest first critical section was {} under {} and {} by \
+    if cfg.fresh
+        && let (Some(f), Some(h)) = (freeq, find(Strategy::HandWritten))
+    {
+        lines.push(format!(
+            "fresh threads: the longest first critical section was {} under {} and {} by \
                  hand.",
-                fmt_ns(f.first.max() as f64),
-                f.strategy.name(),
-                fmt_ns(h.first.max() as f64),
-            ));
-        }
+            fmt_ns(f.first.max() as f64),
+            f.strategy.name(),
+            fmt_ns(h.first.max() as f64),
+        ));
     }
     let load = load_average().parse::<f64>().unwrap_or(0.0);
     if load > cores as f64 {
@@ -964,8 +964,7 @@ Prints one table per thread count, a legend and a verdict. Takes about
         args::Opt {
             name: "only",
             value: "KEY,..",
-            help:
-                "strategies: drop, hand, freeq, freeq-pl, offload, epoch, defer-drop (default all)",
+            help: "strategies: drop, hand, freeq, freeq-pl, offload, epoch, defer-drop (default all)",
         },
         args::Opt {
             name: "fresh-threads",

@@ -29,8 +29,8 @@
 //! Each variant runs for `--seconds` in all, split into `--rounds` that
 //! alternate between the two, so that a busy machine disturbs both alike.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;

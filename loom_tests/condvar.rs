@@ -12,9 +12,9 @@
 //! `cargo test` lists this target with `running 0 tests`; that is expected.
 #![cfg(loom)]
 
-use std::sync::atomic::AtomicUsize as StdAtomicUsize;
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::AtomicUsize as StdAtomicUsize;
 use std::time::{Duration, Instant};
 
 use loom::sync::atomic::AtomicBool;

@@ -11,11 +11,11 @@
 
 mod common;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use common::{
-    assert_not_held_here, defer_mutex, panic_msg, quiet_panic, Arc, DeferMutex, Log, Owned, Owner,
-    Probe,
+    Arc, DeferMutex, Log, Owned, Owner, Probe, assert_not_held_here, defer_mutex, panic_msg,
+    quiet_panic,
 };
 use loom::thread;
 

@@ -38,8 +38,8 @@ use std::sync::atomic::AtomicBool as StdAtomicBool;
 use std::sync::atomic::Ordering::SeqCst as StdSeqCst;
 
 use freeq::{__Reclaimer as Reclaimer, FreeQueue};
-use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::thread;
 
 /// Counts its drops.

@@ -25,7 +25,7 @@ use lock_api::{RawCondvar, RawCondvarTimed, RawMutex, RawMutexTimed};
 use crate::item::Panic;
 use crate::raw::{DeferredGuard, RawDeferred};
 use crate::std_lock::MutexGuard as FreeqMutexGuard;
-use crate::sync::{park_timeout, thread, Arc, AtomicBool, Mutex, MutexGuard, Ordering::*};
+use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering::*, park_timeout, thread};
 
 struct Waiter {
     notified: AtomicBool,

@@ -28,7 +28,7 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use crate::sync::{scaled, thread, Cell, StaticAtomicUsize};
+use crate::sync::{Cell, StaticAtomicUsize, scaled, thread};
 
 /// Size and alignment of one slot.
 pub(crate) const SLOT: usize = 16;
@@ -90,21 +90,13 @@ static JUMP: Meta = Meta {
 /// Byte offset of an `F` payload from its header: packed into the header's
 /// slot when its alignment allows, else in the next slot.
 const fn payload_offset<F>() -> usize {
-    if mem::align_of::<F>() <= 8 {
-        8
-    } else {
-        SLOT
-    }
+    if mem::align_of::<F>() <= 8 { 8 } else { SLOT }
 }
 
 /// Slots an `F` item takes, header included.
 const fn item_slots<F>() -> usize {
     let slots = (payload_offset::<F>() + mem::size_of::<F>()).div_ceil(SLOT);
-    if slots == 0 {
-        1
-    } else {
-        slots
-    }
+    if slots == 0 { 1 } else { slots }
 }
 
 /// Stops a drain between two items: once `cell` holds at least `limit`
@@ -834,9 +826,10 @@ mod tests {
         }
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3 * MANY as usize);
-        assert!(seen
-            .chunks(MANY as usize)
-            .all(|c| c.iter().copied().eq(0..MANY)));
+        assert!(
+            seen.chunks(MANY as usize)
+                .all(|c| c.iter().copied().eq(0..MANY))
+        );
     }
 
     #[test]

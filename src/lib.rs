@@ -159,22 +159,22 @@ pub use condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use defer::{defer, defer_fn, defer_with};
 pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
-pub use guard::{section, LockGuard, Section};
+pub use guard::{LockGuard, Section, section};
 pub use offload::{
-    clear_offload_executor, defer_heavy, offload_bound, offload_threshold_ns, quiesce,
-    set_offload_bound, set_offload_executor, set_offload_threshold_ns, Batch,
-    DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS,
+    Batch, DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, clear_offload_executor,
+    defer_heavy, offload_bound, offload_threshold_ns, quiesce, set_offload_bound,
+    set_offload_executor, set_offload_threshold_ns,
 };
-pub use policy::{default_policy, set_default_policy, Policy};
+pub use policy::{Policy, default_policy, set_default_policy};
 #[doc(hidden)]
 pub use queue::queue_bytes;
 pub use queue::{
-    flush, in_section, max_retained, pending, policy, prepare_thread, set_max_retained, set_policy,
-    DEFAULT_MAX_RETAINED,
+    DEFAULT_MAX_RETAINED, flush, in_section, max_retained, pending, policy, prepare_thread,
+    set_max_retained, set_policy,
 };
 pub use raw::{DeferredGuard, RawDeferred};
 pub use retire::retire;
-pub use stats::{stats, Stats};
+pub use stats::{Stats, stats};
 pub use std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, StdMutexGuard};
 
 /// Re-export of the `lock_api` crate freeq builds on.
@@ -185,9 +185,9 @@ pub use lock_api;
 pub use crossbeam_epoch as epoch;
 
 #[doc(hidden)]
-pub use offload::reclaimer_count as __reclaimer_count;
-#[doc(hidden)]
 pub use offload::Reclaimer as __Reclaimer;
+#[doc(hidden)]
+pub use offload::reclaimer_count as __reclaimer_count;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -23,11 +23,11 @@ use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
 use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::sync::{OnceLock, RwLock as StdRwLock};
 
+use crate::FreeQueue;
 use crate::item::Buffer;
 use crate::queue;
-use crate::sync::{fence, thread, AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*};
-use crate::sync::{freeq_thread_local, Cell, StaticAtomicUsize};
-use crate::FreeQueue;
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*, fence, thread};
+use crate::sync::{Cell, StaticAtomicUsize, freeq_thread_local};
 
 /// Default bound on items handed to one CPU's inbox and not yet freed.
 pub const DEFAULT_OFFLOAD_BOUND: usize = crate::sync::scaled(1 << 16, 64);

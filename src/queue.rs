@@ -18,9 +18,9 @@ use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::item::{self, Buffer, Panic, Watch};
-use crate::policy::{default_policy, Policy};
+use crate::policy::{Policy, default_policy};
 use crate::stats::{self, LocalCounts};
-use crate::sync::{freeq_thread_local, Cell, StaticAtomicUsize, UnsafeCell};
+use crate::sync::{Cell, StaticAtomicUsize, UnsafeCell, freeq_thread_local};
 use crate::{offload, retire as epoch};
 use std::sync::atomic::Ordering::Relaxed;
 

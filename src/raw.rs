@@ -482,7 +482,7 @@ unsafe impl<R: GetThreadId> GetThreadId for RawDeferred<R> {
 mod v04 {
     use lock_api04 as la;
 
-    use super::{enter, prepare_thread, Leave, RawDeferred};
+    use super::{Leave, RawDeferred, enter, prepare_thread};
 
     /// Readies the thread, takes the inner lock, opens the section.
     #[inline]

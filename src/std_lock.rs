@@ -6,9 +6,9 @@
 use std::fmt;
 use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
 
-use crate::sync::std_locks as stdsync;
 #[cfg(loom)]
 use crate::sync::NoPoison as _;
+use crate::sync::std_locks as stdsync;
 
 use crate::guard::LockGuard;
 use crate::queue::prepare_thread;

@@ -9,7 +9,7 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -18,7 +18,7 @@ pub(crate) use std::thread;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+    AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence,
 };
 #[cfg(loom)]
 pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -126,9 +126,5 @@ pub(crate) fn park_timeout(timeout: std::time::Duration) {
 
 /// Shrinks a constant under loom and Miri, where every step costs.
 pub(crate) const fn scaled(normal: usize, small: usize) -> usize {
-    if cfg!(any(loom, miri)) {
-        small
-    } else {
-        normal
-    }
+    if cfg!(any(loom, miri)) { small } else { normal }
 }

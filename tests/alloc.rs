@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::mem::{align_of, size_of};
 use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
 
-use freeq::{defer, defer_fn, defer_with, pending, section, FreeQueue};
+use freeq::{FreeQueue, defer, defer_fn, defer_with, pending, section};
 
 struct Counting;
 

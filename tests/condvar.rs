@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Mutex as StdMutex, TryLockError};
+use std::sync::{Arc, Mutex as StdMutex, TryLockError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Once};
 
-use freeq::{in_section, pending, section, Deferred};
+use freeq::{Deferred, in_section, pending, section};
 
 /// Counts its drops and records whether any ran inside a section.
 #[derive(Debug)]

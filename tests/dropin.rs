@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Once};
 use std::thread;
 
-use freeq::{defer, in_section, pending, RawDeferred};
+use freeq::{RawDeferred, defer, in_section, pending};
 use lock_api::RawRwLock as _;
 
 // ---------------------------------------------------------------------------
@@ -542,13 +542,14 @@ fn a_leaked_guard_keeps_its_thread_in_a_section_until_exit() {
 fn poison<G>(lock: impl FnOnce() -> G + Send) {
     quiet_injected();
     thread::scope(|s| {
-        assert!(s
-            .spawn(|| {
+        assert!(
+            s.spawn(|| {
                 let _held = lock();
                 panic::panic_any(Injected)
             })
             .join()
-            .is_err());
+            .is_err()
+        );
     });
 }
 

@@ -13,8 +13,8 @@
 //! one test instead of the whole run, and a hang ends at a timeout.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 use freeq::epoch;
 

@@ -8,8 +8,8 @@
 #![cfg(all(target_os = "linux", not(miri)))]
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 

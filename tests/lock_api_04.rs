@@ -5,11 +5,11 @@
 //! any section; nested sections drain only at the outermost release; a
 //! failed `try_lock` opens none; transitions keep the section open.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::thread;
 
-use freeq::{defer, in_section, pending, RawDeferred};
+use freeq::{RawDeferred, defer, in_section, pending};
 
 type SpinMutex<T> = lock_api04::Mutex<RawDeferred<spin::mutex::SpinMutex<()>>, T>;
 type SpinRwLock<T> = lock_api04::RwLock<RawDeferred<spin::rwlock::RwLock<()>>, T>;

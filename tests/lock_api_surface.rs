@@ -10,7 +10,7 @@
 //! [`Probe`] that records whether, and how, it was freed.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -88,10 +88,10 @@ impl Drop for Probe {
         if in_section() {
             self.rec.in_section.store(true, SeqCst);
         }
-        if let Some(check) = self.check.take() {
-            if !check() {
-                self.rec.check_failed.store(true, SeqCst);
-            }
+        if let Some(check) = self.check.take()
+            && !check()
+        {
+            self.rec.check_failed.store(true, SeqCst);
         }
         self.rec.freed.fetch_add(1, SeqCst);
     }
@@ -131,8 +131,8 @@ const SHORT: Duration = Duration::from_millis(15);
 /// `RawDeferred<R>` implements every lock_api raw trait `R` implements.
 #[test]
 fn raw_deferred_implements_the_raw_traits() {
-    use freeq::lock_api::*;
     use freeq::RawDeferred;
+    use freeq::lock_api::*;
 
     fn mutex<R: RawMutex + RawMutexFair + RawMutexTimed>() {}
     fn rwlock<

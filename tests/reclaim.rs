@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex as StdMutex, MutexGuard as StdMutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use freeq::{epoch, Policy};
+use freeq::{Policy, epoch};
 
 // ---------------------------------------------------------------------------
 // Helpers
