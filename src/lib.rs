@@ -161,9 +161,10 @@ pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
 pub use guard::{LockGuard, Section, section};
 pub use offload::{
-    Batch, DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, clear_offload_executor,
-    defer_heavy, offload_bound, offload_threshold_ns, quiesce, set_offload_bound,
-    set_offload_executor, set_offload_threshold_ns,
+    Batch, DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, ReclaimerPriority,
+    clear_offload_executor, defer_heavy, offload_bound, offload_threshold_ns, quiesce,
+    reclaimer_priority, set_offload_bound, set_offload_executor, set_offload_threshold_ns,
+    set_reclaimer_priority,
 };
 pub use policy::{Policy, default_policy, set_default_policy};
 #[doc(hidden)]

@@ -517,6 +517,7 @@ impl Reclaimer {
         let runner = &self.runners[index % self.runners.len()];
         *runner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
         loop {
+            follow_priority();
             if self.run_once_as(index) {
                 continue;
             }
@@ -813,7 +814,7 @@ impl Pool {
             .name(format!("freeq-reclaim-{index}"))
             .spawn(move || {
                 let pool = pool();
-                lower_priority();
+                become_reclaimer();
                 #[cfg(all(target_os = "linux", not(miri)))]
                 if let Some(set) = &pool.cpus {
                     // SAFETY: (9) `set` is a valid CPU set of the size
@@ -874,19 +875,86 @@ impl Pool {
     }
 }
 
-/// Makes the calling reclaimer thread yield its CPU to any ordinary thread:
-/// it must never take a busy producer's CPU, only one that has time. A
-/// reclaimer that gets no CPU time falls behind, and the backlog bound
-/// turns producers back to inline frees, so nothing grows without bound.
-fn lower_priority() {
-    #[cfg(all(target_os = "linux", not(miri)))]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: (10) `param` is a valid `sched_param` for SCHED_IDLE
-        // (which takes priority 0); pid 0 means the calling thread. Failure
-        // is harmless: the reclaimer then runs at normal priority.
-        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+/// How freeq's own reclaimer threads are scheduled; see
+/// [`set_reclaimer_priority`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReclaimerPriority {
+    /// The default: idle priority (`SCHED_IDLE` on Linux). A reclaimer
+    /// runs only on a CPU that has nothing else to do, so it never takes a
+    /// busy producer's CPU. On a machine whose every CPU is busy it gets
+    /// almost no time: the backlog bound then turns producers back to
+    /// inline frees, and `quiesce()` frees what is still waiting itself.
+    Idle,
+    /// The scheduler's ordinary class: reclaimers share busy CPUs fairly
+    /// with other threads. For saturated machines where handed-off memory
+    /// must still come back promptly, and for tests that wait on
+    /// reclaimers while the machine is busy.
+    Normal,
+}
+
+static PRIORITY: StaticAtomicUsize = StaticAtomicUsize::new(0);
+
+/// Sets how freeq's reclaimer threads are scheduled, process-wide
+/// (default [`ReclaimerPriority::Idle`]). Running reclaimers switch before
+/// their next batch; threads started later start with it. Reclaimers of a
+/// [`set_offload_executor`] executor are the executor's business.
+///
+/// ```
+/// use freeq::ReclaimerPriority;
+/// freeq::set_reclaimer_priority(ReclaimerPriority::Normal);
+/// assert_eq!(freeq::reclaimer_priority(), ReclaimerPriority::Normal);
+/// freeq::set_reclaimer_priority(ReclaimerPriority::Idle);
+/// ```
+pub fn set_reclaimer_priority(priority: ReclaimerPriority) {
+    PRIORITY.store(priority as usize, StaticRelaxed);
+}
+
+/// The priority set by [`set_reclaimer_priority`].
+pub fn reclaimer_priority() -> ReclaimerPriority {
+    match PRIORITY.load(StaticRelaxed) {
+        0 => ReclaimerPriority::Idle,
+        _ => ReclaimerPriority::Normal,
     }
+}
+
+#[cfg(all(target_os = "linux", not(any(miri, loom))))]
+std::thread_local! {
+    /// On freeq's own reclaimer threads, the priority last applied
+    /// (`usize::MAX` before the first); `None` on every other thread,
+    /// including those that drive a [`Reclaimer`] by hand.
+    static APPLIED: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as one of freeq's reclaimers and applies the
+/// current [`ReclaimerPriority`].
+fn become_reclaimer() {
+    #[cfg(all(target_os = "linux", not(any(miri, loom))))]
+    APPLIED.with(|a| a.set(Some(usize::MAX)));
+    follow_priority();
+}
+
+/// On freeq's own reclaimer threads, switches to the priority set by
+/// [`set_reclaimer_priority`] if it changed; elsewhere does nothing.
+fn follow_priority() {
+    #[cfg(all(target_os = "linux", not(any(miri, loom))))]
+    APPLIED.with(|a| {
+        let Some(applied) = a.get() else { return };
+        let want = PRIORITY.load(StaticRelaxed);
+        if applied == want {
+            return;
+        }
+        a.set(Some(want));
+        let policy = if want == 0 {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: (10) `param` is a valid `sched_param` for SCHED_IDLE and
+        // SCHED_OTHER (both take priority 0); pid 0 means the calling
+        // thread. Failure is harmless: the reclaimer keeps its priority.
+        let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    });
 }
 
 /// The CPU this thread runs on, or a stable per-thread stand-in.

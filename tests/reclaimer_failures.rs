@@ -23,6 +23,9 @@ use freeq::Policy;
 const PATIENCE: Duration = Duration::from_secs(120);
 
 fn serial() -> StdMutexGuard<'static, ()> {
+    // These tests wait on freeq's own reclaimers: at idle priority they may
+    // get no CPU at all while the machine is busy.
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
     static SERIAL: StdMutex<()> = StdMutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
