@@ -1149,10 +1149,16 @@ pub fn defer_heavy<T: Send + 'static>(value: T) {
     crate::defer_fn(move || {
         let mut one = Buffer::new();
         one.push(move || drop(value));
-        if let Err(mut back) = hand_off(one) {
-            let mut first = None;
-            back.run_all(&mut first);
-            crate::item::resume(first);
+        match hand_off(one) {
+            // The value now travels as an item of its own, which the
+            // reclaimer counts as freed: count it as deferred too, so that
+            // `stats()` balances (this action and the value, two items).
+            Ok(_) => crate::stats::count_late(1, 0, 0),
+            Err(mut back) => {
+                let mut first = None;
+                back.run_all(&mut first);
+                crate::item::resume(first);
+            }
         }
     });
 }

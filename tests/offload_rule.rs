@@ -87,4 +87,14 @@ fn cheap_batches_stay_inline_and_a_heavy_value_makes_its_batch_leave() {
     // quiesce frees on this thread whatever no reclaimer has started on.
     freeq::quiesce();
     freeq::set_policy(Policy::Inline);
+
+    // defer_heavy under Inline: the value leaves the thread on its own, and
+    // the counts balance once it is freed (the action and the value).
+    {
+        let _s = freeq::section();
+        freeq::defer_heavy(Heavy);
+    }
+    freeq::quiesce();
+    let s = freeq::stats();
+    assert_eq!(s.deferred, s.freed, "{s:?}");
 }
