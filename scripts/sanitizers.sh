@@ -16,9 +16,15 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 for san in "${@:-thread address}"; do
     for s in $san; do
         echo "== -Zsanitizer=$s"
+        skip=()
+        # ThreadSanitizer cannot follow a multi-threaded process into a
+        # forked child that starts threads ("starting new threads after
+        # multi-threaded fork is not supported"); the fork test runs in the
+        # plain suite and under AddressSanitizer.
+        [ "$s" = thread ] && skip=(--skip a_forked_child_defers_drains_and_quiesces)
         RUSTFLAGS="-Zsanitizer=$s" \
         RUSTDOCFLAGS="-Zsanitizer=$s" \
         CARGO_TARGET_DIR="target/san-$s" \
-            cargo +nightly test -Zbuild-std --target "$host" --lib --tests
+            cargo +nightly test -Zbuild-std --target "$host" --lib --tests -- "${skip[@]}"
     done
 done
