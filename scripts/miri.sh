@@ -18,4 +18,4 @@ rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 || true
 
 cargo +nightly miri test --lib --tests "$@"
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
-    cargo +nightly miri test --test reclaim --test stats --test failure_paths "$@" -- --include-ignored
+    cargo +nightly miri test --test reclaim --test stats --test failure_paths --test offload_rule "$@" -- --include-ignored

@@ -33,6 +33,10 @@ impl Drop for Heavy {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
 fn cheap_batches_stay_inline_and_a_heavy_value_makes_its_batch_leave() {
     assert_eq!(
         freeq::offload_threshold_ns(),
