@@ -43,8 +43,7 @@ pub struct Section {
 /// Opens a section on this thread; see [`Section`].
 #[inline]
 pub fn section() -> Section {
-    queue::prepare_thread();
-    queue::enter();
+    queue::prepare_and_enter();
     Section {
         _not_send: PhantomData,
     }

@@ -480,6 +480,19 @@ pub fn prepare_thread() {
     });
 }
 
+/// [`prepare_thread`] and [`enter`] in one visit to the thread's state, for
+/// [`section`](crate::section), which takes no lock in between.
+#[inline]
+pub(crate) fn prepare_and_enter() {
+    let _ = LOCAL.try_with(|l| {
+        // SAFETY: (17b) a momentary read, as in (17).
+        if unsafe { !(*l.queue()).is_ready() } {
+            prepare_cold(l);
+        }
+        l.state.set(l.state.get() + SECTION);
+    });
+}
+
 #[cold]
 #[inline(never)]
 fn prepare_cold(l: &Local) {
