@@ -204,7 +204,50 @@ fn worst_single() {
     }
 }
 
+/// `freeq::defer` against `Vec::push`, timed in alternation: one batch of
+/// each in turn, many rounds, medians compared. Criterion times each
+/// function for seconds on end, so on a shared machine the two land in
+/// different weather; interleaving batches puts them in the same.
+fn paired() {
+    const ROUNDS: usize = 4_000;
+    const N: u64 = 1_000;
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    fn pair<const W: usize>() -> (f64, f64) {
+        let mut vec_ns = Vec::with_capacity(ROUNDS);
+        let mut defer_ns = Vec::with_capacity(ROUNDS);
+        let mut dead: Vec<Val<W>> = Vec::with_capacity(N as usize);
+        for round in 0..ROUNDS as u64 {
+            let base = round * N;
+            let start = Instant::now();
+            for i in base..base + N {
+                dead.push(Val::new(black_box(i)));
+            }
+            vec_ns.push(start.elapsed().as_nanos() as f64 / N as f64);
+            dead.clear();
+            let section = freeq::section();
+            let start = Instant::now();
+            for i in base..base + N {
+                freeq::defer(Val::<W>::new(black_box(i)));
+            }
+            defer_ns.push(start.elapsed().as_nanos() as f64 / N as f64);
+            drop(section);
+        }
+        (median(vec_ns), median(defer_ns))
+    }
+    for (bytes, (vec, defer)) in [(8, pair::<1>()), (24, pair::<3>())] {
+        eprintln!(
+            "paired, {bytes} B: Vec::push {vec:.2} ns, freeq::defer {defer:.2} ns, \
+             ratio {:.2}x (medians of {ROUNDS} alternating batches of {N})",
+            defer / vec
+        );
+    }
+}
+
 fn enqueue(c: &mut Criterion) {
+    paired();
     if std::env::var_os("FREEQ_WORST").is_some() {
         worst_single();
     }

@@ -99,6 +99,12 @@ const fn item_slots<F>() -> usize {
     if slots == 0 { 1 } else { slots }
 }
 
+/// Whether an `F` is boxed before it is stored: too large or too aligned
+/// to sit in the slots.
+const fn boxed<F>() -> bool {
+    mem::size_of::<F>() > MAX_INLINE || mem::align_of::<F>() > SLOT
+}
+
 /// Stops a drain between two items: once `cell` holds at least `limit`
 /// (the owning thread has re-entered a section), the rest waits.
 #[derive(Clone, Copy)]
@@ -288,6 +294,22 @@ impl Buffer {
         self.limit.addr() - self.tail.addr()
     }
 
+    /// Whether [`Buffer::push_raw`] can store an `F` in `*buf` without
+    /// linking a block.
+    ///
+    /// # Safety
+    /// `buf` points at a live buffer, with no reference to it live.
+    #[inline(always)]
+    pub(crate) unsafe fn has_room_for<F>(buf: *const Buffer) -> bool {
+        let slots = if boxed::<F>() {
+            item_slots::<Box<F>>()
+        } else {
+            item_slots::<F>()
+        };
+        // SAFETY: (8b) a momentary read (the caller's promise).
+        unsafe { (*buf).room() >= slots * SLOT }
+    }
+
     /// Appends `f`; it runs when its turn comes in a drain.
     #[inline]
     pub(crate) fn push<F: FnOnce() + Send + 'static>(&mut self, f: F) {
@@ -306,18 +328,57 @@ impl Buffer {
     /// allocator's own pushes through this function).
     #[inline(always)]
     pub(crate) unsafe fn push_raw<F: FnOnce() + Send + 'static>(buf: *mut Buffer, f: F) {
-        if mem::size_of::<F>() > MAX_INLINE || mem::align_of::<F>() > SLOT {
+        if boxed::<F>() {
             let boxed = Box::new(f);
             // SAFETY: (9) the caller's promise, passed on.
-            unsafe { Buffer::push_inline(buf, boxed) }
+            unsafe { Buffer::push_growing(buf, boxed) }
         } else {
             // SAFETY: (10) as in (9).
-            unsafe { Buffer::push_inline(buf, f) }
+            unsafe { Buffer::push_growing(buf, f) }
         }
     }
 
+    /// [`Buffer::push_raw`] when [`Buffer::has_room_for`] said yes: no
+    /// block is linked (a boxed `F` is still allocated, and then takes the
+    /// growing path, since the allocator may have used the room).
+    ///
+    /// # Safety
+    /// As for [`Buffer::push_raw`], and `has_room_for::<F>(buf)` holds.
     #[inline(always)]
-    unsafe fn push_inline<F: FnOnce() + 'static>(buf: *mut Buffer, f: F) {
+    pub(crate) unsafe fn push_in_room<F: FnOnce() + Send + 'static>(buf: *mut Buffer, f: F) {
+        if boxed::<F>() {
+            // SAFETY: (10b) as in (9).
+            unsafe { Buffer::push_raw(buf, f) }
+        } else {
+            // SAFETY: (10c) the caller's promises: the buffer is live and
+            // unborrowed, and has room for an `F`; nothing runs in between.
+            unsafe { Buffer::write_item(buf, f) }
+        }
+    }
+
+    /// Links blocks until an `F` fits, then stores it.
+    ///
+    /// # Safety
+    /// As for [`Buffer::push_raw`]; `F` is not [`boxed`].
+    #[inline(always)]
+    unsafe fn push_growing<F: FnOnce() + 'static>(buf: *mut Buffer, f: F) {
+        // SAFETY: (11) `buf` is live (the caller's promise); the read is
+        // momentary.
+        while unsafe { (*buf).room() } < item_slots::<F>() * SLOT {
+            // SAFETY: (12) the caller's promise, passed on.
+            unsafe { Buffer::grow(buf) };
+        }
+        // SAFETY: (12b) the loop left room; the caller's promise otherwise.
+        unsafe { Buffer::write_item(buf, f) }
+    }
+
+    /// Stores `f` at the tail.
+    ///
+    /// # Safety
+    /// `buf` is live, no reference to it is live, and its tail block has
+    /// room for an `F` (`F` not [`boxed`]).
+    #[inline(always)]
+    unsafe fn write_item<F: FnOnce() + 'static>(buf: *mut Buffer, f: F) {
         let meta: Header = const {
             &Meta {
                 run: run_items::<F>,
@@ -325,23 +386,17 @@ impl Buffer {
                 type_id: TypeId::of::<F>(),
             }
         };
-        let bytes = meta.slots * SLOT;
-        // SAFETY: (11) `buf` is live (the caller's promise); the read is
-        // momentary.
-        while unsafe { (*buf).room() } < bytes {
-            // SAFETY: (12) the caller's promise, passed on.
-            unsafe { Buffer::grow(buf) };
-        }
         // SAFETY: (13) no other reference to the buffer is live now (the
-        // caller's promise; the allocator is not running). The loop above
-        // left room for `slots` slots before `limit`, all inside the tail
-        // block and holding no live item (live items end at `tail`). The
-        // header is slot-aligned, the payload offset suits `F`'s alignment
-        // (at most 16), so both writes are aligned; a zero-sized payload
-        // may sit at the end of the item, which is fine for a zero-sized
-        // write.
+        // caller's promise; the allocator is not running). There is room
+        // for `slots` slots before `limit` (the caller's promise), all
+        // inside the tail block and holding no live item (live items end
+        // at `tail`). The header is slot-aligned, the payload offset suits
+        // `F`'s alignment (at most 16), so both writes are aligned; a
+        // zero-sized payload may sit at the end of the item, which is fine
+        // for a zero-sized write.
         unsafe {
             let b = &mut *buf;
+            debug_assert!(b.room() >= meta.slots * SLOT);
             let at = b.tail;
             at.cast::<Header>().write(meta);
             at.cast::<u8>()

@@ -14,7 +14,7 @@
 //! momentary, and none is held across a call into the global allocator,
 //! which may itself use freeq on this thread.
 
-use std::mem;
+use std::mem::{self, ManuallyDrop};
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::item::{self, Buffer, Panic, Watch};
@@ -55,23 +55,70 @@ const DRAINING: usize = 1;
 /// One section in `Local::state`.
 const SECTION: usize = 2;
 
+/// A thread's freeq state. It has no destructor of its own, so that
+/// reaching it costs no "alive yet?" test: under `std` that makes it a
+/// plain thread-local, one offset from the thread pointer. Thread exit is
+/// handled by [`ExitHook`], registered the first time the thread's
+/// buffers take a block or an item (always on a cold path); after it ran,
+/// `gone` sends every push to the exit loop.
 pub(crate) struct Local {
     /// Open sections on this thread times two, plus one while a drain (or
     /// flush) runs: "queue, don't free" is then the single test `state != 0`.
     state: Cell<usize>,
     /// Items waiting for the outermost section to close, and the free
     /// blocks the next items go to.
-    queue: UnsafeCell<Buffer>,
+    queue: UnsafeCell<ManuallyDrop<Buffer>>,
     /// Items for [`retire`](crate::retire), handed to the epoch as one batch.
-    retired: UnsafeCell<Buffer>,
+    retired: UnsafeCell<ManuallyDrop<Buffer>>,
     /// This thread's policy (`Policy::to_u8`), or 0 for the process default.
     policy: Cell<u8>,
+    /// The thread has run its exit path: its buffers are gone for good.
+    gone: Cell<bool>,
     /// Counts not yet published to [`stats`](crate::stats).
-    counts: LocalCounts,
+    counts: ManuallyDrop<LocalCounts>,
 }
 
 freeq_thread_local! {
     static LOCAL: Local = Local::new();
+}
+
+// No destructor, so no "alive yet?" test on the way to it.
+#[cfg(not(loom))]
+const _: () = assert!(!mem::needs_drop::<Local>());
+
+/// Runs [`Local::exit`] when its thread exits. Registered (by touching
+/// it) on the cold paths that give a thread's buffers their first block or
+/// item, never on the push fast path.
+#[cfg(not(loom))]
+struct ExitHook;
+
+#[cfg(not(loom))]
+impl Drop for ExitHook {
+    fn drop(&mut self) {
+        let _ = LOCAL.try_with(Local::exit);
+    }
+}
+
+#[cfg(not(loom))]
+freeq_thread_local! {
+    static EXIT_HOOK: ExitHook = ExitHook;
+}
+
+/// Makes sure this thread's exit path will run.
+#[cfg(not(loom))]
+fn hook_exit() {
+    let _ = EXIT_HOOK.try_with(|_| ());
+}
+
+/// Under loom, `Local` runs its exit path as its own destructor.
+#[cfg(loom)]
+fn hook_exit() {}
+
+#[cfg(loom)]
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.exit();
+    }
 }
 
 freeq_thread_local! {
@@ -103,23 +150,25 @@ impl Local {
     const fn new() -> Self {
         Local {
             state: Cell::new(0),
-            queue: UnsafeCell::new(Buffer::new()),
-            retired: UnsafeCell::new(Buffer::new()),
+            queue: UnsafeCell::new(ManuallyDrop::new(Buffer::new())),
+            retired: UnsafeCell::new(ManuallyDrop::new(Buffer::new())),
             policy: Cell::new(0),
-            counts: LocalCounts::new(),
+            gone: Cell::new(false),
+            counts: ManuallyDrop::new(LocalCounts::new()),
         }
     }
 
     /// The queue, for momentary borrows and [`Buffer::push_raw`].
     #[inline(always)]
     fn queue(&self) -> *mut Buffer {
-        self.queue.get()
+        // `ManuallyDrop` is `repr(transparent)`.
+        self.queue.get().cast::<Buffer>()
     }
 
     /// The retired list, likewise.
     #[inline(always)]
     fn retired(&self) -> *mut Buffer {
-        self.retired.get()
+        self.retired.get().cast::<Buffer>()
     }
 
     fn policy(&self) -> Policy {
@@ -153,6 +202,14 @@ impl Local {
     fn retired_len(&self) -> usize {
         // SAFETY: (2) as in (1).
         unsafe { (*self.retired()).len() }
+    }
+
+    /// Whether the next section's first `defer` or `retire` can store its
+    /// item without allocating.
+    #[inline(always)]
+    fn is_ready(&self) -> bool {
+        // SAFETY: (2b) momentary reads, as in (1).
+        unsafe { (*self.queue()).is_ready() && (*self.retired()).is_ready() }
     }
 
     /// Whether a drain would find anything: deferred or retired items.
@@ -265,15 +322,26 @@ impl Local {
     }
 }
 
-impl Drop for Local {
+impl Local {
     /// Thread exit: whatever is still queued (a leaked guard, say) is freed
     /// here, and retired items go to the epoch. A panic from one of those
     /// frees is reported by the panic hook and then discarded, since
     /// unwinding out of a thread-local destructor would abort the process.
-    fn drop(&mut self) {
+    /// From here on the thread's pushes go to the exit loop.
+    fn exit(&self) {
+        if self.gone.replace(true) {
+            return;
+        }
         self.state.set(0);
-        let retired = mem::take(self.retired.get_mut());
-        let queue = mem::take(self.queue.get_mut());
+        // SAFETY: (3b) no borrow of the buffers is live (only momentary ones
+        // are ever taken); each is swapped for an empty one that owns no
+        // memory, and `gone` keeps them empty from now on.
+        let (retired, queue) = unsafe {
+            (
+                ManuallyDrop::into_inner(mem::take(&mut *self.retired.get())),
+                ManuallyDrop::into_inner(mem::take(&mut *self.queue.get())),
+            )
+        };
         LocalCounts::add(&self.counts.deferred, queue.len() + retired.len());
         LocalCounts::add(&self.counts.retired, retired.len());
         self.counts.publish_at_exit();
@@ -380,6 +448,28 @@ fn push_to<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
     let buf = if retire { l.retired() } else { l.queue() };
     // SAFETY: (14) no borrow of the thread's buffers is live: they are only
     // ever borrowed momentarily, never across user code or allocation.
+    if unsafe { !Buffer::has_room_for::<F>(buf) } {
+        return push_slow(l, f, retire);
+    }
+    // SAFETY: (14b) as in (14); there is room, so no block is linked.
+    unsafe { Buffer::push_in_room(buf, f) };
+    if !l.queues_now() {
+        l.drain(false);
+    }
+}
+
+/// [`push_to`] when the buffer needs a block: the thread's first push, a
+/// full block, or a thread past its exit path.
+#[cold]
+#[inline(never)]
+fn push_slow<F: FnOnce() + Send + 'static>(l: &Local, f: F, retire: bool) {
+    if l.gone.get() {
+        return push_exiting(f, retire);
+    }
+    hook_exit();
+    let buf = if retire { l.retired() } else { l.queue() };
+    // SAFETY: (14c) as in (14); `push_raw` holds no borrow across the
+    // allocation of a block.
     unsafe { Buffer::push_raw(buf, f) };
     if !l.queues_now() {
         l.drain(false);
@@ -417,6 +507,10 @@ fn push_exiting<F: FnOnce() + Send + 'static>(f: F, retire: bool) {
 /// otherwise. `batch` is left empty, its free blocks kept for reuse.
 pub(crate) fn free_here(batch: &mut Buffer) {
     let _ = LOCAL.try_with(|l| {
+        if l.gone.get() {
+            return;
+        }
+        hook_exit();
         // Deferred once already, where they came from: the drain that frees
         // them here counts them only as freed.
         LocalCounts::sub(&l.counts.deferred, batch.len());
@@ -453,8 +547,9 @@ pub fn policy() -> Policy {
 }
 
 /// Readies this thread for a critical section: sets up its freeq state and
-/// makes sure its queue has room, so that the section's first
-/// [`defer`](crate::defer) allocates nothing while the lock is held.
+/// makes sure its queue and its retired list have room, so that the
+/// section's first [`defer`](crate::defer) or [`retire`](crate::retire)
+/// allocates nothing while the lock is held.
 ///
 /// freeq's own locks ([`Mutex`](crate::Mutex), [`RwLock`](crate::RwLock),
 /// the [`parking_lot`](crate::parking_lot) types and everything built on
@@ -473,8 +568,7 @@ pub fn policy() -> Policy {
 #[inline]
 pub fn prepare_thread() {
     let _ = LOCAL.try_with(|l| {
-        // SAFETY: (17) a momentary read.
-        if unsafe { !(*l.queue()).is_ready() } {
+        if !l.is_ready() {
             prepare_cold(l);
         }
     });
@@ -485,8 +579,7 @@ pub fn prepare_thread() {
 #[inline]
 pub(crate) fn prepare_and_enter() {
     let _ = LOCAL.try_with(|l| {
-        // SAFETY: (17b) a momentary read, as in (17).
-        if unsafe { !(*l.queue()).is_ready() } {
+        if !l.is_ready() {
             prepare_cold(l);
         }
         l.state.set(l.state.get() + SECTION);
@@ -496,9 +589,16 @@ pub(crate) fn prepare_and_enter() {
 #[cold]
 #[inline(never)]
 fn prepare_cold(l: &Local) {
-    // SAFETY: (18) no borrow of the queue is live; `ready_raw` holds none
+    if l.gone.get() {
+        return;
+    }
+    hook_exit();
+    // SAFETY: (18) no borrow of the buffers is live; `ready_raw` holds none
     // across its allocation.
-    unsafe { Buffer::ready_raw(l.queue()) };
+    unsafe {
+        Buffer::ready_raw(l.queue());
+        Buffer::ready_raw(l.retired());
+    }
 }
 
 /// Opens a section on this thread.

@@ -8,7 +8,6 @@
 //! unregisters it, so the registry holds live threads only. [`stats`] sums
 //! the registry and that total.
 
-use std::cell::OnceCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -180,8 +179,10 @@ pub(crate) struct LocalCounts {
     pub(crate) offloaded: Cell<u64>,
     pub(crate) retired: Cell<u64>,
     pub(crate) inline_fallbacks: Cell<u64>,
-    /// This thread's slot, registered on its first publish.
-    slot: OnceCell<Arc<Slot>>,
+    /// This thread's slot, registered on its first publish. A `Cell`, so
+    /// that the exit path can take it through a shared reference (the
+    /// thread's state has no destructor of its own).
+    slot: Cell<Option<Arc<Slot>>>,
 }
 
 impl LocalCounts {
@@ -194,7 +195,7 @@ impl LocalCounts {
             offloaded: Cell::new(0),
             retired: Cell::new(0),
             inline_fallbacks: Cell::new(0),
-            slot: OnceCell::new(),
+            slot: Cell::new(None),
         }
     }
 
@@ -214,14 +215,15 @@ impl LocalCounts {
     /// it, so plain loads and stores do (no read-modify-write on the drain
     /// path).
     pub(crate) fn publish(&self) {
-        let slot = self.slot.get_or_init(|| {
+        let slot = self.slot.take().unwrap_or_else(|| {
             let slot = Arc::new(Slot::new());
             slots().push(slot.clone());
             slot
         });
-        self.move_into(slot, |to, n| {
+        self.move_into(&slot, |to, n| {
             to.store(to.load(Relaxed).wrapping_add(n), Relaxed)
         });
+        self.slot.set(Some(slot));
     }
 
     /// Thread exit: the counts, and the slot's, go to the exited-threads
@@ -229,9 +231,9 @@ impl LocalCounts {
     /// concurrent [`stats`] sees them in exactly one of the two places).
     pub(crate) fn publish_at_exit(&self) {
         let mut live = slots();
-        if let Some(slot) = self.slot.get() {
-            live.retain(|s| !Arc::ptr_eq(s, slot));
-            EXITED.absorb(slot);
+        if let Some(slot) = self.slot.take() {
+            live.retain(|s| !Arc::ptr_eq(s, &slot));
+            EXITED.absorb(&slot);
         }
         self.move_into(&EXITED, |to, n| {
             to.fetch_add(n, Relaxed);
