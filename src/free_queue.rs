@@ -27,6 +27,8 @@ use crate::item::{self, Buffer};
 #[derive(Default)]
 pub struct FreeQueue {
     items: Buffer,
+    /// Items pushed since the last drain (the storage keeps no count).
+    len: usize,
 }
 
 impl FreeQueue {
@@ -34,6 +36,7 @@ impl FreeQueue {
     pub const fn new() -> Self {
         FreeQueue {
             items: Buffer::new(),
+            len: 0,
         }
     }
 
@@ -41,6 +44,7 @@ impl FreeQueue {
     #[inline]
     pub fn push<T: Send + 'static>(&mut self, value: T) {
         self.items.push(move || drop(value));
+        self.len += 1;
     }
 
     /// Queues `value` to be freed by `free(value)` at the next drain.
@@ -51,17 +55,19 @@ impl FreeQueue {
         F: FnOnce(T) + Send + 'static,
     {
         self.items.push(move || free(value));
+        self.len += 1;
     }
 
     /// Queues `action` to run at the next drain.
     #[inline]
     pub fn push_fn<F: FnOnce() + Send + 'static>(&mut self, action: F) {
         self.items.push(action);
+        self.len += 1;
     }
 
     /// Items waiting.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.len
     }
 
     /// Whether nothing is waiting.
@@ -74,13 +80,18 @@ impl FreeQueue {
     /// afterwards.
     pub fn drain(&mut self) {
         let mut first = None;
+        // Every item runs (a panicking one too) before this returns.
+        self.len = 0;
         self.items.run_all(&mut first);
         self.items.trim(crate::max_retained());
         item::resume(first);
     }
 
-    pub(crate) fn buffer_mut(&mut self) -> &mut Buffer {
-        &mut self.items
+    /// Takes every item (and the blocks that hold them), leaving the
+    /// queue empty.
+    pub(crate) fn take_buffer(&mut self) -> Buffer {
+        self.len = 0;
+        std::mem::take(&mut self.items)
     }
 
     /// Moves everything into this thread's free queue, to be freed when the

@@ -122,8 +122,9 @@ impl Watch<'_> {
 
 /// Runs the front item, an `F`, then every `F` directly behind it, in one
 /// monomorphic loop (a batch of one type pays one indirect call, not one
-/// per item). Each item counts as taken before it runs, so one that panics
-/// is not run again. Returns `false` if `watch` stopped the run.
+/// per item). Each item counts as taken (and in `ran`) before it runs, so
+/// one that panics is not run again. Returns `false` if `watch` stopped
+/// the run.
 ///
 /// # Safety
 /// The front item of `buf` must be an `F` written by [`Buffer::push_raw`].
@@ -139,10 +140,10 @@ unsafe fn run_items<F: FnOnce() + 'static>(buf: &mut Buffer, watch: Option<Watch
         let f = unsafe {
             let payload = buf.head.cast::<u8>().add(payload_offset::<F>()).cast::<F>();
             buf.head = buf.head.add(item_slots::<F>());
-            buf.len -= 1;
             payload.read()
         };
-        let more = buf.len != 0;
+        buf.ran += 1;
+        let more = buf.head != buf.tail;
         if !more {
             buf.rewind();
         }
@@ -153,8 +154,8 @@ unsafe fn run_items<F: FnOnce() + 'static>(buf: &mut Buffer, watch: Option<Watch
         if !more {
             return true;
         }
-        // SAFETY: (2) `len > 0`, so a header written by `push_raw` (or a
-        // jump header) sits at `head`; `f` could not touch `buf`, which is
+        // SAFETY: (2) `head != tail`, so a header written by `push_raw` (or
+        // a jump header) sits at `head`; `f` could not touch `buf`, which is
         // borrowed here.
         let next: Header = unsafe { buf.head.cast::<Header>().read() };
         if next.type_id != TypeId::of::<F>() {
@@ -221,21 +222,20 @@ unsafe fn first_slot(block: *mut Block) -> *mut Slot {
 ///
 /// The items live in the chain `head_block ..= tail_block` (linked by
 /// `next`), from `head` up to `tail`; emptied blocks wait on the `free`
-/// list. All null when the buffer owns no block of that kind.
-// `repr(C)` keeps `tail` and `len` apart: adjacent, the compiler merges
-// their updates into one vector read-modify-write, and the next push's
-// scalar read of `tail` then misses store forwarding.
-#[repr(C)]
+/// list. All null when the buffer owns no block of that kind. The buffer
+/// is empty when `head == tail`; it keeps no count, so that a push stores
+/// the item and moves `tail`, nothing more ([`Buffer::len`] walks).
 pub(crate) struct Buffer {
     /// Where the next item goes.
     tail: *mut Slot,
     /// The last slot of the tail block, kept free for a jump header: an
     /// item fits if it ends at or before it.
     limit: *mut Slot,
-    /// The oldest item's header (or a jump header before it).
+    /// The oldest item's header (or a jump header before it); equal to
+    /// `tail` when the buffer is empty.
     head: *mut Slot,
-    /// Items held.
-    len: usize,
+    /// Items run since [`Buffer::take_ran`] last read it.
+    ran: usize,
     head_block: *mut Block,
     tail_block: *mut Block,
     /// Emptied blocks, linked by `next`.
@@ -257,7 +257,7 @@ impl Buffer {
             tail: ptr::null_mut(),
             limit: ptr::null_mut(),
             head: ptr::null_mut(),
-            len: 0,
+            ran: 0,
             head_block: ptr::null_mut(),
             tail_block: ptr::null_mut(),
             free: ptr::null_mut(),
@@ -266,15 +266,45 @@ impl Buffer {
         }
     }
 
-    /// Items held.
-    #[inline]
+    /// Items held. O(items): it walks them (pushes keep no count).
     pub(crate) fn len(&self) -> usize {
-        self.len
+        let mut n = 0;
+        self.walk(|_| n += 1);
+        n
     }
 
-    #[inline]
+    /// Whether the buffer holds no item. O(1).
+    #[inline(always)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.head == self.tail
+    }
+
+    /// Items run (by [`Buffer::run_until`] and [`Buffer::run_all`]) since
+    /// the last call; resets the count.
+    pub(crate) fn take_ran(&mut self) -> usize {
+        mem::take(&mut self.ran)
+    }
+
+    /// Calls `f` with each item's header, oldest first.
+    fn walk(&self, mut f: impl FnMut(Header)) {
+        let mut at = self.head;
+        while at != self.tail {
+            // SAFETY: (7b) between `head` and `tail` lie items written by
+            // `push_raw`, each starting with its header, and jump headers
+            // that lead from the end of one block's items to the start of
+            // the next block's.
+            let header: Header = unsafe { at.cast::<Header>().read() };
+            if header.type_id == TypeId::of::<Jump>() {
+                // SAFETY: (7c) a jump header's second word is the position
+                // of the next item.
+                at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
+                continue;
+            }
+            f(header);
+            // SAFETY: (7d) the item lies inside its block; `at` ends at
+            // most at the block's `limit` slot (a jump header, or `tail`).
+            at = unsafe { at.add(header.slots) };
+        }
     }
 
     /// Bytes allocated: every block, in the chain or free.
@@ -404,7 +434,6 @@ impl Buffer {
                 .cast::<F>()
                 .write(f);
             b.tail = at.add(meta.slots);
-            b.len += 1;
         }
     }
 
@@ -487,7 +516,7 @@ impl Buffer {
     /// block again, which is also the head block.
     #[inline(always)]
     fn rewind(&mut self) {
-        debug_assert!(self.len == 0 && self.head_block == self.tail_block);
+        debug_assert!(self.is_empty() && self.head_block == self.tail_block);
         // SAFETY: (21) with items taken from it, the tail block is live.
         let start = unsafe { first_slot(self.tail_block) };
         self.head = start;
@@ -496,7 +525,7 @@ impl Buffer {
 
     /// Moves the chain (empty of items) to the free list.
     fn release_chain(&mut self) {
-        debug_assert!(self.len == 0);
+        debug_assert!(self.is_empty());
         let mut block = self.head_block;
         while !block.is_null() {
             // SAFETY: (22) chain blocks are live; with no items left,
@@ -526,18 +555,18 @@ impl Buffer {
     ) -> bool {
         loop {
             let run = panic::catch_unwind(AssertUnwindSafe(|| {
-                while self.len != 0 {
-                    // SAFETY: (23) `len > 0`, so a header written by
+                while !self.is_empty() {
+                    // SAFETY: (23) `head != tail`, so a header written by
                     // `push_raw` or `link` sits at `head`, and its `run` is
                     // the `run_items` of the type stored behind it (or
                     // `jump` behind a jump header).
                     let header: Header = unsafe { self.head.cast::<Header>().read() };
                     let stopped = if sample() {
-                        let before = self.len;
+                        let before = self.ran;
                         let start = Instant::now();
                         // SAFETY: (24) as in (23).
                         let stopped = unsafe { !(header.run)(self, watch) };
-                        learn(header, start, before - self.len);
+                        learn(header, start, self.ran - before);
                         stopped
                     } else {
                         // SAFETY: (25) as in (23).
@@ -573,10 +602,10 @@ impl Buffer {
     /// order, in O(1): `other`'s chain of blocks is linked behind this
     /// one's. `other` keeps its free blocks.
     pub(crate) fn append(&mut self, other: &mut Buffer) {
-        if other.len == 0 {
+        if other.is_empty() {
             return;
         }
-        if self.len == 0 {
+        if self.is_empty() {
             self.release_chain();
             self.head = other.head;
             self.head_block = other.head_block;
@@ -597,14 +626,12 @@ impl Buffer {
         self.tail_block = other.tail_block;
         self.tail = other.tail;
         self.limit = other.limit;
-        self.len += other.len;
         self.chain_blocks += other.chain_blocks;
         other.head_block = ptr::null_mut();
         other.tail_block = ptr::null_mut();
         other.head = ptr::null_mut();
         other.tail = ptr::null_mut();
         other.limit = ptr::null_mut();
-        other.len = 0;
         other.chain_blocks = 0;
     }
 
@@ -619,7 +646,7 @@ impl Buffer {
     /// Moves `other`'s free blocks (and, once `other` is empty, the blocks
     /// of its chain) to this buffer's free list. Allocates nothing.
     pub(crate) fn take_free(&mut self, other: &mut Buffer) {
-        if other.len == 0 {
+        if other.is_empty() {
             other.release_chain();
         }
         loop {
@@ -672,7 +699,7 @@ impl Buffer {
     /// Frees blocks until at most `max_bytes` are kept: free ones first,
     /// and, once the buffer is empty, the chain's too. Never drops an item.
     pub(crate) fn trim(&mut self, max_bytes: usize) {
-        if self.len == 0 && self.capacity_bytes() > max_bytes {
+        if self.is_empty() && self.capacity_bytes() > max_bytes {
             self.release_chain();
         }
         while self.capacity_bytes() > max_bytes {
@@ -689,20 +716,9 @@ impl Buffer {
     /// the sum of each item type's learned cost per item (a small default
     /// for types not timed yet). O(items); meant for after the unlock.
     pub(crate) fn estimated_cost_ns(&self) -> u64 {
-        let mut at = self.head;
-        let mut left = self.len;
         let mut total = 0u64;
         let mut last: Option<(TypeId, u64)> = None;
-        while left > 0 {
-            // SAFETY: (32) `left` items remain from `at`, so a header (or a
-            // jump header before one) sits there.
-            let header: Header = unsafe { at.cast::<Header>().read() };
-            if header.type_id == TypeId::of::<Jump>() {
-                // SAFETY: (33) a jump header's second word is the position
-                // of the next item.
-                at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
-                continue;
-            }
+        self.walk(|header| {
             let cost = match last {
                 Some((id, cost)) if id == header.type_id => cost,
                 _ => {
@@ -712,10 +728,7 @@ impl Buffer {
                 }
             };
             total = total.saturating_add(cost);
-            // SAFETY: (34) the item lies inside its block.
-            at = unsafe { at.add(header.slots) };
-            left -= 1;
-        }
+        });
         total
     }
 }

@@ -480,7 +480,7 @@ impl Reclaimer {
     /// Hands a whole [`FreeQueue`] to inbox `index` (modulo the inbox
     /// count), ignoring the bound.
     pub fn hand_off_queue_to(&self, index: usize, mut queue: FreeQueue) {
-        let batch = std::mem::take(queue.buffer_mut());
+        let batch = queue.take_buffer();
         let n = batch.len();
         let index = index % self.inboxes.len();
         self.inboxes[index].outstanding.fetch_add(n, Relaxed);
@@ -1000,7 +1000,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// How many items the batch holds.
+    /// How many items the batch holds. It counts them: O(items).
     pub fn len(&self) -> usize {
         self.items.len()
     }

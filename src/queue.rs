@@ -190,18 +190,24 @@ impl Local {
         self.state.get() & DRAINING != 0
     }
 
-    #[inline(always)]
+    /// Items queued, deferred and retired. O(items).
     fn len(&self) -> usize {
-        // SAFETY: (1) `Local` is thread-confined; a momentary read, with no
-        // other borrow of the queue live (none is ever held across code
+        // SAFETY: (1) `Local` is thread-confined; momentary reads, with no
+        // other borrow of the buffers live (none is ever held across code
         // that could reach here).
-        unsafe { (*self.queue()).len() }
+        unsafe { (*self.queue()).len() + (*self.retired()).len() }
     }
 
     #[inline(always)]
-    fn retired_len(&self) -> usize {
+    fn queue_empty(&self) -> bool {
         // SAFETY: (2) as in (1).
-        unsafe { (*self.retired()).len() }
+        unsafe { (*self.queue()).is_empty() }
+    }
+
+    #[inline(always)]
+    fn retired_empty(&self) -> bool {
+        // SAFETY: (2a) as in (1).
+        unsafe { (*self.retired()).is_empty() }
     }
 
     /// Whether the next section's first `defer` or `retire` can store its
@@ -215,7 +221,7 @@ impl Local {
     /// Whether a drain would find anything: deferred or retired items.
     #[inline(always)]
     fn has_work(&self) -> bool {
-        self.len() > 0 || self.retired_len() > 0
+        !self.queue_empty() || !self.retired_empty()
     }
 
     /// Bytes held by the thread's buffers.
@@ -241,7 +247,7 @@ impl Local {
             limit: SECTION,
         });
         while !stop() {
-            if self.retired_len() > 0 {
+            if !self.retired_empty() {
                 // SAFETY: (4) a momentary borrow; taking items runs nothing.
                 let retired = unsafe { (*self.retired()).take_items() };
                 let r = retired.len();
@@ -254,22 +260,22 @@ impl Local {
                     item::keep_first(&mut first, payload);
                 }
             }
-            if self.len() == 0 {
+            if self.queue_empty() {
                 break;
             }
             // SAFETY: (5) a momentary borrow; O(1), runs nothing.
             let mut batch = unsafe { (*self.queue()).take_items() };
-            let n = batch.len();
             let c = &self.counts;
-            LocalCounts::add(&c.deferred, n);
-            c.max_pending.set(c.max_pending.get().max(n as u64));
             // Offload only what costs more to free than to move.
             if self.policy() == Policy::Offload
                 && offload::worth_offloading(batch.estimated_cost_ns())
             {
+                let n = batch.len();
                 let sent_bytes = batch.capacity_bytes();
                 match offload::hand_off(batch) {
                     Ok(recycled) => {
+                        LocalCounts::add(&c.deferred, n);
+                        c.max_pending.set(c.max_pending.get().max(n as u64));
                         LocalCounts::add(&c.offloaded, n);
                         match recycled {
                             Some(buffer) => self.recycle(buffer),
@@ -289,12 +295,16 @@ impl Local {
                 }
             }
             let emptied = batch.run_until(&mut first, watch);
-            LocalCounts::add(&c.freed, n - batch.len());
+            // Counted as they run: items left over are counted by the
+            // drain that frees them.
+            let ran = batch.take_ran();
+            LocalCounts::add(&c.deferred, ran);
+            LocalCounts::add(&c.freed, ran);
+            let found = if emptied { ran } else { ran + batch.len() };
+            c.max_pending.set(c.max_pending.get().max(found as u64));
             if !emptied {
                 // A freed item left a section open: the rest of the batch
                 // waits, oldest first, ahead of anything deferred since.
-                // They are counted again when they are drained.
-                LocalCounts::sub(&c.deferred, batch.len());
                 // SAFETY: (7) a momentary borrow; both appends relink
                 // blocks in O(1) and run nothing.
                 unsafe {
@@ -648,7 +658,8 @@ pub fn flush() {
 }
 
 /// Number of items queued on this thread (deferred or retired) and not
-/// yet handed on or freed.
+/// yet handed on or freed. It counts them: O(items), since a `defer`
+/// keeps no count.
 ///
 /// ```
 /// assert_eq!(freeq::pending(), 0);
@@ -660,7 +671,7 @@ pub fn flush() {
 /// assert_eq!(freeq::pending(), 0);
 /// ```
 pub fn pending() -> usize {
-    LOCAL.try_with(|l| l.len() + l.retired_len()).unwrap_or(0)
+    LOCAL.try_with(Local::len).unwrap_or(0)
 }
 
 /// Whether this thread is inside at least one section (a freeq lock guard
