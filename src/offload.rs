@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::sync::{OnceLock, RwLock as StdRwLock};
 
 use crate::FreeQueue;
-use crate::item::Buffer;
+use crate::item::{Buffer, Cost};
 use crate::queue;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*, fence, thread};
 use crate::sync::{Cell, StaticAtomicUsize, freeq_thread_local};
@@ -92,10 +92,14 @@ pub fn offload_threshold_ns() -> u64 {
     THRESHOLD_NS.load(StaticRelaxed) as u64
 }
 
-/// Whether a batch whose items are estimated to take `estimated_ns` to free
-/// is worth handing to another thread.
-pub(crate) fn worth_offloading(estimated_ns: u64) -> bool {
-    estimated_ns >= offload_threshold_ns()
+/// Whether a batch expected to cost `cost` to free is worth handing to
+/// another thread: one that holds a type not timed yet always is (its
+/// first free is timed there), a fully timed one from the threshold up.
+pub(crate) fn worth_offloading(cost: Cost) -> bool {
+    match cost {
+        Cost::Untimed => true,
+        Cost::Known(ns) => ns >= offload_threshold_ns(),
+    }
 }
 
 freeq_thread_local! {
@@ -1216,8 +1220,9 @@ mod tests {
     fn the_threshold_judges_cost() {
         let old = offload_threshold_ns();
         set_offload_threshold_ns(1_000);
-        assert!(!worth_offloading(999));
-        assert!(worth_offloading(1_000));
+        assert!(!worth_offloading(Cost::Known(999)));
+        assert!(worth_offloading(Cost::Known(1_000)));
+        assert!(worth_offloading(Cost::Untimed), "an untimed type leaves");
         set_offload_threshold_ns(old);
     }
 }

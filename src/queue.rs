@@ -206,9 +206,10 @@ impl Local {
             let c = &self.counts;
             LocalCounts::add(&c.deferred, n);
             c.max_pending.set(c.max_pending.get().max(n as u64));
-            // Offload only what costs more to free than to move.
-            if self.policy() == Policy::Offload
-                && offload::worth_offloading(batch.estimated_cost_ns())
+            // Offload only what costs more to free than to move, and what
+            // holds a type whose cost is not known yet (timed where it is
+            // freed).
+            if self.policy() == Policy::Offload && offload::worth_offloading(batch.estimated_cost())
             {
                 let sent_bytes = batch.capacity_bytes();
                 match offload::hand_off(batch) {
