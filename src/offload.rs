@@ -149,7 +149,7 @@ fn free_contained(batch: &mut Buffer) {
         // A drain stopped by a section left open by a free: the items left
         // run here so that none is lost.
         let mut first = None;
-        batch.run_all(&mut first);
+        queue::run_here(batch, &mut first);
         if let Some(payload) = first {
             drop_payload(payload);
         }
@@ -163,7 +163,7 @@ fn free_batch(batch: &mut Buffer) {
     let _inline = InlineOnly::enter();
     if queue::in_section() {
         let mut first = None;
-        batch.run_all(&mut first);
+        queue::run_here(batch, &mut first);
         crate::item::resume(first);
     } else {
         queue::free_here(batch);
@@ -1026,7 +1026,7 @@ impl Batch {
         let _inline = InlineOnly::enter();
         if queue::in_section() {
             let mut first = None;
-            items.run_all(&mut first);
+            queue::run_here(items, &mut first);
             crate::item::resume(first);
         } else {
             queue::free_here(items);

@@ -434,6 +434,25 @@ pub(crate) fn free_here(batch: &mut Buffer) {
     }
 }
 
+/// Frees `batch`'s items on this thread here and now, even inside a
+/// section (`quiesce` or [`Batch::free`](crate::Batch::free) called there),
+/// and counts them as freed: they were counted as deferred where they came
+/// from. Items their frees defer join this thread's queue as usual.
+pub(crate) fn run_here(batch: &mut Buffer, first: &mut Option<Panic>) {
+    let n = batch.len();
+    batch.run_all(first);
+    let counted = LOCAL.try_with(|l| {
+        LocalCounts::add(&l.counts.freed, n);
+        // Published now: a section that ends with nothing queued drains
+        // nothing, and would leave these counts unpublished.
+        l.counts.publish();
+    });
+    if counted.is_err() {
+        // This thread's state is gone (thread exit).
+        stats::count_late(0, n, 0);
+    }
+}
+
 /// Sets the calling thread's [`Policy`], overriding the process default
 /// ([`set_default_policy`](crate::set_default_policy)).
 ///

@@ -6,6 +6,8 @@
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -154,10 +156,83 @@ fn a_heavy_value_makes_its_batch_leave() {
     quiesce();
 }
 
+/// Items of a [`freeq::FreeQueue`] freed through a hidden reclaimer:
+/// counted as freed, never as deferred.
+static QUEUED_ONLY: AtomicU64 = AtomicU64::new(0);
+
 /// Asserts that every item deferred so far has been freed exactly once.
 fn assert_balanced(when: &str) {
     let s = freeq::stats();
-    assert_eq!(s.deferred, s.freed, "{when}: {s:?}");
+    let queued = QUEUED_ONLY.load(SeqCst);
+    assert_eq!(
+        s.deferred + queued,
+        s.freed,
+        "{when} ({queued} queued): {s:?}"
+    );
+}
+
+/// Handed-off batches freed on a thread that is inside a section (by
+/// `quiesce` or `Batch::free`) count once as freed.
+fn batches_freed_inside_a_section_count_once() {
+    quiesce();
+    assert_balanced("before");
+
+    // `quiesce` inside a section, right after the hand-off: it frees the
+    // batch itself unless a reclaimer was quicker; the counts balance
+    // either way. On a helper thread, so a stuck reclaimer fails the test.
+    within("quiesce inside a section", || {
+        freeq::set_policy(Policy::Offload);
+        for _ in 0..4 {
+            let d = one_section(|| {
+                freeq::defer(Heavy);
+                freeq::defer(Cheap(0));
+            });
+            assert_eq!(d.offloaded, 2);
+            let _s = freeq::section();
+            freeq::quiesce();
+        }
+    });
+    assert_balanced("after quiesce inside a section");
+
+    // A hidden reclaimer with no thread of its own: its `quiesce` always
+    // frees the batch on the caller, here inside a section. A `FreeQueue`
+    // is counted when its items are freed, once.
+    let r = freeq::__Reclaimer::new();
+    let mut q = freeq::FreeQueue::new();
+    for i in 0..5 {
+        q.push(Cheap(i));
+    }
+    r.hand_off_queue(q);
+    let before = freeq::stats();
+    {
+        let _s = freeq::section();
+        r.quiesce();
+        assert_eq!(r.outstanding(), 0);
+    }
+    let d = freeq::stats().since(&before);
+    assert_eq!((d.deferred, d.freed), (0, 5), "{d:?}");
+    QUEUED_ONLY.fetch_add(5, SeqCst);
+
+    // `Batch::free` inside a section, on this thread.
+    let batches = std::sync::Arc::new(StdMutex::new(Vec::new()));
+    let keep = batches.clone();
+    freeq::set_offload_executor(move |b| keep.lock().unwrap().push(b));
+    let d = one_section(|| {
+        freeq::defer(Heavy);
+        freeq::defer(Cheap(1));
+        freeq::defer(Cheap(2));
+    });
+    freeq::clear_offload_executor();
+    assert_eq!(d.offloaded, 3);
+    let taken: Vec<freeq::Batch> = std::mem::take(&mut *batches.lock().unwrap());
+    assert_eq!(taken.len(), 1);
+    {
+        let _s = freeq::section();
+        for b in taken {
+            b.free();
+        }
+    }
+    assert_balanced("after Batch::free inside a section");
 }
 
 #[test]
@@ -178,6 +253,7 @@ fn untimed_types_leave_timed_cheap_batches_stay_and_counts_balance() {
     a_slow_type_leaves_on_first_sight_and_is_timed_there();
     cheap_batches_stay_inline_once_timed();
     a_heavy_value_makes_its_batch_leave();
+    batches_freed_inside_a_section_count_once();
 
     freeq::set_policy(Policy::Inline);
 
