@@ -16,6 +16,14 @@
 //!
 //! The count of items handed to an inbox and not yet freed bounds the
 //! backlog: past it, producers free inline.
+//!
+//! Under `Policy::Offload` a batch leaves only if it is worth moving: its
+//! estimated drop cost (the sum of each item type's learned cost per item)
+//! reaches [`offload_threshold_ns`]. A batch holding a type freeq has not
+//! timed yet leaves whatever its known cost: that type's first free then
+//! happens on a reclaimer, which times it (a run of an untimed type is
+//! always timed, wherever it runs), so one slow first drop never lands on
+//! the producer and the type is judged by its cost from then on.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
@@ -54,7 +62,9 @@ pub fn offload_bound() -> usize {
 }
 
 /// Default estimated drop cost, in nanoseconds, from which a batch is worth
-/// handing to another thread under [`Policy::Offload`](crate::Policy).
+/// handing to another thread under [`Policy::Offload`](crate::Policy). A
+/// batch holding a type not timed yet leaves whatever its cost, and that
+/// type is timed on its first free.
 ///
 /// Measured with `cargo bench --bench heavy_drop -- threshold` (see
 /// BENCHMARKS.md, "Offload (issue 10)"): moving a batch to a reclaimer and
@@ -78,6 +88,11 @@ static THRESHOLD_NS: StaticAtomicUsize =
 /// batches are freed inline (default [`DEFAULT_OFFLOAD_THRESHOLD_NS`]).
 /// `0` offloads every batch.
 ///
+/// The estimate sums each item type's learned drop cost. Types not timed
+/// yet have no cost to sum: a batch holding one leaves whatever the
+/// threshold, and is timed where it is freed, so only a type's first batch
+/// can leave for that reason.
+///
 /// ```
 /// freeq::set_offload_threshold_ns(50_000);
 /// assert_eq!(freeq::offload_threshold_ns(), 50_000);
@@ -87,7 +102,8 @@ pub fn set_offload_threshold_ns(ns: u64) {
     THRESHOLD_NS.store(usize::try_from(ns).unwrap_or(usize::MAX), StaticRelaxed);
 }
 
-/// The threshold set by [`set_offload_threshold_ns`].
+/// The threshold set by [`set_offload_threshold_ns`]; it judges batches
+/// whose item types have all been timed.
 pub fn offload_threshold_ns() -> u64 {
     THRESHOLD_NS.load(StaticRelaxed) as u64
 }
