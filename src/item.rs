@@ -16,8 +16,10 @@
 //! allocator, and a whole batch changes hands in O(1) (its chain of blocks).
 //! Items run oldest first.
 //!
-//! Each item type's static metadata also indexes a learned estimate of its
-//! drop cost (a sampled moving average, see [`Buffer::estimated_cost_ns`]).
+//! Each item type also has a learned estimate of its drop cost (a moving
+//! average, see [`Buffer::estimated_cost`]): a run of a type not timed yet
+//! is always timed, so the cost is known after the type's first free, and
+//! later runs are timed on a random sample.
 
 use std::alloc::{self, Layout};
 use std::any::{Any, TypeId};
@@ -28,7 +30,7 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use crate::sync::{Cell, StaticAtomicUsize, scaled, thread};
+use crate::sync::{Cell, StaticAtomicU64, scaled, thread};
 
 /// Size and alignment of one slot.
 pub(crate) const SLOT: usize = 16;
@@ -269,7 +271,10 @@ impl Buffer {
     /// Items held. O(items): it walks them (pushes keep no count).
     pub(crate) fn len(&self) -> usize {
         let mut n = 0;
-        self.walk(|_| n += 1);
+        self.walk(|_| {
+            n += 1;
+            true
+        });
         n
     }
 
@@ -285,8 +290,9 @@ impl Buffer {
         mem::take(&mut self.ran)
     }
 
-    /// Calls `f` with each item's header, oldest first.
-    fn walk(&self, mut f: impl FnMut(Header)) {
+    /// Calls `f` with each item's header, oldest first, until it returns
+    /// `false`.
+    fn walk(&self, mut f: impl FnMut(Header) -> bool) {
         let mut at = self.head;
         while at != self.tail {
             // SAFETY: (7b) between `head` and `tail` lie items written by
@@ -300,7 +306,9 @@ impl Buffer {
                 at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
                 continue;
             }
-            f(header);
+            if !f(header) {
+                return;
+            }
             // SAFETY: (7d) the item lies inside its block; `at` ends at
             // most at the block's `limit` slot (a jump header, or `tail`).
             at = unsafe { at.add(header.slots) };
@@ -547,7 +555,8 @@ impl Buffer {
     /// Runs items oldest first until the buffer is empty (returns `true`) or
     /// `watch` fires after an item (returns `false`). A panicking item
     /// counts as run; the first panic is kept in `first`, later ones dropped.
-    /// Now and then a run of one type is timed, to learn its drop cost.
+    /// A run of one type is timed, to learn its drop cost, whenever that
+    /// type has not been timed yet, and now and then after that.
     pub(crate) fn run_until(
         &mut self,
         first: &mut Option<Panic>,
@@ -561,7 +570,8 @@ impl Buffer {
                     // the `run_items` of the type stored behind it (or
                     // `jump` behind a jump header).
                     let header: Header = unsafe { self.head.cast::<Header>().read() };
-                    let stopped = if sample() {
+                    // One lookup per run of one type, not per item.
+                    let stopped = if untimed(header) || sample() {
                         let before = self.ran;
                         let start = Instant::now();
                         // SAFETY: (24) as in (23).
@@ -712,25 +722,46 @@ impl Buffer {
         }
     }
 
-    /// An estimate of what freeing every item would cost, in nanoseconds:
-    /// the sum of each item type's learned cost per item (a small default
-    /// for types not timed yet). O(items); meant for after the unlock.
-    pub(crate) fn estimated_cost_ns(&self) -> u64 {
+    /// What freeing every item is expected to cost: the sum of each item
+    /// type's learned cost per item, or [`Cost::Untimed`] as soon as an
+    /// item of a type not timed yet is found. O(items), one cost lookup per
+    /// run of one type; meant for after the unlock.
+    pub(crate) fn estimated_cost(&self) -> Cost {
         let mut total = 0u64;
         let mut last: Option<(TypeId, u64)> = None;
+        let mut timed = true;
         self.walk(|header| {
             let cost = match last {
                 Some((id, cost)) if id == header.type_id => cost,
                 _ => {
-                    let cost = cost_ns(header.type_id);
+                    let Some(cost) = cost_ns(header.type_id) else {
+                        timed = false;
+                        return false;
+                    };
                     last = Some((header.type_id, cost));
                     cost
                 }
             };
             total = total.saturating_add(cost);
+            true
         });
-        total
+        if timed {
+            Cost::Known(total)
+        } else {
+            Cost::Untimed
+        }
     }
+}
+
+/// What freeing a batch is expected to cost ([`Buffer::estimated_cost`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cost {
+    /// Every item is of a timed type: the sum of their learned costs, in
+    /// nanoseconds.
+    Known(u64),
+    /// At least one item is of a type not timed yet, whose cost nothing
+    /// bounds.
+    Untimed,
 }
 
 impl Default for Buffer {
@@ -748,14 +779,21 @@ impl Drop for Buffer {
     }
 }
 
-/// Learned drop costs, indexed by a hash of the item type: a sampled
-/// moving average of nanoseconds per item, 0 for "not timed yet". Types
-/// that share a slot share an estimate, which is all an estimate needs.
-static COSTS: [StaticAtomicUsize; COST_SLOTS] = [const { StaticAtomicUsize::new(0) }; COST_SLOTS];
-const COST_SLOTS: usize = 256;
-/// The cost of a type not timed yet.
-const DEFAULT_COST_NS: u64 = 25;
-/// One run of one type in this many (on average) is timed.
+/// Learned drop costs: a two-way set-associative table indexed by a hash
+/// of the item type. An entry packs a 16-bit tag of its type (the top
+/// bits) and a moving average of nanoseconds per item (the rest, at least
+/// 1); 0 is an empty entry. A type with no entry of its tag is *untimed*.
+/// Two types whose keys match (1 in 2^16 of those that share a set) share
+/// an estimate, which is all an estimate needs; a third type in a full set
+/// evicts one entry, and the evicted type is timed again when it next runs.
+static COSTS: [[StaticAtomicU64; 2]; COST_SETS] =
+    [const { [const { StaticAtomicU64::new(0) }; 2] }; COST_SETS];
+/// Sets in [`COSTS`] (a power of two).
+const COST_SETS: usize = 512;
+/// Bits of an entry that hold the cost; the tag takes the rest.
+const COST_BITS: u32 = 48;
+const COST_MASK: u64 = (1 << COST_BITS) - 1;
+/// One run of one timed type in this many (on average) is timed again.
 const SAMPLE_EVERY: u32 = 16;
 
 std::thread_local! {
@@ -778,7 +816,19 @@ fn sample() -> bool {
     .unwrap_or(false)
 }
 
-fn cost_slot(id: TypeId) -> &'static StaticAtomicUsize {
+/// Where a type's cost lives in [`COSTS`]: its set and its tag.
+///
+/// Computed from the `TypeId` on each use rather than cached per [`Meta`]
+/// (which is a promoted constant and cannot hold a lazily computed value):
+/// `TypeId` hashes as one `u64`, so this is a multiply and two shifts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct CostKey {
+    set: usize,
+    tag: u64,
+}
+
+#[inline]
+fn cost_key(id: TypeId) -> CostKey {
     /// Folds what `TypeId` hashes into one word.
     struct Fold(u64);
     impl Hasher for Fold {
@@ -796,34 +846,76 @@ fn cost_slot(id: TypeId) -> &'static StaticAtomicUsize {
     }
     let mut h = Fold(0);
     id.hash(&mut h);
-    &COSTS[(h.finish() >> 56) as usize % COST_SLOTS]
-}
-
-/// The learned cost of one item of type `id`, in nanoseconds.
-fn cost_ns(id: TypeId) -> u64 {
-    match cost_slot(id).load(Relaxed) {
-        0 => DEFAULT_COST_NS,
-        n => n as u64,
+    let h = h.finish();
+    CostKey {
+        set: (h >> (64 - COST_SETS.trailing_zeros())) as usize,
+        tag: (h >> 16) & 0xFFFF,
     }
 }
 
-/// Folds a timed run of `items` items into the type's estimate (an
-/// exponential moving average with weight 1/8).
+/// The two entries of `key`'s set.
+#[inline(always)]
+fn cost_set(key: CostKey) -> &'static [StaticAtomicU64; 2] {
+    &COSTS[key.set]
+}
+
+/// `entry`'s cost if it holds `tag`'s.
+#[inline(always)]
+fn cost_in(entry: u64, tag: u64) -> Option<u64> {
+    (entry != 0 && entry >> COST_BITS == tag).then_some(entry & COST_MASK)
+}
+
+/// The cost `set` holds for `tag`, if any.
+#[inline(always)]
+fn lookup(set: &[StaticAtomicU64; 2], tag: u64) -> Option<u64> {
+    cost_in(set[0].load(Relaxed), tag).or_else(|| cost_in(set[1].load(Relaxed), tag))
+}
+
+/// The learned cost of one item of type `id`, in nanoseconds, or `None`
+/// while the type is untimed.
+#[inline]
+fn cost_ns(id: TypeId) -> Option<u64> {
+    let key = cost_key(id);
+    lookup(cost_set(key), key.tag)
+}
+
+/// Whether the items behind `header` are of a type not timed yet (never
+/// true of a jump header, which is not an item).
+#[inline(always)]
+fn untimed(header: Header) -> bool {
+    header.type_id != TypeId::of::<Jump>() && cost_ns(header.type_id).is_none()
+}
+
+/// Folds a timed run of `items` items into the type's estimate.
 #[cold]
 fn learn(header: Header, start: Instant, items: usize) {
     if items == 0 || header.type_id == TypeId::of::<Jump>() {
         return;
     }
-    let per_item = (start.elapsed().as_nanos() / items as u128).max(1);
-    let per_item = usize::try_from(per_item).unwrap_or(usize::MAX);
-    let slot = cost_slot(header.type_id);
-    let old = slot.load(Relaxed);
-    let new = if old == 0 {
-        per_item
-    } else {
-        (old - old / 8).saturating_add(per_item / 8).max(1)
+    let per_item = (start.elapsed().as_nanos() / items as u128).clamp(1, u128::from(COST_MASK));
+    let key = cost_key(header.type_id);
+    record(cost_set(key), key.tag, per_item as u64);
+}
+
+/// Folds `per_item` (nanoseconds, at least 1) into `tag`'s entry of `set`:
+/// the first timing is taken as it is, later ones move the estimate 1/8
+/// of the way (an exponential moving average). A tag with no entry takes a
+/// free way, else the way its own bits pick, so that a third type in a
+/// set always evicts the same neighbour and the other one keeps its
+/// estimate. Racing updates may lose one; an estimate needs no more.
+fn record(set: &[StaticAtomicU64; 2], tag: u64, per_item: u64) {
+    let entries = [set[0].load(Relaxed), set[1].load(Relaxed)];
+    let (way, cost) = match (0..2).find(|&w| cost_in(entries[w], tag).is_some()) {
+        Some(w) => {
+            let old = entries[w] & COST_MASK;
+            (w, (old - old / 8).saturating_add(per_item / 8))
+        }
+        None => {
+            let free = (0..2).find(|&w| entries[w] == 0);
+            (free.unwrap_or((tag & 1) as usize), per_item)
+        }
     };
-    slot.store(new, Relaxed);
+    set[way].store((tag << COST_BITS) | cost.clamp(1, COST_MASK), Relaxed);
 }
 
 /// Stores `payload` as the first panic, or drops it if one is kept already.
@@ -1079,49 +1171,117 @@ mod tests {
         TypeId::of::<F>()
     }
 
-    #[test]
-    fn estimated_cost_sums_over_the_items() {
-        let mut b = Buffer::new();
-        let mut ids = Vec::new();
-        for i in 0..MANY {
-            let v = vec![i as u8];
-            ids.push(if i % 3 == 0 {
-                push_id(&mut b, move || drop(v))
-            } else {
-                push_id(&mut b, || ())
-            });
-        }
-        let expected: u64 = ids.iter().map(|&id| cost_ns(id)).sum();
-        assert!(expected >= MANY as u64);
-        assert_eq!(b.estimated_cost_ns(), expected);
-        b.run_all(&mut None);
-        assert_eq!(b.estimated_cost_ns(), 0);
+    /// The estimate [`Buffer::estimated_cost`] should give for `ids`, as
+    /// the table stands now.
+    fn expected_cost(ids: &[TypeId]) -> Cost {
+        ids.iter()
+            .try_fold(0u64, |sum, &id| Some(sum + cost_ns(id)?))
+            .map_or(Cost::Untimed, Cost::Known)
     }
 
     #[test]
-    fn timing_learns_a_slow_type() {
-        const SPIN_US: u64 = if cfg!(miri) { 1 } else { 50 };
-        struct Slow;
-        impl Drop for Slow {
-            fn drop(&mut self) {
-                let t = Instant::now();
-                while t.elapsed() < std::time::Duration::from_micros(SPIN_US) {
-                    std::hint::spin_loop();
-                }
+    fn estimated_cost_sums_over_the_items_once_every_type_is_timed() {
+        let mut b = Buffer::new();
+        let mut ids = Vec::new();
+        let fill = |b: &mut Buffer, ids: &mut Vec<TypeId>| {
+            for i in 0..MANY {
+                let v = vec![i as u8];
+                ids.push(if i % 3 == 0 {
+                    push_id(b, move || drop(v))
+                } else {
+                    push_id(b, || ())
+                });
+            }
+        };
+        fill(&mut b, &mut ids);
+        // Both closure types are new: neither has been freed yet.
+        assert_eq!(b.estimated_cost(), Cost::Untimed);
+        b.run_all(&mut None);
+        assert_eq!(b.estimated_cost(), Cost::Known(0));
+        ids.clear();
+        fill(&mut b, &mut ids);
+        let expected = expected_cost(&ids);
+        assert!(
+            matches!(expected, Cost::Known(ns) if ns >= MANY as u64),
+            "one free timed both types: {expected:?}"
+        );
+        assert_eq!(b.estimated_cost(), expected);
+        b.run_all(&mut None);
+    }
+
+    /// Spins for `us` microseconds when dropped.
+    struct Slow(u64);
+
+    impl Drop for Slow {
+        fn drop(&mut self) {
+            let t = Instant::now();
+            while t.elapsed() < std::time::Duration::from_micros(self.0) {
+                std::hint::spin_loop();
             }
         }
+    }
+
+    const SPIN_US: u64 = if cfg!(miri) { 1 } else { 50 };
+
+    #[test]
+    fn an_untimed_type_is_timed_on_its_first_free() {
+        let mut b = Buffer::new();
+        let v = Slow(SPIN_US);
+        let slow = push_id(&mut b, move || drop(v));
+        assert_eq!(cost_ns(slow), None, "not freed yet: untimed");
+        assert_eq!(b.estimated_cost(), Cost::Untimed);
+        b.run_all(&mut None);
+        let learned = cost_ns(slow).expect("timed on its first free");
+        assert!(learned >= SPIN_US * 1000, "learned {learned} ns");
+    }
+
+    #[test]
+    fn timing_keeps_learning_a_timed_type() {
         let mut b = Buffer::new();
         let mut slow = None;
         for _ in 0..16 * SAMPLE_EVERY {
-            let v = Slow;
+            let v = Slow(SPIN_US);
             slow = Some(push_id(&mut b, move || drop(v)));
             b.push(|| ()); // a different type: one run per item
         }
         b.run_all(&mut None);
-        let learned = cost_slot(slow.unwrap()).load(Relaxed);
-        // 256 runs of `Slow`, one in 16 timed on average: with a sample
-        // or more, every one at least SPIN_US, the estimate moved at least
-        // 1/8 of the way from wherever it started (a shared slot).
-        assert!(learned as u64 >= SPIN_US * 1000 / 8, "learned {learned} ns");
+        let learned = cost_ns(slow.unwrap()).expect("timed");
+        // Every run of `Slow` takes at least SPIN_US, and the first one is
+        // always timed: every later sample keeps the average above 7/8
+        // of that.
+        assert!(learned >= SPIN_US * 1000 * 7 / 8, "learned {learned} ns");
+    }
+
+    #[test]
+    fn the_cost_table_keeps_two_types_a_set_and_evicts_one_neighbour() {
+        let set = [const { StaticAtomicU64::new(0) }; 2];
+        assert_eq!(lookup(&set, 6), None);
+        record(&set, 6, 100);
+        record(&set, 9, 7_000);
+        assert_eq!(lookup(&set, 6), Some(100));
+        assert_eq!(lookup(&set, 9), Some(7_000));
+        // Later timings move the estimate an eighth of the way.
+        record(&set, 6, 900);
+        assert_eq!(lookup(&set, 6), Some(100 - 12 + 112));
+        // A third tag in a full set takes the way its low bit picks (way
+        // 0 for an even tag), every time: tag 9 keeps its estimate.
+        record(&set, 4, 50);
+        assert_eq!(lookup(&set, 6), None, "evicted: untimed again");
+        assert_eq!(lookup(&set, 4), Some(50));
+        assert_eq!(lookup(&set, 9), Some(7_000));
+        // Costs are at least 1 ns, and saturate.
+        record(&set, 4, 0);
+        assert!(lookup(&set, 4).unwrap() >= 1);
+        record(&set, 6, u64::MAX);
+        assert!(lookup(&set, 6).unwrap() <= COST_MASK);
+        assert_eq!(lookup(&set, 9), Some(7_000));
+    }
+
+    #[test]
+    fn cost_keys_are_stable_and_in_range() {
+        let a = cost_key(TypeId::of::<Slow>());
+        assert_eq!(a, cost_key(TypeId::of::<Slow>()));
+        assert!(a.set < COST_SETS && a.tag <= 0xFFFF);
+        assert!(!untimed(&JUMP), "a jump header is never timed");
     }
 }

@@ -39,10 +39,10 @@
 //!   that prefers to say when.
 //! - **Policies.** [`Policy::Inline`] (default) frees on the unlocking
 //!   thread; [`Policy::Offload`] hands a batch that is worth moving (its
-//!   learned drop cost is at least [`offload_threshold_ns`]), in O(1), to
-//!   its CPU's inbox, freed by idle-priority reclaimer threads wherever a
-//!   CPU has time ([`set_policy`], [`quiesce`]); cheap batches stay
-//!   inline. [`defer_heavy`] sends one value off the thread whatever the
+//!   learned drop cost is at least [`offload_threshold_ns`], or it holds a
+//!   type not timed yet, timed where it is freed), in O(1), to its CPU's
+//!   inbox, freed by idle-priority reclaimer threads wherever a CPU has
+//!   time ([`set_policy`], [`quiesce`]); cheap batches stay inline. [`defer_heavy`] sends one value off the thread whatever the
 //!   policy, and [`set_offload_executor`] routes batches to your own
 //!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux) so
 //!   they never preempt a producer; when they fall behind, the backlog

@@ -16,6 +16,14 @@
 //!
 //! The count of items handed to an inbox and not yet freed bounds the
 //! backlog: past it, producers free inline.
+//!
+//! Under `Policy::Offload` a batch leaves only if it is worth moving: its
+//! estimated drop cost (the sum of each item type's learned cost per item)
+//! reaches [`offload_threshold_ns`]. A batch holding a type freeq has not
+//! timed yet leaves whatever its known cost: that type's first free then
+//! happens on a reclaimer, which times it (a run of an untimed type is
+//! always timed, wherever it runs), so one slow first drop never lands on
+//! the producer and the type is judged by its cost from then on.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
@@ -24,7 +32,7 @@ use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::sync::{OnceLock, RwLock as StdRwLock};
 
 use crate::FreeQueue;
-use crate::item::Buffer;
+use crate::item::{Buffer, Cost};
 use crate::queue;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*, fence, thread};
 use crate::sync::{Cell, StaticAtomicUsize, freeq_thread_local};
@@ -54,7 +62,9 @@ pub fn offload_bound() -> usize {
 }
 
 /// Default estimated drop cost, in nanoseconds, from which a batch is worth
-/// handing to another thread under [`Policy::Offload`](crate::Policy).
+/// handing to another thread under [`Policy::Offload`](crate::Policy). A
+/// batch holding a type not timed yet leaves whatever its cost, and that
+/// type is timed on its first free.
 ///
 /// Measured with `cargo bench --bench heavy_drop -- threshold` (see
 /// BENCHMARKS.md, "Offload (issue 10)"): moving a batch to a reclaimer and
@@ -78,6 +88,11 @@ static THRESHOLD_NS: StaticAtomicUsize =
 /// batches are freed inline (default [`DEFAULT_OFFLOAD_THRESHOLD_NS`]).
 /// `0` offloads every batch.
 ///
+/// The estimate sums each item type's learned drop cost. Types not timed
+/// yet have no cost to sum: a batch holding one leaves whatever the
+/// threshold, and is timed where it is freed, so only a type's first batch
+/// can leave for that reason.
+///
 /// ```
 /// freeq::set_offload_threshold_ns(50_000);
 /// assert_eq!(freeq::offload_threshold_ns(), 50_000);
@@ -87,15 +102,20 @@ pub fn set_offload_threshold_ns(ns: u64) {
     THRESHOLD_NS.store(usize::try_from(ns).unwrap_or(usize::MAX), StaticRelaxed);
 }
 
-/// The threshold set by [`set_offload_threshold_ns`].
+/// The threshold set by [`set_offload_threshold_ns`]; it judges batches
+/// whose item types have all been timed.
 pub fn offload_threshold_ns() -> u64 {
     THRESHOLD_NS.load(StaticRelaxed) as u64
 }
 
-/// Whether a batch whose items are estimated to take `estimated_ns` to free
-/// is worth handing to another thread.
-pub(crate) fn worth_offloading(estimated_ns: u64) -> bool {
-    estimated_ns >= offload_threshold_ns()
+/// Whether a batch expected to cost `cost` to free is worth handing to
+/// another thread: one that holds a type not timed yet always is (its
+/// first free is timed there), a fully timed one from the threshold up.
+pub(crate) fn worth_offloading(cost: Cost) -> bool {
+    match cost {
+        Cost::Untimed => true,
+        Cost::Known(ns) => ns >= offload_threshold_ns(),
+    }
 }
 
 freeq_thread_local! {
@@ -145,7 +165,7 @@ fn free_contained(batch: &mut Buffer) {
         // A drain stopped by a section left open by a free: the items left
         // run here so that none is lost.
         let mut first = None;
-        batch.run_all(&mut first);
+        queue::run_here(batch, &mut first);
         if let Some(payload) = first {
             drop_payload(payload);
         }
@@ -159,7 +179,7 @@ fn free_batch(batch: &mut Buffer) {
     let _inline = InlineOnly::enter();
     if queue::in_section() {
         let mut first = None;
-        batch.run_all(&mut first);
+        queue::run_here(batch, &mut first);
         crate::item::resume(first);
     } else {
         queue::free_here(batch);
@@ -1022,7 +1042,7 @@ impl Batch {
         let _inline = InlineOnly::enter();
         if queue::in_section() {
             let mut first = None;
-            items.run_all(&mut first);
+            queue::run_here(items, &mut first);
             crate::item::resume(first);
         } else {
             queue::free_here(items);
@@ -1216,8 +1236,9 @@ mod tests {
     fn the_threshold_judges_cost() {
         let old = offload_threshold_ns();
         set_offload_threshold_ns(1_000);
-        assert!(!worth_offloading(999));
-        assert!(worth_offloading(1_000));
+        assert!(!worth_offloading(Cost::Known(999)));
+        assert!(worth_offloading(Cost::Known(1_000)));
+        assert!(worth_offloading(Cost::Untimed), "an untimed type leaves");
         set_offload_threshold_ns(old);
     }
 }

@@ -24,6 +24,10 @@ pub enum Policy {
     /// the CPU this thread runs on, where an idle-priority reclaimer thread
     /// running on any CPU with time to spare frees it (or to the executor
     /// set with [`set_offload_executor`](crate::set_offload_executor)).
+    /// Only batches worth moving leave: those whose learned drop cost
+    /// reaches [`offload_threshold_ns`](crate::offload_threshold_ns), and
+    /// those holding a type not timed yet, which is timed on the reclaimer
+    /// that frees it; cheaper batches are freed inline.
     /// When that inbox is past its backlog bound
     /// ([`set_offload_bound`](crate::set_offload_bound)), the thread frees
     /// inline instead. Reclaimers themselves always free inline, whatever

@@ -266,9 +266,10 @@ impl Local {
             // SAFETY: (5) a momentary borrow; O(1), runs nothing.
             let mut batch = unsafe { (*self.queue()).take_items() };
             let c = &self.counts;
-            // Offload only what costs more to free than to move.
-            if self.policy() == Policy::Offload
-                && offload::worth_offloading(batch.estimated_cost_ns())
+            // Offload only what costs more to free than to move, and what
+            // holds a type whose cost is not known yet (timed where it is
+            // freed).
+            if self.policy() == Policy::Offload && offload::worth_offloading(batch.estimated_cost())
             {
                 let n = batch.len();
                 let sent_bytes = batch.capacity_bytes();
@@ -534,6 +535,30 @@ pub(crate) fn free_here(batch: &mut Buffer) {
     if !batch.is_empty() {
         // This thread's state is gone (thread exit).
         run_late(batch.take_items());
+    }
+}
+
+/// Frees `batch`'s items on this thread here and now, even inside a
+/// section (`quiesce` or [`Batch::free`](crate::Batch::free) called there),
+/// and counts them as freed: they were counted as deferred where they came
+/// from. Items their frees defer join this thread's queue as usual.
+pub(crate) fn run_here(batch: &mut Buffer, first: &mut Option<Panic>) {
+    batch.take_ran();
+    batch.run_all(first);
+    let n = batch.take_ran();
+    let counted = LOCAL.try_with(|l| {
+        if l.gone.get() {
+            return false;
+        }
+        LocalCounts::add(&l.counts.freed, n);
+        // Published now: a section that ends with nothing queued drains
+        // nothing, and would leave these counts unpublished.
+        l.counts.publish();
+        true
+    });
+    if counted != Ok(true) {
+        // This thread's state is gone (thread exit).
+        stats::count_late(0, n, 0);
     }
 }
 

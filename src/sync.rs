@@ -60,7 +60,9 @@ impl<T: ?Sized> NoPoison for loom::sync::RwLock<T> {}
 /// Atomics for process-wide settings held in `static`s. loom atomics cannot
 /// live in statics, and settings are not what the models check, so these
 /// are `std`'s in both modes.
-pub(crate) use std::sync::atomic::{AtomicU8 as StaticAtomicU8, AtomicUsize as StaticAtomicUsize};
+pub(crate) use std::sync::atomic::{
+    AtomicU8 as StaticAtomicU8, AtomicU64 as StaticAtomicU64, AtomicUsize as StaticAtomicUsize,
+};
 
 /// `thread_local!` with a `const` initialiser under `std` (the fast,
 /// lazily-registered kind) and loom's tracked thread-locals under loom.

@@ -1,11 +1,16 @@
 //! Under `Policy::Offload`, only batches worth moving leave the thread: the
 //! rule judges a batch by the learned drop cost of its items, not by their
-//! count. One test in this binary, so the process-wide statistics it reads
-//! are its own.
+//! count, and a batch holding a type whose cost is not known yet leaves so
+//! that its first free is timed on a reclaimer. One test in this binary, so
+//! the process-wide statistics it reads are its own.
 
 use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use freeq::Policy;
 
@@ -13,8 +18,33 @@ thread_local! {
     static FREED_HERE: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Cheap to drop; never deferred anywhere else, so its cost estimate is
-/// freeq's default for types it has not timed yet.
+/// How long the test waits for something that should happen promptly
+/// before it declares the runtime stuck.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `f` on a helper thread and fails if it does not return within
+/// [`PATIENCE`], so a stuck reclaimer fails the test instead of hanging it.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("test-helper".into())
+        .spawn(move || {
+            let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
+        })
+        .unwrap();
+    match rx.recv_timeout(PATIENCE) {
+        Ok(Ok(v)) => v,
+        Ok(Err(payload)) => panic::resume_unwind(payload),
+        Err(_) => panic!("{what} did not return within {PATIENCE:?}"),
+    }
+}
+
+fn quiesce() {
+    within("freeq::quiesce()", freeq::quiesce);
+}
+
+/// Cheap to drop; deferred nowhere else, so freeq has not timed it before
+/// this test defers it.
 struct Cheap(#[allow(dead_code)] u64);
 
 impl Drop for Cheap {
@@ -32,51 +62,85 @@ impl Drop for Heavy {
     }
 }
 
-#[test]
-#[cfg_attr(
-    miri,
-    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
-)]
-fn cheap_batches_stay_inline_and_a_heavy_value_makes_its_batch_leave() {
-    assert_eq!(
-        freeq::offload_threshold_ns(),
-        freeq::DEFAULT_OFFLOAD_THRESHOLD_NS
-    );
-    freeq::set_policy(Policy::Offload);
+/// Busy for 2 ms when dropped (asleep under Miri, whose clock a busy loop
+/// would crawl through), and reports the name of the thread that dropped
+/// it. Deferred nowhere else.
+struct Slow(mpsc::Sender<String>);
 
-    // Eight cheap values: estimated far below the threshold, freed here.
+impl Drop for Slow {
+    fn drop(&mut self) {
+        let t = Instant::now();
+        if cfg!(miri) {
+            thread::sleep(Duration::from_millis(2));
+        }
+        while t.elapsed() < Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        let name = thread::current().name().unwrap_or("<unnamed>").to_owned();
+        let _ = self.0.send(name);
+    }
+}
+
+/// Defers `make()` inside a section on this thread; returns the counts
+/// the section's drain added.
+fn one_section(make: impl FnOnce()) -> freeq::Stats {
     let before = freeq::stats();
     {
         let _s = freeq::section();
+        make();
+    }
+    freeq::stats().since(&before)
+}
+
+/// The first value of a type with a slow drop leaves the thread the first
+/// time it is deferred, and that one free teaches freeq its cost.
+fn a_slow_type_leaves_on_first_sight_and_is_timed_there() {
+    let (tx, rx) = mpsc::channel();
+    let d = one_section(|| freeq::defer(Slow(tx.clone())));
+    assert_eq!(d.offloaded, 1, "an untimed type was freed inline: {d:?}");
+    // Wait for a reclaimer (at normal priority) to free it, without
+    // `quiesce`, which would free it on the calling thread.
+    let by = rx.recv_timeout(PATIENCE).expect("no reclaimer freed it");
+    assert!(by.starts_with("freeq-reclaim"), "freed on {by}");
+    quiesce();
+
+    // Learned: with the threshold above 2 ms the next one stays here ...
+    freeq::set_offload_threshold_ns(1_000_000_000);
+    let d = one_section(|| freeq::defer(Slow(tx.clone())));
+    assert_eq!(d.offloaded, 0, "still untimed after its first free");
+    let here = thread::current().name().map(str::to_owned);
+    assert_eq!(rx.try_recv().ok(), here, "freed here");
+    // ... and with the default one it leaves, by its learned cost.
+    freeq::set_offload_threshold_ns(freeq::DEFAULT_OFFLOAD_THRESHOLD_NS);
+    let d = one_section(|| freeq::defer(Slow(tx.clone())));
+    assert_eq!(d.offloaded, 1, "learned a 2 ms drop as cheap");
+    quiesce();
+    assert!(rx.try_recv().is_ok());
+}
+
+/// A cheap type's first batch may leave (its cost is unknown); once it has
+/// been timed, cheap batches are freed inline.
+fn cheap_batches_stay_inline_once_timed() {
+    let eight = || {
         for i in 0..8 {
             freeq::defer(Cheap(i));
         }
+    };
+    one_section(eight);
+    quiesce(); // wherever the first batch went, it has been freed and timed
+    for round in 0..3 {
+        FREED_HERE.with(|n| n.set(0));
+        let d = one_section(eight);
+        assert_eq!(d.offloaded, 0, "round {round}: a cheap batch was moved");
+        assert_eq!(FREED_HERE.with(Cell::get), 8, "round {round}");
     }
-    assert_eq!(FREED_HERE.with(Cell::get), 8, "a cheap batch was moved");
-    assert_eq!(freeq::stats().since(&before).offloaded, 0);
+}
 
-    // Heavy values are freed inline until a timed drain has learned their
-    // cost (drains are timed on a random sample), then their batches leave.
-    let mut learned = false;
-    for _ in 0..400 {
-        let before = freeq::stats();
-        {
-            let _s = freeq::section();
-            freeq::defer(Heavy);
-        }
-        if freeq::stats().since(&before).offloaded == 1 {
-            learned = true;
-            break;
-        }
-    }
-    assert!(learned, "a 1 ms drop was never judged worth offloading");
-
-    // One heavy value among eight cheap ones: the whole batch of nine
-    // leaves, whatever the count of cheap items.
+/// One heavy value among eight cheap ones: the whole batch of nine leaves,
+/// whatever the count of cheap items.
+fn a_heavy_value_makes_its_batch_leave() {
     FREED_HERE.with(|n| n.set(0));
-    let before = freeq::stats();
-    {
-        let _s = freeq::section();
+    let d = one_section(|| {
         for i in 0..4 {
             freeq::defer(Cheap(i));
         }
@@ -84,12 +148,113 @@ fn cheap_batches_stay_inline_and_a_heavy_value_makes_its_batch_leave() {
         for i in 4..8 {
             freeq::defer(Cheap(i));
         }
-    }
-    assert_eq!(freeq::stats().since(&before).offloaded, 9);
+    });
+    assert_eq!(d.offloaded, 9);
     assert_eq!(FREED_HERE.with(Cell::get), 0, "the batch was freed here");
+    // quiesce frees, on the calling thread, whatever no reclaimer has
+    // started on.
+    quiesce();
+}
 
-    // quiesce frees on this thread whatever no reclaimer has started on.
-    freeq::quiesce();
+/// Items of a [`freeq::FreeQueue`] freed through a hidden reclaimer:
+/// counted as freed, never as deferred.
+static QUEUED_ONLY: AtomicU64 = AtomicU64::new(0);
+
+/// Asserts that every item deferred so far has been freed exactly once.
+fn assert_balanced(when: &str) {
+    let s = freeq::stats();
+    let queued = QUEUED_ONLY.load(SeqCst);
+    assert_eq!(
+        s.deferred + queued,
+        s.freed,
+        "{when} ({queued} queued): {s:?}"
+    );
+}
+
+/// Handed-off batches freed on a thread that is inside a section (by
+/// `quiesce` or `Batch::free`) count once as freed.
+fn batches_freed_inside_a_section_count_once() {
+    quiesce();
+    assert_balanced("before");
+
+    // `quiesce` inside a section, right after the hand-off: it frees the
+    // batch itself unless a reclaimer was quicker; the counts balance
+    // either way. On a helper thread, so a stuck reclaimer fails the test.
+    within("quiesce inside a section", || {
+        freeq::set_policy(Policy::Offload);
+        for _ in 0..4 {
+            let d = one_section(|| {
+                freeq::defer(Heavy);
+                freeq::defer(Cheap(0));
+            });
+            assert_eq!(d.offloaded, 2);
+            let _s = freeq::section();
+            freeq::quiesce();
+        }
+    });
+    assert_balanced("after quiesce inside a section");
+
+    // A hidden reclaimer with no thread of its own: its `quiesce` always
+    // frees the batch on the caller, here inside a section. A `FreeQueue`
+    // is counted when its items are freed, once.
+    let r = freeq::__Reclaimer::new();
+    let mut q = freeq::FreeQueue::new();
+    for i in 0..5 {
+        q.push(Cheap(i));
+    }
+    r.hand_off_queue(q);
+    let before = freeq::stats();
+    {
+        let _s = freeq::section();
+        r.quiesce();
+        assert_eq!(r.outstanding(), 0);
+    }
+    let d = freeq::stats().since(&before);
+    assert_eq!((d.deferred, d.freed), (0, 5), "{d:?}");
+    QUEUED_ONLY.fetch_add(5, SeqCst);
+
+    // `Batch::free` inside a section, on this thread.
+    let batches = std::sync::Arc::new(StdMutex::new(Vec::new()));
+    let keep = batches.clone();
+    freeq::set_offload_executor(move |b| keep.lock().unwrap().push(b));
+    let d = one_section(|| {
+        freeq::defer(Heavy);
+        freeq::defer(Cheap(1));
+        freeq::defer(Cheap(2));
+    });
+    freeq::clear_offload_executor();
+    assert_eq!(d.offloaded, 3);
+    let taken: Vec<freeq::Batch> = std::mem::take(&mut *batches.lock().unwrap());
+    assert_eq!(taken.len(), 1);
+    {
+        let _s = freeq::section();
+        for b in taken {
+            b.free();
+        }
+    }
+    assert_balanced("after Batch::free inside a section");
+}
+
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
+fn untimed_types_leave_timed_cheap_batches_stay_and_counts_balance() {
+    // This test waits on freeq's own reclaimers: at idle priority they may
+    // get no CPU at all while the machine is busy.
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    assert_eq!(
+        freeq::offload_threshold_ns(),
+        freeq::DEFAULT_OFFLOAD_THRESHOLD_NS
+    );
+    freeq::set_policy(Policy::Offload);
+
+    a_slow_type_leaves_on_first_sight_and_is_timed_there();
+    cheap_batches_stay_inline_once_timed();
+    a_heavy_value_makes_its_batch_leave();
+    batches_freed_inside_a_section_count_once();
+
     freeq::set_policy(Policy::Inline);
 
     // defer_heavy under Inline: the value leaves the thread on its own, and
@@ -98,7 +263,6 @@ fn cheap_batches_stay_inline_and_a_heavy_value_makes_its_batch_leave() {
         let _s = freeq::section();
         freeq::defer_heavy(Heavy);
     }
-    freeq::quiesce();
-    let s = freeq::stats();
-    assert_eq!(s.deferred, s.freed, "{s:?}");
+    quiesce();
+    assert_balanced("after defer_heavy");
 }
