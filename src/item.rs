@@ -573,7 +573,7 @@ impl Buffer {
                     // One lookup per run of one type, not per item.
                     let stopped = if untimed(header) || sample() {
                         let before = self.ran;
-                        let start = Instant::now();
+                        let start = Stamp::now();
                         // SAFETY: (24) as in (23).
                         let stopped = unsafe { !(header.run)(self, watch) };
                         learn(header, start, self.ran - before);
@@ -886,13 +886,73 @@ fn untimed(header: Header) -> bool {
     header.type_id != TypeId::of::<Jump>() && cost_ns(header.type_id).is_none()
 }
 
+std::thread_local! {
+    /// Whether this thread times drops by its own CPU time: set on
+    /// reclaimers, which run at idle priority and are preempted often, so
+    /// that a preemption in the middle of a timed run is not learned as
+    /// the type's cost. No destructor.
+    static CPU_CLOCK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes this thread time the drops it samples by its own CPU time
+/// rather than the wall clock (where the platform offers a thread CPU
+/// clock). Reading it is a system call, about 1 µs here: for threads off
+/// the critical path only.
+pub(crate) fn time_by_cpu_clock() {
+    let _ = CPU_CLOCK.try_with(|c| c.set(true));
+}
+
+/// The start of a timed run: the wall clock, or this thread's CPU clock.
+#[derive(Clone, Copy)]
+enum Stamp {
+    Wall(Instant),
+    #[cfg(all(target_os = "linux", not(miri)))]
+    Cpu(u64),
+}
+
+impl Stamp {
+    #[inline]
+    fn now() -> Stamp {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        if CPU_CLOCK.try_with(Cell::get).unwrap_or(false)
+            && let Some(ns) = thread_cpu_ns()
+        {
+            return Stamp::Cpu(ns);
+        }
+        Stamp::Wall(Instant::now())
+    }
+
+    fn elapsed_ns(self) -> u128 {
+        match self {
+            Stamp::Wall(start) => start.elapsed().as_nanos(),
+            #[cfg(all(target_os = "linux", not(miri)))]
+            Stamp::Cpu(start) => thread_cpu_ns()
+                .map_or(0, |now| now.saturating_sub(start))
+                .into(),
+        }
+    }
+}
+
+/// This thread's CPU time, in nanoseconds.
+#[cfg(all(target_os = "linux", not(miri)))]
+fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: (40) `ts` is a valid, writable `timespec`; the call writes
+    // only it.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    ok.then(|| (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
+}
+
 /// Folds a timed run of `items` items into the type's estimate.
 #[cold]
-fn learn(header: Header, start: Instant, items: usize) {
+fn learn(header: Header, start: Stamp, items: usize) {
     if items == 0 || header.type_id == TypeId::of::<Jump>() {
         return;
     }
-    let per_item = (start.elapsed().as_nanos() / items as u128).clamp(1, u128::from(COST_MASK));
+    let per_item = (start.elapsed_ns() / items as u128).clamp(1, u128::from(COST_MASK));
     let key = cost_key(header.type_id);
     record(cost_set(key), key.tag, per_item as u64);
 }
@@ -1233,6 +1293,41 @@ mod tests {
         b.run_all(&mut None);
         let learned = cost_ns(slow).expect("timed on its first free");
         assert!(learned >= SPIN_US * 1000, "learned {learned} ns");
+    }
+
+    /// On a thread that times by CPU clock (a reclaimer), time spent off
+    /// the CPU inside a drop (a preemption, here a sleep) is not learned as
+    /// the type's cost; by wall clock it is.
+    #[test]
+    #[cfg(all(target_os = "linux", not(miri)))]
+    fn the_cpu_clock_leaves_out_time_off_the_cpu() {
+        struct Sleepy;
+        impl Drop for Sleepy {
+            fn drop(&mut self) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        struct SleepyToo;
+        impl Drop for SleepyToo {
+            fn drop(&mut self) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        let (by_cpu, by_wall) = std::thread::spawn(|| {
+            let mut b = Buffer::new();
+            let v = SleepyToo;
+            let wall = push_id(&mut b, move || drop(v));
+            b.run_all(&mut None);
+            time_by_cpu_clock();
+            let v = Sleepy;
+            let cpu = push_id(&mut b, move || drop(v));
+            b.run_all(&mut None);
+            (cost_ns(cpu).unwrap(), cost_ns(wall).unwrap())
+        })
+        .join()
+        .unwrap();
+        assert!(by_wall >= 20_000_000, "wall clock: {by_wall} ns");
+        assert!(by_cpu < 5_000_000, "CPU clock: {by_cpu} ns");
     }
 
     #[test]
