@@ -887,63 +887,67 @@ fn untimed(header: Header) -> bool {
 }
 
 std::thread_local! {
-    /// Whether this thread times drops by its own CPU time: set on
-    /// reclaimers, which run at idle priority and are preempted often, so
-    /// that a preemption in the middle of a timed run is not learned as
-    /// the type's cost. No destructor.
-    static CPU_CLOCK: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread leaves the time it spent waiting for a CPU out
+    /// of its drop timings: set on reclaimers, which run at idle priority
+    /// and are preempted often, so that a preemption in the middle of a
+    /// timed run is not learned as the type's cost. No destructor.
+    static LEAVE_OUT_WAITS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Makes this thread time the drops it samples by its own CPU time
-/// rather than the wall clock (where the platform offers a thread CPU
-/// clock). Reading it is a system call, about 1 µs here: for threads off
-/// the critical path only.
-pub(crate) fn time_by_cpu_clock() {
-    let _ = CPU_CLOCK.try_with(|c| c.set(true));
+/// Makes this thread leave out of its drop timings the time it spent
+/// runnable but waiting for a CPU (where the platform reports it per
+/// thread). Time a drop spends blocked (closing a file, joining a thread)
+/// still counts. Reading the wait is a few system calls, a few µs: for
+/// threads off the critical path only.
+pub(crate) fn leave_out_cpu_waits() {
+    let _ = LEAVE_OUT_WAITS.try_with(|c| c.set(true));
 }
 
-/// The start of a timed run: the wall clock, or this thread's CPU clock.
+/// The start of a timed run: the wall clock, and on threads that leave
+/// out their waits for a CPU, the waiting so far.
 #[derive(Clone, Copy)]
-enum Stamp {
-    Wall(Instant),
-    #[cfg(all(target_os = "linux", not(miri)))]
-    Cpu(u64),
+struct Stamp {
+    at: Instant,
+    waited: Option<u64>,
 }
 
 impl Stamp {
     #[inline]
     fn now() -> Stamp {
-        #[cfg(all(target_os = "linux", not(miri)))]
-        if CPU_CLOCK.try_with(Cell::get).unwrap_or(false)
-            && let Some(ns) = thread_cpu_ns()
-        {
-            return Stamp::Cpu(ns);
+        let leave_out = LEAVE_OUT_WAITS.try_with(Cell::get).unwrap_or(false);
+        Stamp {
+            waited: if leave_out { cpu_wait_ns() } else { None },
+            at: Instant::now(),
         }
-        Stamp::Wall(Instant::now())
     }
 
+    /// Nanoseconds since `now`, less the time spent waiting for a CPU
+    /// meanwhile where that is known.
     fn elapsed_ns(self) -> u128 {
-        match self {
-            Stamp::Wall(start) => start.elapsed().as_nanos(),
-            #[cfg(all(target_os = "linux", not(miri)))]
-            Stamp::Cpu(start) => thread_cpu_ns()
-                .map_or(0, |now| now.saturating_sub(start))
-                .into(),
-        }
+        let ns = self.at.elapsed().as_nanos();
+        let waited = match (self.waited, self.waited.and(cpu_wait_ns())) {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            _ => 0,
+        };
+        ns.saturating_sub(waited.into())
     }
 }
 
-/// This thread's CPU time, in nanoseconds.
+/// Nanoseconds this thread has spent runnable but waiting for a CPU
+/// (the second field of Linux's per-thread `schedstat`).
 #[cfg(all(target_os = "linux", not(miri)))]
-fn thread_cpu_ns() -> Option<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: (40) `ts` is a valid, writable `timespec`; the call writes
-    // only it.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
-    ok.then(|| (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
+fn cpu_wait_ns() -> Option<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
+    let mut buf = [0u8; 96];
+    let n = file.read(&mut buf).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(not(all(target_os = "linux", not(miri))))]
+fn cpu_wait_ns() -> Option<u64> {
+    None
 }
 
 /// Folds a timed run of `items` items into the type's estimate.
@@ -1295,39 +1299,78 @@ mod tests {
         assert!(learned >= SPIN_US * 1000, "learned {learned} ns");
     }
 
-    /// On a thread that times by CPU clock (a reclaimer), time spent off
-    /// the CPU inside a drop (a preemption, here a sleep) is not learned as
-    /// the type's cost; by wall clock it is.
+    /// Pins this thread to `cpu`; whether that worked.
+    #[cfg(all(target_os = "linux", not(miri)))]
+    fn pin_to(cpu: usize) -> bool {
+        // SAFETY: a zeroed `cpu_set_t` is a valid empty set; the calls
+        // write only it and this thread's affinity.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        }
+    }
+
+    /// On a thread that leaves out its waits for a CPU (a reclaimer),
+    /// time runnable but preempted inside a drop is not learned as its
+    /// cost; time blocked inside it is.
     #[test]
     #[cfg(all(target_os = "linux", not(miri)))]
-    fn the_cpu_clock_leaves_out_time_off_the_cpu() {
+    fn waits_for_a_cpu_are_left_out_and_blocking_counts() {
+        use std::time::Duration;
         struct Sleepy;
         impl Drop for Sleepy {
             fn drop(&mut self) {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
-        struct SleepyToo;
-        impl Drop for SleepyToo {
-            fn drop(&mut self) {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+        // SAFETY: a zeroed `cpu_set_t` is valid; the call writes only it.
+        let cpu = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set))
+        };
+        let Some(cpu) = cpu else { return };
+        if cpu_wait_ns().is_none() {
+            return; // no per-thread schedstat here
         }
-        let (by_cpu, by_wall) = std::thread::spawn(|| {
+        let learned = std::thread::spawn(move || {
+            leave_out_cpu_waits();
             let mut b = Buffer::new();
-            let v = SleepyToo;
-            let wall = push_id(&mut b, move || drop(v));
-            b.run_all(&mut None);
-            time_by_cpu_clock();
             let v = Sleepy;
-            let cpu = push_id(&mut b, move || drop(v));
+            let sleepy = push_id(&mut b, move || drop(v));
             b.run_all(&mut None);
-            (cost_ns(cpu).unwrap(), cost_ns(wall).unwrap())
+            // This thread and a busy one share one CPU: each waits for the
+            // other about half of the time.
+            if !pin_to(cpu) {
+                return None;
+            }
+            let other = std::thread::spawn(move || {
+                let pinned = pin_to(cpu);
+                let t = Instant::now();
+                while pinned && t.elapsed() < Duration::from_millis(300) {
+                    std::hint::spin_loop();
+                }
+                pinned
+            });
+            std::thread::sleep(Duration::from_millis(10));
+            let v = Slow(100_000); // 100 ms of wall time, shared
+            let slow = push_id(&mut b, move || drop(v));
+            b.run_all(&mut None);
+            let shared = other.join().unwrap();
+            Some((cost_ns(sleepy).unwrap(), cost_ns(slow).unwrap(), shared))
         })
         .join()
         .unwrap();
-        assert!(by_wall >= 20_000_000, "wall clock: {by_wall} ns");
-        assert!(by_cpu < 5_000_000, "CPU clock: {by_cpu} ns");
+        let Some((blocked, busy, shared)) = learned else {
+            return;
+        };
+        assert!(blocked >= 5_000_000, "blocked: learned {blocked} ns");
+        if shared {
+            // `Slow` spins until 100 ms of wall time have passed, about
+            // half of them waiting for the CPU.
+            assert!(busy < 75_000_000, "busy: learned {busy} ns of 100 ms");
+        }
     }
 
     #[test]

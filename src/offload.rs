@@ -841,8 +841,9 @@ impl Pool {
             .spawn(move || {
                 let pool = pool();
                 become_reclaimer();
-                // Preempted often (idle priority): time drops by CPU time.
-                crate::item::time_by_cpu_clock();
+                // Preempted often (idle priority): leave the waits for a
+                // CPU out of drop timings.
+                crate::item::leave_out_cpu_waits();
                 #[cfg(all(target_os = "linux", not(miri)))]
                 if let Some(set) = &pool.cpus {
                     // SAFETY: (9) `set` is a valid CPU set of the size
