@@ -24,6 +24,8 @@
 //! happens on a reclaimer, which times it (a run of an untimed type is
 //! always timed, wherever it runs), so one slow first drop never lands on
 //! the producer and the type is judged by its cost from then on.
+//! Reclaimers leave the time they spent waiting for a CPU (they run at
+//! idle priority) out of their timings; blocking inside a drop counts.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
