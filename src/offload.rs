@@ -1138,7 +1138,7 @@ fn executor() -> Option<Executor> {
 /// exit, when the backlog is past the bound, or when no reclaimer could be
 /// started.
 pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
-    if inline_only() || EXITED.load(StaticRelaxed) {
+    if !can_hand_off() {
         return Err(batch);
     }
     if let Some(run) = executor() {
@@ -1146,6 +1146,13 @@ pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
         return Ok(None);
     }
     pool().hand_off(batch)
+}
+
+/// Whether a batch may leave this thread at all: not on a thread that
+/// frees inline only (a reclaimer; a free run by `quiesce`, `Batch::free`
+/// or the exit hook), and not after the exit hook ran.
+pub(crate) fn can_hand_off() -> bool {
+    !inline_only() && !EXITED.load(StaticRelaxed)
 }
 
 /// Drops `value` on another thread, whatever this thread's policy: on one

@@ -269,7 +269,9 @@ impl Local {
             // Offload only what costs more to free than to move, and what
             // holds a type whose cost is not known yet (timed where it is
             // freed).
-            if self.policy() == Policy::Offload && offload::worth_offloading(batch.estimated_cost())
+            if self.policy() == Policy::Offload
+                && offload::can_hand_off()
+                && offload::worth_offloading(batch.estimated_cost())
             {
                 let n = batch.len();
                 let sent_bytes = batch.capacity_bytes();

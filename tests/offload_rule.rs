@@ -5,7 +5,7 @@
 //! the process-wide statistics it reads are its own.
 
 use std::cell::Cell;
-use std::panic::{self, AssertUnwindSafe};
+
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc;
@@ -14,33 +14,11 @@ use std::time::{Duration, Instant};
 
 use freeq::Policy;
 
+mod common;
+use common::{PATIENCE, quiesce, within};
+
 thread_local! {
     static FREED_HERE: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How long the test waits for something that should happen promptly
-/// before it declares the runtime stuck.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// Runs `f` on a helper thread and fails if it does not return within
-/// [`PATIENCE`], so a stuck reclaimer fails the test instead of hanging it.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::Builder::new()
-        .name("test-helper".into())
-        .spawn(move || {
-            let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
-        })
-        .unwrap();
-    match rx.recv_timeout(PATIENCE) {
-        Ok(Ok(v)) => v,
-        Ok(Err(payload)) => panic::resume_unwind(payload),
-        Err(_) => panic!("{what} did not return within {PATIENCE:?}"),
-    }
-}
-
-fn quiesce() {
-    within("freeq::quiesce()", freeq::quiesce);
 }
 
 /// Cheap to drop; deferred nowhere else, so freeq has not timed it before

@@ -8,7 +8,6 @@
 //! [`serial`] first: the tests of this binary run one at a time, and each
 //! restores the process-wide settings it changed, even when it fails.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex as StdMutex, MutexGuard as StdMutexGuard};
@@ -16,6 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use freeq::{Policy, epoch};
+
+mod common;
+use common::{HELPER, PATIENCE, RestorePolicy, quiesce, within};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -30,32 +32,6 @@ fn serial() -> StdMutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// How long a test waits for something that should happen promptly before
-/// it declares the runtime stuck.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// Runs `f` on a helper thread and fails the test if it does not return
-/// within [`PATIENCE`]: a stuck reclaimer then fails one test instead of
-/// hanging the whole binary.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::Builder::new()
-        .name(HELPER.into())
-        .spawn(move || {
-            let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
-        })
-        .unwrap();
-    match rx.recv_timeout(PATIENCE) {
-        Ok(Ok(v)) => v,
-        Ok(Err(payload)) => panic::resume_unwind(payload),
-        Err(_) => panic!("{what} did not return within {PATIENCE:?}"),
-    }
-}
-
-fn quiesce() {
-    within("freeq::quiesce()", freeq::quiesce);
-}
-
 /// The calling thread's name, or `"<unnamed>"`.
 fn thread_name() -> String {
     thread::current().name().unwrap_or("<unnamed>").to_owned()
@@ -64,10 +40,6 @@ fn thread_name() -> String {
 fn is_reclaimer(name: &str) -> bool {
     name.starts_with("freeq-reclaim")
 }
-
-/// The name of the threads [`within`] starts, which is where `quiesce`
-/// runs in these tests.
-const HELPER: &str = "test-helper";
 
 /// Whether a value freed on thread `name` left its producer: freed by a
 /// reclaimer, or by a `quiesce` caller, which frees the batches no
@@ -181,25 +153,6 @@ impl Drop for RestoreDefaults {
     fn drop(&mut self) {
         freeq::set_offload_bound(freeq::DEFAULT_OFFLOAD_BOUND);
         freeq::set_default_policy(Policy::Inline);
-    }
-}
-
-/// Restores the calling thread's policy.
-struct RestorePolicy(Policy);
-
-impl RestorePolicy {
-    fn set(policy: Policy) -> RestorePolicy {
-        let old = freeq::policy();
-        // Every batch, however cheap, is worth offloading here.
-        freeq::set_offload_threshold_ns(0);
-        freeq::set_policy(policy);
-        RestorePolicy(old)
-    }
-}
-
-impl Drop for RestorePolicy {
-    fn drop(&mut self) {
-        freeq::set_policy(self.0);
     }
 }
 

@@ -10,7 +10,7 @@
 #![cfg(not(miri))]
 
 use std::io::Write;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use freeq::Policy;
 
-const PATIENCE: Duration = Duration::from_secs(120);
+mod common;
+use common::{PATIENCE, RestorePolicy, within};
 
 fn serial() -> StdMutexGuard<'static, ()> {
     // These tests wait on freeq's own reclaimers: at idle priority they may
@@ -28,19 +29,6 @@ fn serial() -> StdMutexGuard<'static, ()> {
     freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
     static SERIAL: StdMutex<()> = StdMutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs `f` on a helper thread; fails if it does not return in time.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(Ok(v)) => v,
-        Ok(Err(payload)) => panic::resume_unwind(payload),
-        Err(_) => panic!("{what} did not return within {PATIENCE:?}"),
-    }
 }
 
 fn thread_name() -> String {
@@ -53,24 +41,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
         thread::sleep(Duration::from_millis(1));
-    }
-}
-
-struct RestorePolicy(Policy);
-
-impl RestorePolicy {
-    fn set(policy: Policy) -> RestorePolicy {
-        let old = freeq::policy();
-        // Every batch, however cheap, is worth offloading here.
-        freeq::set_offload_threshold_ns(0);
-        freeq::set_policy(policy);
-        RestorePolicy(old)
-    }
-}
-
-impl Drop for RestorePolicy {
-    fn drop(&mut self) {
-        freeq::set_policy(self.0);
     }
 }
 
