@@ -125,6 +125,24 @@ struct Row {
     on_other: usize,
     heavies: usize,
     wall: Duration,
+    /// Host steal during the run (ms), where the machine reports it.
+    steal_ms: Option<f64>,
+}
+
+/// CPU time the hypervisor has taken from this machine's CPUs so far, in
+/// ms: the steal column of `/proc/stat` (ticks of 10 ms). A guest thread
+/// that loses its CPU this way sees a latency spike that no scheduler
+/// inside the machine caused; `None` where it is not reported.
+fn steal_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let steal: f64 = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(8)?
+        .parse()
+        .ok()?;
+    Some(steal * 10.0)
 }
 
 fn run(strategy: Strategy) -> Row {
@@ -145,6 +163,7 @@ fn run(strategy: Strategy) -> Row {
     });
     let mut lat = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
     let mut fresh: Vec<Vec<String>> = (0..OPS).map(|i| record(i + 1)).collect();
+    let steal_before = steal_ms();
     let started = Instant::now();
     for (i, new) in fresh.drain(..).enumerate() {
         let heavy = i % HEAVY_EVERY == HEAVY_EVERY - 1;
@@ -217,6 +236,9 @@ fn run(strategy: Strategy) -> Row {
         }
     }
     let wall = started.elapsed();
+    let steal = steal_ms()
+        .zip(steal_before)
+        .map(|(after, before)| after - before);
     freeq::set_policy(freeq::Policy::Inline);
     drop(fq);
     drop(std_lock);
@@ -249,6 +271,7 @@ fn run(strategy: Strategy) -> Row {
         after,
         drop_ms,
         wall,
+        steal_ms: steal,
     }
 }
 
@@ -306,10 +329,13 @@ fn heavy() {
         );
         if let Some((p999, max)) = inline {
             println!(
-                "{:<26} p99.9 {:.3}x Inline's, max {:.3}x Inline's",
+                "{:<26} p99.9 {:.3}x Inline's, max {:.3}x Inline's{}",
                 "",
                 r.lat.value_at_quantile(0.999) as f64 / p999,
-                r.lat.max() as f64 / max
+                r.lat.max() as f64 / max,
+                r.steal_ms
+                    .map(|ms| format!("; host steal during the run {ms:.0} ms"))
+                    .unwrap_or_default()
             );
         }
     }

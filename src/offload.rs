@@ -1148,6 +1148,22 @@ pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
     pool().hand_off(batch)
 }
 
+/// Starts freeq's reclaimers now, if they are what offloaded batches go
+/// to and are not running yet: called when a thread chooses
+/// [`Policy::Offload`](crate::Policy::Offload), so that the first hand-off
+/// (after an unlock, but on the producer) does not pay for starting
+/// threads.
+pub(crate) fn start_reclaimers() {
+    if EXITED.load(StaticRelaxed) || executor().is_some() {
+        return;
+    }
+    let pool = pool();
+    pool.check_fork();
+    if !pool.all_started.load(StaticRelaxed) {
+        let _ = pool.start_all(current_cpu() % pool.reclaimer.inboxes.len());
+    }
+}
+
 /// Whether a batch may leave this thread at all: not on a thread that
 /// frees inline only (a reclaimer; a free run by `quiesce`, `Batch::free`
 /// or the exit hook), and not after the exit hook ran.

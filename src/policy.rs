@@ -55,9 +55,13 @@ impl Policy {
 static DEFAULT: StaticAtomicU8 = StaticAtomicU8::new(Policy::Inline.to_u8());
 
 /// Sets the policy of threads that have not chosen their own with
-/// [`set_policy`](crate::set_policy).
+/// [`set_policy`](crate::set_policy). Choosing `Offload` starts freeq's
+/// reclaimer threads if they are not running yet.
 pub fn set_default_policy(policy: Policy) {
     DEFAULT.store(policy.to_u8(), Relaxed);
+    if policy == Policy::Offload {
+        crate::offload::start_reclaimers();
+    }
 }
 
 /// The process-wide default policy.

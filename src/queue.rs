@@ -565,7 +565,10 @@ pub(crate) fn run_here(batch: &mut Buffer, first: &mut Option<Panic>) {
 }
 
 /// Sets the calling thread's [`Policy`], overriding the process default
-/// ([`set_default_policy`](crate::set_default_policy)).
+/// ([`set_default_policy`](crate::set_default_policy)). Choosing
+/// `Offload` starts freeq's reclaimer threads if they are not running yet
+/// (and no [`set_offload_executor`](crate::set_offload_executor) is set),
+/// so the first hand-off does not pay for that.
 ///
 /// ```
 /// freeq::set_policy(freeq::Policy::Offload);
@@ -574,6 +577,9 @@ pub(crate) fn run_here(batch: &mut Buffer, first: &mut Option<Panic>) {
 /// ```
 pub fn set_policy(policy: Policy) {
     let _ = LOCAL.try_with(|l| l.policy.set(policy.to_u8()));
+    if policy == Policy::Offload {
+        offload::start_reclaimers();
+    }
 }
 
 /// The calling thread's effective [`Policy`].
