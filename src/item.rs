@@ -793,6 +793,9 @@ const COST_SETS: usize = 512;
 /// Bits of an entry that hold the cost; the tag takes the rest.
 const COST_BITS: u32 = 48;
 const COST_MASK: u64 = (1 << COST_BITS) - 1;
+/// The most a noisy timing may count for, as a multiple of the current
+/// estimate (see [`record`]).
+const MAX_JUMP: u64 = 4;
 /// One run of one timed type in this many (on average) is timed again.
 const SAMPLE_EVERY: u32 = 16;
 
@@ -921,6 +924,11 @@ impl Stamp {
         }
     }
 
+    /// Whether [`Stamp::elapsed_ns`] leaves out the waits for a CPU.
+    fn leaves_out_waits(self) -> bool {
+        self.waited.is_some()
+    }
+
     /// Nanoseconds since `now`, less the time spent waiting for a CPU
     /// meanwhile where that is known.
     fn elapsed_ns(self) -> u128 {
@@ -958,7 +966,12 @@ fn learn(header: Header, start: Stamp, items: usize) {
     }
     let per_item = (start.elapsed_ns() / items as u128).clamp(1, u128::from(COST_MASK));
     let key = cost_key(header.type_id);
-    record(cost_set(key), key.tag, per_item as u64);
+    record(
+        cost_set(key),
+        key.tag,
+        per_item as u64,
+        !start.leaves_out_waits(),
+    );
 }
 
 /// Folds `per_item` (nanoseconds, at least 1) into `tag`'s entry of `set`:
@@ -967,11 +980,21 @@ fn learn(header: Header, start: Stamp, items: usize) {
 /// free way, else the way its own bits pick, so that a third type in a
 /// set always evicts the same neighbour and the other one keeps its
 /// estimate. Racing updates may lose one; an estimate needs no more.
-fn record(set: &[StaticAtomicU64; 2], tag: u64, per_item: u64) {
+///
+/// A `noisy` timing (the wall clock of a thread that may have been
+/// preempted meanwhile) counts for at most [`MAX_JUMP`] times the current
+/// estimate, so one preemption cannot make a cheap type look heavy; a real
+/// change of cost still shows within a few samples.
+fn record(set: &[StaticAtomicU64; 2], tag: u64, per_item: u64, noisy: bool) {
     let entries = [set[0].load(Relaxed), set[1].load(Relaxed)];
     let (way, cost) = match (0..2).find(|&w| cost_in(entries[w], tag).is_some()) {
         Some(w) => {
             let old = entries[w] & COST_MASK;
+            let per_item = if noisy {
+                per_item.min(old.saturating_mul(MAX_JUMP))
+            } else {
+                per_item
+            };
             (w, (old - old / 8).saturating_add(per_item / 8))
         }
         None => {
@@ -1394,25 +1417,48 @@ mod tests {
     fn the_cost_table_keeps_two_types_a_set_and_evicts_one_neighbour() {
         let set = [const { StaticAtomicU64::new(0) }; 2];
         assert_eq!(lookup(&set, 6), None);
-        record(&set, 6, 100);
-        record(&set, 9, 7_000);
+        record(&set, 6, 100, false);
+        record(&set, 9, 7_000, false);
         assert_eq!(lookup(&set, 6), Some(100));
         assert_eq!(lookup(&set, 9), Some(7_000));
         // Later timings move the estimate an eighth of the way.
-        record(&set, 6, 900);
+        record(&set, 6, 900, false);
         assert_eq!(lookup(&set, 6), Some(100 - 12 + 112));
         // A third tag in a full set takes the way its low bit picks (way
         // 0 for an even tag), every time: tag 9 keeps its estimate.
-        record(&set, 4, 50);
+        record(&set, 4, 50, false);
         assert_eq!(lookup(&set, 6), None, "evicted: untimed again");
         assert_eq!(lookup(&set, 4), Some(50));
         assert_eq!(lookup(&set, 9), Some(7_000));
         // Costs are at least 1 ns, and saturate.
-        record(&set, 4, 0);
+        record(&set, 4, 0, false);
         assert!(lookup(&set, 4).unwrap() >= 1);
-        record(&set, 6, u64::MAX);
+        record(&set, 6, u64::MAX, false);
         assert!(lookup(&set, 6).unwrap() <= COST_MASK);
         assert_eq!(lookup(&set, 9), Some(7_000));
+    }
+
+    #[test]
+    fn a_noisy_timing_moves_a_known_estimate_by_a_bounded_step() {
+        let set = [const { StaticAtomicU64::new(0) }; 2];
+        // The first timing is taken as it is, noisy or not.
+        record(&set, 3, 1_000, true);
+        assert_eq!(lookup(&set, 3), Some(1_000));
+        // A preempted sample of 5 ms counts as 4 µs at most ...
+        record(&set, 3, 5_000_000, true);
+        assert_eq!(lookup(&set, 3), Some(1_000 - 125 + 500));
+        // ... a trusted one (waits left out) as it is.
+        record(&set, 3, 5_000_000, false);
+        assert_eq!(lookup(&set, 3), Some(1_375 - 171 + 625_000));
+        // A type that really became slower gets there within a few samples.
+        let set = [const { StaticAtomicU64::new(0) }; 2];
+        record(&set, 5, 1_000, true);
+        let mut samples = 0;
+        while lookup(&set, 5).unwrap() < 100_000 {
+            record(&set, 5, 1_000_000, true);
+            samples += 1;
+        }
+        assert!(samples <= 24, "{samples} samples");
     }
 
     #[test]
