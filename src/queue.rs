@@ -558,7 +558,7 @@ pub(crate) fn run_here(batch: &mut Buffer, first: &mut Option<Panic>) {
         l.counts.publish();
         true
     });
-    if counted != Ok(true) {
+    if !matches!(counted, Ok(true)) {
         // This thread's state is gone (thread exit).
         stats::count_late(0, n, 0);
     }
