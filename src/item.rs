@@ -933,7 +933,7 @@ impl Stamp {
     /// meanwhile where that is known.
     fn elapsed_ns(self) -> u128 {
         let ns = self.at.elapsed().as_nanos();
-        let waited = match (self.waited, self.waited.and(cpu_wait_ns())) {
+        let waited = match (self.waited, self.waited.and_then(|_| cpu_wait_ns())) {
             (Some(before), Some(after)) => after.saturating_sub(before),
             _ => 0,
         };
@@ -946,6 +946,8 @@ impl Stamp {
 #[cfg(all(target_os = "linux", not(miri)))]
 fn cpu_wait_ns() -> Option<u64> {
     use std::io::Read;
+    #[cfg(test)]
+    tests::WAIT_READS.with(|n| n.set(n.get() + 1));
     let mut file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
     let mut buf = [0u8; 96];
     let n = file.read(&mut buf).ok()?;
@@ -1320,6 +1322,41 @@ mod tests {
         b.run_all(&mut None);
         let learned = cost_ns(slow).expect("timed on its first free");
         assert!(learned >= SPIN_US * 1000, "learned {learned} ns");
+    }
+
+    std::thread_local! {
+        /// Calls to `cpu_wait_ns` on this thread.
+        pub(super) static WAIT_READS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// A thread that times by the wall clock alone (a producer) never
+    /// reads its CPU waits: that read is a few system calls.
+    #[test]
+    #[cfg(all(target_os = "linux", not(miri)))]
+    fn wall_clock_timings_read_no_cpu_waits() {
+        std::thread::spawn(|| {
+            struct Fresh;
+            impl Drop for Fresh {
+                fn drop(&mut self) {}
+            }
+            let mut b = Buffer::new();
+            let v = Fresh;
+            let id = push_id(&mut b, move || drop(v));
+            b.run_all(&mut None); // untimed: always timed
+            assert!(cost_ns(id).is_some());
+            assert_eq!(WAIT_READS.with(Cell::get), 0);
+            leave_out_cpu_waits();
+            struct FreshToo;
+            impl Drop for FreshToo {
+                fn drop(&mut self) {}
+            }
+            let v = FreshToo;
+            push_id(&mut b, move || drop(v));
+            b.run_all(&mut None); // untimed too
+            assert_eq!(WAIT_READS.with(Cell::get), 2, "one read at each end");
+        })
+        .join()
+        .unwrap();
     }
 
     /// Pins this thread to `cpu`; whether that worked.
