@@ -294,24 +294,32 @@ impl Buffer {
     /// `false`.
     fn walk(&self, mut f: impl FnMut(Header) -> bool) {
         let mut at = self.head;
+        // The last item's header and size: along a run of one type, the
+        // next position does not wait for a read of the type's `Meta`.
+        let mut last: Header = &JUMP;
+        let mut slots = 1;
         while at != self.tail {
             // SAFETY: (7b) between `head` and `tail` lie items written by
             // `push_raw`, each starting with its header, and jump headers
             // that lead from the end of one block's items to the start of
             // the next block's.
             let header: Header = unsafe { at.cast::<Header>().read() };
-            if header.type_id == TypeId::of::<Jump>() {
+            if ptr::eq(header, &JUMP) {
                 // SAFETY: (7c) a jump header's second word is the position
                 // of the next item.
                 at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
                 continue;
+            }
+            if !ptr::eq(header, last) {
+                last = header;
+                slots = header.slots;
             }
             if !f(header) {
                 return;
             }
             // SAFETY: (7d) the item lies inside its block; `at` ends at
             // most at the block's `limit` slot (a jump header, or `tail`).
-            at = unsafe { at.add(header.slots) };
+            at = unsafe { at.add(slots) };
         }
     }
 
@@ -728,27 +736,58 @@ impl Buffer {
     /// run of one type; meant for after the unlock.
     pub(crate) fn estimated_cost(&self) -> Cost {
         let mut total = 0u64;
-        let mut last: Option<(TypeId, u64)> = None;
         let mut timed = true;
-        self.walk(|header| {
-            let cost = match last {
-                Some((id, cost)) if id == header.type_id => cost,
-                _ => {
-                    let Some(cost) = cost_ns(header.type_id) else {
-                        timed = false;
-                        return false;
-                    };
-                    last = Some((header.type_id, cost));
-                    cost
-                }
-            };
-            total = total.saturating_add(cost);
-            true
+        self.runs(|header, items| match cost_ns(header.type_id) {
+            Some(cost) => {
+                total = total.saturating_add(cost.saturating_mul(items as u64));
+                true
+            }
+            None => {
+                timed = false;
+                false
+            }
         });
         if timed {
             Cost::Known(total)
         } else {
             Cost::Untimed
+        }
+    }
+
+    /// Calls `f` with each run of same-typed items, oldest first: its
+    /// header and its length, until `f` returns `false`. Along a run, the
+    /// next position depends on no read of the type's `Meta`, and nothing
+    /// but a count is done per item.
+    fn runs(&self, mut f: impl FnMut(Header, usize) -> bool) {
+        let mut at = self.head;
+        let mut run: Option<(Header, usize)> = None;
+        let mut slots = 1;
+        while at != self.tail {
+            // SAFETY: (32) as in (7b): a header (or a jump header) sits at
+            // every position from `head` up to `tail` that this loop visits.
+            let header: Header = unsafe { at.cast::<Header>().read() };
+            if ptr::eq(header, &JUMP) {
+                // SAFETY: (33) as in (7c).
+                at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
+                continue;
+            }
+            match &mut run {
+                Some((h, n)) if ptr::eq(*h, header) => *n += 1,
+                _ => {
+                    if let Some((h, n)) = run.take()
+                        && !f(h, n)
+                    {
+                        return;
+                    }
+                    run = Some((header, 1));
+                    slots = header.slots;
+                }
+            }
+            // SAFETY: (34) as in (7d).
+            at = unsafe { at.add(slots) };
+        }
+        if let Some((h, n)) = run {
+            f(h, n);
         }
     }
 }
