@@ -271,8 +271,8 @@ impl Buffer {
     /// Items held. O(items): it walks them (pushes keep no count).
     pub(crate) fn len(&self) -> usize {
         let mut n = 0;
-        self.walk(|_| {
-            n += 1;
+        self.runs(|_, items| {
+            n += items;
             true
         });
         n
@@ -288,39 +288,6 @@ impl Buffer {
     /// the last call; resets the count.
     pub(crate) fn take_ran(&mut self) -> usize {
         mem::take(&mut self.ran)
-    }
-
-    /// Calls `f` with each item's header, oldest first, until it returns
-    /// `false`.
-    fn walk(&self, mut f: impl FnMut(Header) -> bool) {
-        let mut at = self.head;
-        // The last item's header and size: along a run of one type, the
-        // next position does not wait for a read of the type's `Meta`.
-        let mut last: Header = &JUMP;
-        let mut slots = 1;
-        while at != self.tail {
-            // SAFETY: (7b) between `head` and `tail` lie items written by
-            // `push_raw`, each starting with its header, and jump headers
-            // that lead from the end of one block's items to the start of
-            // the next block's.
-            let header: Header = unsafe { at.cast::<Header>().read() };
-            if ptr::eq(header, &JUMP) {
-                // SAFETY: (7c) a jump header's second word is the position
-                // of the next item.
-                at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
-                continue;
-            }
-            if !ptr::eq(header, last) {
-                last = header;
-                slots = header.slots;
-            }
-            if !f(header) {
-                return;
-            }
-            // SAFETY: (7d) the item lies inside its block; `at` ends at
-            // most at the block's `limit` slot (a jump header, or `tail`).
-            at = unsafe { at.add(slots) };
-        }
     }
 
     /// Bytes allocated: every block, in the chain or free.
@@ -763,11 +730,14 @@ impl Buffer {
         let mut run: Option<(Header, usize)> = None;
         let mut slots = 1;
         while at != self.tail {
-            // SAFETY: (32) as in (7b): a header (or a jump header) sits at
-            // every position from `head` up to `tail` that this loop visits.
+            // SAFETY: (32) between `head` and `tail` lie items written by
+            // `push_raw`, each starting with its header, and jump headers
+            // that lead from the end of one block's items to the start of
+            // the next block's: a header sits at every position visited.
             let header: Header = unsafe { at.cast::<Header>().read() };
             if ptr::eq(header, &JUMP) {
-                // SAFETY: (33) as in (7c).
+                // SAFETY: (33) a jump header's second word is the position
+                // of the next item.
                 at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
                 continue;
             }
@@ -783,7 +753,8 @@ impl Buffer {
                     slots = header.slots;
                 }
             }
-            // SAFETY: (34) as in (7d).
+            // SAFETY: (34) the item lies inside its block; `at` ends at
+            // most at the block's `limit` slot (a jump header, or `tail`).
             at = unsafe { at.add(slots) };
         }
         if let Some((h, n)) = run {

@@ -10,32 +10,18 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex as StdMutex, MutexGuard as StdMutexGuard};
+use std::sync::{Arc, Condvar, Mutex as StdMutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use freeq::{Policy, epoch};
 
 mod common;
-use common::{HELPER, PATIENCE, RestorePolicy, quiesce, within};
+use common::{HELPER, PATIENCE, RestorePolicy, quiesce, serial, thread_name, within};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Serialises the tests of this binary (see the module docs).
-fn serial() -> StdMutexGuard<'static, ()> {
-    // These tests wait on freeq's own reclaimers: at idle priority they may
-    // get no CPU at all while the machine is busy.
-    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
-    static SERIAL: StdMutex<()> = StdMutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The calling thread's name, or `"<unnamed>"`.
-fn thread_name() -> String {
-    thread::current().name().unwrap_or("<unnamed>").to_owned()
-}
 
 fn is_reclaimer(name: &str) -> bool {
     name.starts_with("freeq-reclaim")

@@ -14,26 +14,14 @@ use std::panic;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex as StdMutex, MutexGuard as StdMutexGuard};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use freeq::Policy;
 
 mod common;
-use common::{PATIENCE, RestorePolicy, within};
-
-fn serial() -> StdMutexGuard<'static, ()> {
-    // These tests wait on freeq's own reclaimers: at idle priority they may
-    // get no CPU at all while the machine is busy.
-    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
-    static SERIAL: StdMutex<()> = StdMutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn thread_name() -> String {
-    thread::current().name().unwrap_or("<unnamed>").to_owned()
-}
+use common::{PATIENCE, RestorePolicy, serial, thread_name, within};
 
 /// Waits until `done()` holds, polling; fails after [`PATIENCE`].
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -12,6 +12,20 @@ use freeq::Policy;
 /// How long a test waits for something that should happen promptly before
 /// it declares the runtime stuck.
 pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Serialises the tests of one binary that wait on freeq's reclaimers, and
+/// runs those at normal priority: at idle priority they may get no CPU at
+/// all while the machine is busy.
+pub fn serial() -> MutexGuard<'static, ()> {
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The calling thread's name, or `"<unnamed>"`.
+pub fn thread_name() -> String {
+    thread::current().name().unwrap_or("<unnamed>").to_owned()
+}
 
 /// The name of the threads [`within`] runs its work on.
 pub const HELPER: &str = "test-helper";
