@@ -219,6 +219,20 @@ fn batches_freed_inside_a_section_count_once() {
     assert_balanced("after Batch::free inside a section");
 }
 
+/// Threads of this process named `freeq-reclaim*`, where `/proc` tells.
+fn reclaimer_threads() -> Option<usize> {
+    if cfg!(miri) {
+        return None;
+    }
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("freeq-reclaim"))
+            .count(),
+    )
+}
+
 #[test]
 #[cfg_attr(
     miri,
@@ -232,7 +246,21 @@ fn untimed_types_leave_timed_cheap_batches_stay_and_counts_balance() {
         freeq::offload_threshold_ns(),
         freeq::DEFAULT_OFFLOAD_THRESHOLD_NS
     );
+    assert_eq!(reclaimer_threads(), Some(0), "nothing offloaded yet");
     freeq::set_policy(Policy::Offload);
+    // Choosing Offload starts the reclaimers, so that the first hand-off
+    // (on a producer) does not.
+    // (Each names itself once it runs: wait for that, not for a hand-off.)
+    if reclaimer_threads().is_some() {
+        let deadline = Instant::now() + PATIENCE;
+        while reclaimer_threads() != Some(freeq::__reclaimer_count()) {
+            assert!(
+                Instant::now() < deadline,
+                "set_policy started no reclaimers"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     a_slow_type_leaves_on_first_sight_and_is_timed_there();
     cheap_batches_stay_inline_once_timed();
