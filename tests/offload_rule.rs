@@ -246,7 +246,10 @@ fn untimed_types_leave_timed_cheap_batches_stay_and_counts_balance() {
         freeq::offload_threshold_ns(),
         freeq::DEFAULT_OFFLOAD_THRESHOLD_NS
     );
-    assert_eq!(reclaimer_threads(), Some(0), "nothing offloaded yet");
+    assert!(
+        matches!(reclaimer_threads(), None | Some(0)),
+        "nothing offloaded yet"
+    );
     freeq::set_policy(Policy::Offload);
     // Choosing Offload starts the reclaimers, so that the first hand-off
     // (on a producer) does not.
