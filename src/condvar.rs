@@ -10,7 +10,9 @@
 //! with respect to notifications: a notifier that changes state under the
 //! lock and then notifies always finds the waiter. Waits never wake
 //! spuriously; a wait that times out just as it is notified counts as
-//! notified.
+//! notified. A notify run by a waiter's own release drain (a
+//! `defer_fn(move || cv.notify_one())` before `cv.wait(guard)`, meant for
+//! other threads) never takes that waiter: it wakes another one, or none.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -140,10 +142,25 @@ impl WaitQueue {
         w.thread.unpark();
     }
 
+    /// Whether `w` is the calling thread's own registration. A thread is
+    /// registered only from the start of its wait to its wake-up, so a
+    /// notify that finds its own registration runs in the release drain of
+    /// its own wait: it is meant for other threads.
+    fn is_mine(w: &Waiter, me: thread::ThreadId) -> bool {
+        w.thread.id() == me
+    }
+
     pub(crate) fn notify_one(&self) -> bool {
         let w = {
             let mut waiters = self.list();
-            let w = waiters.list.pop_front();
+            if waiters.list.is_empty() {
+                return false;
+            }
+            let me = thread::current().id();
+            let w = match waiters.list.iter().position(|w| !Self::is_mine(w, me)) {
+                Some(i) => waiters.list.remove(i),
+                None => None,
+            };
             waiters.settle_mutex();
             w
         };
@@ -159,8 +176,16 @@ impl WaitQueue {
     pub(crate) fn notify_all(&self) -> usize {
         let all = {
             let mut waiters = self.list();
-            waiters.mutex = 0;
-            std::mem::take(&mut waiters.list)
+            if waiters.list.is_empty() {
+                return 0;
+            }
+            let me = thread::current().id();
+            let (mine, others): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut waiters.list)
+                .into_iter()
+                .partition(|w| Self::is_mine(w, me));
+            waiters.list = mine;
+            waiters.settle_mutex();
+            others
         };
         let n = all.len();
         all.into_iter().for_each(Self::wake);

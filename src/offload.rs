@@ -32,11 +32,12 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
 use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::sync::{OnceLock, RwLock as StdRwLock};
+use std::time::{Duration, Instant};
 
 use crate::FreeQueue;
 use crate::item::{Buffer, Cost};
 use crate::queue;
-use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*, fence, thread};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*, fence, thread};
 use crate::sync::{Cell, StaticAtomicUsize, freeq_thread_local};
 
 /// Default bound on items handed to one CPU's inbox and not yet freed.
@@ -174,6 +175,13 @@ fn free_contained(batch: &mut Buffer) {
     }
 }
 
+/// Flushes this thread's queue, containing any panic.
+fn flush_contained() {
+    if let Err(payload) = panic::catch_unwind(queue::flush) {
+        drop_payload(payload);
+    }
+}
+
 /// Frees `batch` on this thread, inline whatever its policy. Inside a
 /// section the items run here and now (they were deferred once already,
 /// where they came from); otherwise through this thread's queue.
@@ -303,10 +311,25 @@ impl Inbox {
     }
 
     /// Frees every batch in `fifo` on this thread, in order, containing
-    /// panics.
-    fn free_all(&self, mut fifo: Fifo, courteous: bool) {
+    /// panics. `in_hand` is the runner's count of the items it took (see
+    /// [`Runner::in_hand`]), on a runner only.
+    ///
+    /// On a runner, a free that leaves a section open (a leaked guard)
+    /// would keep everything later frees defer in the runner's queue for
+    /// good: after each batch, the queue is then flushed, so that what a
+    /// batch's frees defer is freed before the batch counts as done.
+    fn free_all(&self, mut fifo: Fifo, courteous: bool, in_hand: Option<&AtomicUsize>) {
+        let depth = in_hand.map(|_| queue::depth());
         while let Some(mut node) = fifo.pop() {
             free_contained(&mut node.batch);
+            if depth.is_some_and(|d| queue::depth() > d) {
+                flush_contained();
+            }
+            if let Some(in_hand) = in_hand {
+                // Before `outstanding`: a fork in between leaves the child
+                // counting this batch once too often, never once too few.
+                in_hand.fetch_sub(node.items, Relaxed);
+            }
             self.outstanding.fetch_sub(node.items, Release);
             self.give_back(node);
             if courteous {
@@ -324,7 +347,7 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         // Whatever is still here is freed, never leaked.
         let fifo = self.take_all();
-        self.free_all(fifo, false);
+        self.free_all(fifo, false, None);
         while self.take_returned().is_some() {}
     }
 }
@@ -335,6 +358,21 @@ struct Fifo(*mut Node);
 impl Fifo {
     fn is_empty(&self) -> bool {
         self.0.is_null()
+    }
+
+    /// Items the chain's batches count for.
+    fn items(&self) -> usize {
+        let mut n = 0;
+        let mut node = self.0;
+        while !node.is_null() {
+            // SAFETY: (5a) the chain is owned by this `Fifo`; every node in
+            // it is live until popped.
+            unsafe {
+                n += (*node).items;
+                node = (*node).next;
+            }
+        }
+        n
     }
 
     fn pop(&mut self) -> Option<Box<Node>> {
@@ -367,15 +405,85 @@ const NOT_STARTED: usize = 0;
 const STARTING: usize = 1;
 const RUNNING: usize = 2;
 
+/// The handle of the thread running as a runner, for waking it. Read
+/// without a lock (a forked child inherits no lock held by a thread it
+/// does not have): each thread that runs as the runner pushes its handle
+/// on a chain, the newest first, and every handle stays allocated until
+/// the reclaimer is dropped, so a reader never sees one freed. A runner
+/// runs on one thread per process (and per forked child), so the chain
+/// stays short.
+struct ThreadSlot {
+    head: AtomicPtr<Handle>,
+}
+
+struct Handle {
+    thread: thread::Thread,
+    older: *mut Handle,
+}
+
+impl ThreadSlot {
+    fn new() -> ThreadSlot {
+        ThreadSlot {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    fn set(&self, thread: thread::Thread) {
+        let node = Box::into_raw(Box::new(Handle {
+            thread,
+            older: ptr::null_mut(),
+        }));
+        let mut head = self.head.load(Acquire);
+        loop {
+            // SAFETY: (5b) `node` is ours alone until the exchange below
+            // publishes it.
+            unsafe { (*node).older = head };
+            match self
+                .head
+                .compare_exchange_weak(head, node, AcqRel, Acquire)
+            {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    fn unpark(&self) {
+        let head = self.head.load(Acquire);
+        if !head.is_null() {
+            // SAFETY: (5c) handles on the chain are freed only by `drop`,
+            // which has the slot to itself.
+            unsafe { (*head).thread.unpark() };
+        }
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        let mut node = self.head.swap(ptr::null_mut(), Acquire);
+        while !node.is_null() {
+            // SAFETY: (5d) every node came from `Box::into_raw` in `set`
+            // and is on the chain once; no reader is left.
+            let b = unsafe { Box::from_raw(node) };
+            node = b.older;
+        }
+    }
+}
+
 /// One reclaimer thread's shared state.
 struct Runner {
     /// Set by the runner just before it parks.
     sleeping: AtomicBool,
-    thread: Mutex<Option<thread::Thread>>,
+    thread: ThreadSlot,
     /// Inbox swaps begun and finished: a chain taken when `taken` was `t`
     /// has been freed once `done` reaches `t`.
     taken: AtomicUsize,
     done: AtomicUsize,
+    /// Items of the chain the runner is freeing and not yet freed, and the
+    /// inbox it came from: a forked child takes them off that inbox's
+    /// `outstanding` (the parent frees them, the child never will).
+    in_hand: AtomicUsize,
+    in_inbox: AtomicUsize,
     /// Whether freeq has started this runner's thread in this process.
     state: StaticAtomicUsize,
 }
@@ -384,19 +492,18 @@ impl Runner {
     fn new() -> Runner {
         Runner {
             sleeping: AtomicBool::new(false),
-            thread: Mutex::new(None),
+            thread: ThreadSlot::new(),
             taken: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            in_hand: AtomicUsize::new(0),
+            in_inbox: AtomicUsize::new(0),
             state: StaticAtomicUsize::new(NOT_STARTED),
         }
     }
 
     fn wake(&self) -> bool {
         if self.sleeping.load(SeqCst) && self.sleeping.swap(false, SeqCst) {
-            let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = &*handle {
-                t.unpark();
-            }
+            self.thread.unpark();
             return true;
         }
         false
@@ -419,8 +526,11 @@ pub struct Reclaimer {
     runners: Box<[Runner]>,
     shutdown: AtomicBool,
     /// Held by a `quiesce` caller while it frees the batches it took: a
-    /// second caller waits for those too.
-    helping: Mutex<()>,
+    /// second caller waits for those too. 0 when free, else the fork
+    /// generation of the holder plus one: an atomic rather than a lock, so
+    /// that a child forked while a thread of its parent held it (a thread
+    /// the child does not have) takes it over instead of waiting forever.
+    helping: AtomicUsize,
     /// Yield the CPU after each batch (freeq's own reclaimers, which may
     /// share a CPU with producers).
     courteous: bool,
@@ -445,7 +555,7 @@ impl Reclaimer {
             inboxes: (0..inboxes.max(1)).map(|_| Inbox::new()).collect(),
             runners: (0..runners.max(1)).map(|_| Runner::new()).collect(),
             shutdown: AtomicBool::new(false),
-            helping: Mutex::new(()),
+            helping: AtomicUsize::new(0),
             courteous: false,
         }
     }
@@ -543,7 +653,7 @@ impl Reclaimer {
     pub fn run_as(&self, index: usize) {
         let _inline = InlineOnly::enter();
         let runner = &self.runners[index % self.runners.len()];
-        *runner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+        runner.thread.set(thread::current());
         loop {
             follow_priority();
             if self.run_once_as(index) {
@@ -592,7 +702,9 @@ impl Reclaimer {
             let t = runner.taken.fetch_add(1, SeqCst).wrapping_add(1);
             let fifo = inbox.take_all();
             let found = !fifo.is_empty();
-            inbox.free_all(fifo, self.courteous);
+            runner.in_inbox.store((index + k) % n, Relaxed);
+            runner.in_hand.store(fifo.items(), Relaxed);
+            inbox.free_all(fifo, self.courteous, Some(&runner.in_hand));
             runner.done.store(t, SeqCst);
             if found {
                 return true;
@@ -608,10 +720,7 @@ impl Reclaimer {
         // Pairs with the fence in `sleep`.
         fence(SeqCst);
         for r in self.runners.iter() {
-            let handle = r.thread.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = &*handle {
-                t.unpark();
-            }
+            r.thread.unpark();
         }
     }
 
@@ -621,24 +730,47 @@ impl Reclaimer {
     /// frees inline only) never waits for that turn: if another caller is
     /// helping (or it is that caller, called again from a free), it leaves
     /// the batches to it.
-    fn help(&self, nested: bool) {
-        let _turn = if nested {
-            match self.helping.try_lock() {
-                Ok(turn) => turn,
-                Err(_) => return,
-            }
-        } else {
-            self.helping.lock().unwrap_or_else(|e| e.into_inner())
+    ///
+    /// With a `deadline`, it waits for its turn until then at most, and
+    /// frees nothing if the turn did not come (the exit hook).
+    fn help(&self, nested: bool, deadline: Option<Instant>) {
+        let Some(_turn) = self.take_turn(nested, deadline) else {
+            return;
         };
         for inbox in self.inboxes.iter() {
             let fifo = inbox.take_all();
-            inbox.free_all(fifo, false);
+            inbox.free_all(fifo, false, None);
+        }
+    }
+
+    /// Takes the helping turn (see `helping`); `None` if `nested` and it is
+    /// taken, or past `deadline`.
+    fn take_turn(&self, nested: bool, deadline: Option<Instant>) -> Option<Turn<'_>> {
+        let mine = FORKS.load(StaticSeqCst).wrapping_add(1).max(1);
+        let mut spins = 0u32;
+        loop {
+            let now = self.helping.load(Acquire);
+            // A holder of another fork generation is a thread of a parent
+            // process, which this process does not have.
+            if now != mine
+                && self
+                    .helping
+                    .compare_exchange(now, mine, Acquire, Relaxed)
+                    .is_ok()
+            {
+                return Some(Turn(&self.helping));
+            }
+            if nested || past(deadline) {
+                return None;
+            }
+            backoff(&mut spins);
         }
     }
 
     /// Waits until every runner has finished the chain it was freeing when
-    /// this was called. Runners that `alive` rejects are skipped.
-    fn wait_for_runners(&self, alive: impl Fn(&Runner) -> bool) {
+    /// this was called, or until `deadline`. Runners that `alive` rejects
+    /// are skipped.
+    fn wait_for_runners(&self, alive: impl Fn(&Runner) -> bool, deadline: Option<Instant>) {
         for r in self.runners.iter() {
             if !alive(r) {
                 continue;
@@ -646,12 +778,10 @@ impl Reclaimer {
             let t = r.taken.load(SeqCst);
             let mut spins = 0u32;
             while (r.done.load(SeqCst).wrapping_sub(t) as isize) < 0 {
-                spins += 1;
-                if spins < 64 {
-                    thread::yield_now();
-                } else {
-                    crate::sync::park_timeout(std::time::Duration::from_micros(200));
+                if past(deadline) {
+                    return;
                 }
+                backoff(&mut spins);
             }
         }
     }
@@ -665,10 +795,34 @@ impl Reclaimer {
     /// is waiting and waits for no runner (see [`quiesce`]).
     pub fn quiesce(&self) {
         let nested = inline_only();
-        self.help(nested);
+        self.help(nested, None);
         if !nested {
-            self.wait_for_runners(|_| true);
+            self.wait_for_runners(|_| true, None);
         }
+    }
+}
+
+/// The helping turn, given back when dropped.
+struct Turn<'a>(&'a AtomicUsize);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Release);
+    }
+}
+
+/// Whether `deadline` has passed.
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// One step of a wait: a few yields, then short sleeps.
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        thread::yield_now();
+    } else {
+        crate::sync::park_timeout(Duration::from_micros(200));
     }
 }
 
@@ -778,15 +932,23 @@ fn install_hooks() {
     }
 }
 
+/// How long the exit hook waits, at most, for its turn to free what waits
+/// in the inboxes and for the batches runners are freeing.
+pub(crate) const EXIT_WAIT: Duration = Duration::from_millis(250);
+
 /// At normal process exit: frees, on the exiting thread, everything still
-/// waiting, waits for what runners are freeing, and frees inline from then
-/// on.
+/// waiting in the inboxes, waits (for [`EXIT_WAIT`] at most) for what
+/// runners are freeing, and frees inline from then on. It never hangs: a
+/// runner stuck in a drop (on a lock the exiting thread holds, say) is
+/// left behind, and what it has not freed yet is not freed. On a thread
+/// inside a section, the inboxes are left to the runners for that time
+/// too: their batches must not run under the exiting thread's locks.
 fn exit_hook() {
     let _ = panic::catch_unwind(|| {
         EXITED.store(true, StaticSeqCst);
         if let Some(pool) = POOL.get() {
             pool.check_fork();
-            pool.quiesce();
+            pool.at_exit();
         }
     });
 }
@@ -807,16 +969,29 @@ impl Pool {
             return;
         }
         self.all_started.store(false, StaticSeqCst);
+        let inboxes = &self.reclaimer.inboxes;
         for r in self.reclaimer.runners.iter() {
             r.state.store(NOT_STARTED, StaticSeqCst);
             r.sleeping.store(false, SeqCst);
-            *r.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
             r.done.store(r.taken.load(SeqCst), SeqCst);
+            // The chain it was freeing is the parent's to free: the child
+            // stops counting it, or its backlog bound would turn producers
+            // to inline frees for good.
+            let abandoned = r.in_hand.swap(0, Relaxed);
+            if abandoned != 0 {
+                let inbox = &inboxes[r.in_inbox.load(Relaxed) % inboxes.len()];
+                let _ = inbox
+                    .outstanding
+                    .fetch_update(Release, Relaxed, |o| Some(o.saturating_sub(abandoned)));
+            }
         }
     }
 
+    /// Whether runner `r` may be freeing a chain in this process: started,
+    /// or being started (its thread may already run before `spawn`
+    /// returns to the thread that starts it).
     fn runner_alive(&self, r: &Runner) -> bool {
-        r.state.load(StaticSeqCst) == RUNNING
+        r.state.load(StaticSeqCst) != NOT_STARTED
     }
 
     /// Makes sure runner `index` has a thread; `false` if none could be
@@ -899,9 +1074,23 @@ impl Pool {
     fn quiesce(&self) {
         self.check_fork();
         let nested = inline_only();
-        self.reclaimer.help(nested);
+        self.reclaimer.help(nested, None);
         if !nested {
-            self.reclaimer.wait_for_runners(|r| self.runner_alive(r));
+            self.reclaimer
+                .wait_for_runners(|r| self.runner_alive(r), None);
+        }
+    }
+
+    /// The exit hook's [`quiesce`](Pool::quiesce), each wait bounded.
+    fn at_exit(&self) {
+        let deadline = Some(Instant::now() + EXIT_WAIT);
+        let nested = inline_only();
+        if !queue::in_section() {
+            self.reclaimer.help(nested, deadline);
+        }
+        if !nested {
+            self.reclaimer
+                .wait_for_runners(|r| self.runner_alive(r), deadline);
         }
     }
 }
@@ -1137,12 +1326,23 @@ fn executor() -> Option<Executor> {
 /// (free inline) on a reclaimer or other inline-only thread, at process
 /// exit, when the backlog is past the bound, or when no reclaimer could be
 /// started.
-pub(crate) fn hand_off(batch: Buffer) -> Result<Option<Buffer>, Buffer> {
+///
+/// A panicking executor is contained: its payload goes to `first` (to be
+/// resumed once the drain is done, like a panicking free's), and the
+/// batch, dropped as the executor unwinds, joins this thread's queue and
+/// is freed by the running drain.
+pub(crate) fn hand_off(
+    batch: Buffer,
+    first: &mut Option<crate::item::Panic>,
+) -> Result<Option<Buffer>, Buffer> {
     if !can_hand_off() {
         return Err(batch);
     }
     if let Some(run) = executor() {
-        run(Batch { items: batch });
+        let batch = Batch { items: batch };
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || run(batch))) {
+            crate::item::keep_first(first, payload);
+        }
         return Ok(None);
     }
     pool().hand_off(batch)
@@ -1197,17 +1397,15 @@ pub fn defer_heavy<T: Send + 'static>(value: T) {
     crate::defer_fn(move || {
         let mut one = Buffer::new();
         one.push(move || drop(value));
-        match hand_off(one) {
+        let mut first = None;
+        match hand_off(one, &mut first) {
             // The value now travels as an item of its own, which the
             // reclaimer counts as freed: count it as deferred too, so that
             // `stats()` balances (this action and the value, two items).
             Ok(_) => crate::stats::count_late(1, 0, 0),
-            Err(mut back) => {
-                let mut first = None;
-                back.run_all(&mut first);
-                crate::item::resume(first);
-            }
+            Err(mut back) => back.run_all(&mut first),
         }
+        crate::item::resume(first);
     });
 }
 

@@ -58,9 +58,10 @@ const SECTION: usize = 2;
 /// A thread's freeq state. It has no destructor of its own, so that
 /// reaching it costs no "alive yet?" test: under `std` that makes it a
 /// plain thread-local, one offset from the thread pointer. Thread exit is
-/// handled by [`ExitHook`], registered the first time the thread's
+/// handled by [`hook_exit`], registered the first time the thread's
 /// buffers take a block or an item (always on a cold path); after it ran,
-/// `gone` sends every push to the exit loop.
+/// `gone` sends every push to the exit loop. Process exit runs no exit
+/// path: a thread that calls `exit()` keeps what it has queued.
 pub(crate) struct Local {
     /// Open sections on this thread times two, plus one while a drain (or
     /// flush) runs: "queue, don't free" is then the single test `state != 0`.
@@ -74,6 +75,8 @@ pub(crate) struct Local {
     policy: Cell<u8>,
     /// The thread has run its exit path: its buffers are gone for good.
     gone: Cell<bool>,
+    /// The thread's exit path is registered.
+    hooked: Cell<bool>,
     /// Counts not yet published to [`stats`](crate::stats).
     counts: ManuallyDrop<LocalCounts>,
 }
@@ -88,7 +91,8 @@ const _: () = assert!(!mem::needs_drop::<Local>());
 
 /// Runs [`Local::exit`] when its thread exits. Registered (by touching
 /// it) on the cold paths that give a thread's buffers their first block or
-/// item, never on the push fast path.
+/// item, never on the push fast path. On unix it is the fallback for
+/// [`exit_key`], used only if no pthread key could be registered.
 #[cfg(not(loom))]
 struct ExitHook;
 
@@ -105,14 +109,79 @@ freeq_thread_local! {
 }
 
 /// Makes sure this thread's exit path will run.
+///
+/// On unix the exit path is a pthread key destructor, which runs when a
+/// thread ends and never from `exit()`: glibc's `exit()` runs the calling
+/// thread's `thread_local!` destructors, and a thread that calls
+/// `std::process::exit` inside a section must not free its queue under
+/// the locks it still holds. Elsewhere (and if no key can be had) it is a
+/// `thread_local!` destructor.
 #[cfg(not(loom))]
-fn hook_exit() {
+fn hook_exit(l: &Local) {
+    if l.hooked.get() {
+        return;
+    }
+    l.hooked.set(true);
+    #[cfg(unix)]
+    if exit_key::register() {
+        return;
+    }
     let _ = EXIT_HOOK.try_with(|_| ());
+}
+
+/// The pthread key whose destructor runs a thread's exit path (unix).
+#[cfg(all(unix, not(loom)))]
+mod exit_key {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// The key plus one; 0 before it is created, `usize::MAX` if creating
+    /// it failed.
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn on_thread_exit(_: *mut libc::c_void) {
+        let _ = super::LOCAL.try_with(super::Local::exit);
+    }
+
+    fn key() -> Option<libc::pthread_key_t> {
+        let k = KEY.load(SeqCst);
+        if k == usize::MAX {
+            return None;
+        }
+        if k != 0 {
+            return Some((k - 1) as libc::pthread_key_t);
+        }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: (3c) `key` is a valid out-pointer; the destructor is an
+        // `extern "C"` function valid for the life of the process.
+        let made = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
+        let want = if made { key as usize + 1 } else { usize::MAX };
+        match KEY.compare_exchange(0, want, SeqCst, SeqCst) {
+            Ok(_) => made.then_some(key),
+            Err(now) => {
+                if made {
+                    // Another thread created one first: use that one.
+                    // SAFETY: (3d) `key` was created above and never used.
+                    unsafe { libc::pthread_key_delete(key) };
+                }
+                (now != usize::MAX).then(|| (now - 1) as libc::pthread_key_t)
+            }
+        }
+    }
+
+    /// Sets this thread's value of the key (non-null, so that its
+    /// destructor runs at thread exit); `false` if that failed.
+    pub(super) fn register() -> bool {
+        let Some(key) = key() else { return false };
+        // The value only has to be non-null; nothing reads it.
+        let value = std::ptr::NonNull::<u8>::dangling().as_ptr().cast::<libc::c_void>();
+        // SAFETY: (3e) `key` is a live key of this process.
+        unsafe { libc::pthread_setspecific(key, value) == 0 }
+    }
 }
 
 /// Under loom, `Local` runs its exit path as its own destructor.
 #[cfg(loom)]
-fn hook_exit() {}
+fn hook_exit(_: &Local) {}
 
 #[cfg(loom)]
 impl Drop for Local {
@@ -154,6 +223,7 @@ impl Local {
             retired: UnsafeCell::new(ManuallyDrop::new(Buffer::new())),
             policy: Cell::new(0),
             gone: Cell::new(false),
+            hooked: Cell::new(false),
             counts: ManuallyDrop::new(LocalCounts::new()),
         }
     }
@@ -275,7 +345,7 @@ impl Local {
             {
                 let n = batch.len();
                 let sent_bytes = batch.capacity_bytes();
-                match offload::hand_off(batch) {
+                match offload::hand_off(batch, &mut first) {
                     Ok(recycled) => {
                         LocalCounts::add(&c.deferred, n);
                         c.max_pending.set(c.max_pending.get().max(n as u64));
@@ -479,7 +549,7 @@ fn push_slow<F: FnOnce() + Send + 'static>(l: &Local, f: F, retire: bool) {
     if l.gone.get() {
         return push_exiting(f, retire);
     }
-    hook_exit();
+    hook_exit(l);
     let buf = if retire { l.retired() } else { l.queue() };
     // SAFETY: (14c) as in (14); `push_raw` holds no borrow across the
     // allocation of a block.
@@ -523,7 +593,7 @@ pub(crate) fn free_here(batch: &mut Buffer) {
         if l.gone.get() {
             return;
         }
-        hook_exit();
+        hook_exit(l);
         // Deferred once already, where they came from: the drain that frees
         // them here counts them only as freed.
         LocalCounts::sub(&l.counts.deferred, batch.len());
@@ -635,7 +705,7 @@ fn prepare_cold(l: &Local) {
     if l.gone.get() {
         return;
     }
-    hook_exit();
+    hook_exit(l);
     // SAFETY: (18) no borrow of the buffers is live; `ready_raw` holds none
     // across its allocation.
     unsafe {
@@ -655,8 +725,11 @@ pub(crate) fn enter() {
 pub(crate) fn leave() {
     let _ = LOCAL.try_with(|l| {
         let state = l.state.get();
+        // Past the thread's exit path (a guard or `Section` kept in a
+        // thread-local destroyed after it), the state was reset to zero:
+        // closing such a section does nothing.
         debug_assert!(
-            state >= SECTION,
+            state >= SECTION || l.gone.get(),
             "freeq: section closed more often than opened"
         );
         let state = state.saturating_sub(SECTION);
@@ -705,6 +778,11 @@ pub fn flush() {
 /// ```
 pub fn pending() -> usize {
     LOCAL.try_with(Local::len).unwrap_or(0)
+}
+
+/// How many sections this thread is inside.
+pub(crate) fn depth() -> usize {
+    LOCAL.try_with(|l| l.depth()).unwrap_or(0)
 }
 
 /// Whether this thread is inside at least one section (a freeq lock guard

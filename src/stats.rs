@@ -137,7 +137,50 @@ static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 static EXITED: Slot = Slot::new();
 
 fn slots() -> std::sync::MutexGuard<'static, Vec<Arc<Slot>>> {
+    #[cfg(all(unix, not(miri)))]
+    fork_safe::install();
     SLOTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `SLOTS` across `fork()`: the forking thread holds it while it forks and
+/// releases it on both sides, so a child never inherits it held by a
+/// thread it does not have. It is never held across user code, so the
+/// fork waits at most for a few loads and stores.
+#[cfg(all(unix, not(miri)))]
+mod fork_safe {
+    use std::cell::Cell;
+    use std::sync::{Arc, MutexGuard, Once};
+
+    use super::Slot;
+
+    std::thread_local! {
+        /// The forking thread's hold on `SLOTS`, from `prepare` to `release`.
+        static HELD: Cell<Option<MutexGuard<'static, Vec<Arc<Slot>>>>> = const { Cell::new(None) };
+    }
+
+    extern "C" fn prepare() {
+        let guard = super::SLOTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A thread whose thread-locals are gone forks unprotected.
+        let _ = HELD.try_with(move |h| h.set(Some(guard)));
+    }
+
+    extern "C" fn release() {
+        let _ = HELD.try_with(|h| drop(h.take()));
+    }
+
+    /// Registers the fork handlers, once.
+    pub(super) fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: (1) the handlers are `extern "C"` functions with the
+            // signature `pthread_atfork` expects, valid for the life of the
+            // process. Failure to register leaves a child that forks while
+            // another thread holds the lock as before (documented).
+            let _ = unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+        });
+    }
 }
 
 /// Counts work done on a thread whose freeq state is already gone (thread
