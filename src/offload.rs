@@ -1246,7 +1246,19 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if !self.items.is_empty() {
+        if self.items.is_empty() {
+            return;
+        }
+        if std::thread::panicking() {
+            // Dropped as a panicking executor unwinds (or any thread): the
+            // items run here and now, rather than joining a drain that
+            // would hand them to the same executor again. A panic among
+            // them is reported and dropped: one is unwinding already.
+            let _inline = InlineOnly::enter();
+            let mut first = None;
+            queue::run_here(&mut self.items, &mut first);
+            crate::item::resume(first);
+        } else {
             Self::free_items(&mut self.items);
         }
     }
@@ -1329,8 +1341,7 @@ fn executor() -> Option<Executor> {
 ///
 /// A panicking executor is contained: its payload goes to `first` (to be
 /// resumed once the drain is done, like a panicking free's), and the
-/// batch, dropped as the executor unwinds, joins this thread's queue and
-/// is freed by the running drain.
+/// batch, dropped as the executor unwinds, is freed on this thread then.
 pub(crate) fn hand_off(
     batch: Buffer,
     first: &mut Option<crate::item::Panic>,

@@ -77,6 +77,9 @@ pub(crate) struct Local {
     gone: Cell<bool>,
     /// The thread's exit path is registered.
     hooked: Cell<bool>,
+    /// The thread's pthread key is set (unix): thread exit, not process
+    /// exit, will run the exit path even if `ExitHook` leaves it.
+    keyed: Cell<bool>,
     /// Counts not yet published to [`stats`](crate::stats).
     counts: ManuallyDrop<LocalCounts>,
 }
@@ -91,15 +94,22 @@ const _: () = assert!(!mem::needs_drop::<Local>());
 
 /// Runs [`Local::exit`] when its thread exits. Registered (by touching
 /// it) on the cold paths that give a thread's buffers their first block or
-/// item, never on the push fast path. On unix it is the fallback for
-/// [`exit_key`], used only if no pthread key could be registered.
+/// item, never on the push fast path. See [`hook_exit`].
 #[cfg(not(loom))]
 struct ExitHook;
 
 #[cfg(not(loom))]
 impl Drop for ExitHook {
     fn drop(&mut self) {
-        let _ = LOCAL.try_with(Local::exit);
+        let _ = LOCAL.try_with(|l| {
+            // Inside a section, this may be `exit()` (glibc runs the
+            // calling thread's `thread_local!` destructors there), which
+            // must not free the queue under the section's locks: the
+            // pthread key, which runs on thread exit only, does it then.
+            if l.depth() == 0 || !l.keyed.get() {
+                l.exit();
+            }
+        });
     }
 }
 
@@ -110,12 +120,15 @@ freeq_thread_local! {
 
 /// Makes sure this thread's exit path will run.
 ///
-/// On unix the exit path is a pthread key destructor, which runs when a
-/// thread ends and never from `exit()`: glibc's `exit()` runs the calling
-/// thread's `thread_local!` destructors, and a thread that calls
+/// The exit path runs from a `thread_local!` destructor ([`ExitHook`]),
+/// unless the thread is inside a section then. glibc's `exit()` runs the
+/// calling thread's `thread_local!` destructors, and a thread that calls
 /// `std::process::exit` inside a section must not free its queue under
-/// the locks it still holds. Elsewhere (and if no key can be had) it is a
-/// `thread_local!` destructor.
+/// the locks it still holds. So on unix a pthread key destructor, which
+/// runs when a thread ends and never from `exit()` (and after the
+/// `thread_local!` destructors), runs the exit path of a thread that was
+/// still inside a section (a leaked guard, or a section kept in a
+/// thread-local) when its `ExitHook` ran.
 #[cfg(not(loom))]
 fn hook_exit(l: &Local) {
     if l.hooked.get() {
@@ -123,9 +136,7 @@ fn hook_exit(l: &Local) {
     }
     l.hooked.set(true);
     #[cfg(unix)]
-    if exit_key::register() {
-        return;
-    }
+    l.keyed.set(exit_key::register());
     let _ = EXIT_HOOK.try_with(|_| ());
 }
 
@@ -224,6 +235,7 @@ impl Local {
             policy: Cell::new(0),
             gone: Cell::new(false),
             hooked: Cell::new(false),
+            keyed: Cell::new(false),
             counts: ManuallyDrop::new(LocalCounts::new()),
         }
     }

@@ -255,3 +255,240 @@ fn a_retired_value_that_panics_does_not_escape_from_pin() {
     freeq::defer(Flag(freed.clone()));
     assert!(freed.load(SeqCst), "outside a section, freed at once");
 }
+
+// ---------------------------------------------------------------------------
+// Process exit, executor panics, sections closed after the exit path
+// ---------------------------------------------------------------------------
+
+/// Waits (in a child process, where a hang ends at the parent's timeout)
+/// until `flag` is set.
+#[cfg(not(miri))]
+fn wait_for(flag: &AtomicBool) {
+    while !flag.load(SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Held by the exiting thread while the process exits.
+#[cfg(not(miri))]
+static HELD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A value whose drop takes [`HELD`], saying first that it started.
+#[cfg(not(miri))]
+struct TakesHeld(Arc<AtomicBool>);
+
+#[cfg(not(miri))]
+impl Drop for TakesHeld {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+        drop(HELD.lock());
+    }
+}
+
+#[test]
+#[cfg(not(miri))]
+#[ignore = "run in a child process by exit_does_not_wait_forever_for_a_stuck_reclaimer"]
+fn child_exit_with_a_stuck_reclaimer() {
+    if std::env::var_os("FREEQ_CHILD").is_none() {
+        return;
+    }
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    freeq::set_offload_threshold_ns(0);
+    freeq::set_policy(freeq::Policy::Offload);
+    let held = HELD.lock().unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    {
+        let _s = freeq::section();
+        freeq::defer(TakesHeld(started.clone()));
+    }
+    // A reclaimer is now blocked in that drop, on the lock this thread
+    // holds while it exits.
+    wait_for(&started);
+    println!("FREEQ_CHILD_OK");
+    let _keep = held;
+    std::process::exit(0);
+}
+
+#[test]
+#[cfg(not(miri))]
+fn exit_does_not_wait_forever_for_a_stuck_reclaimer() {
+    in_child("child_exit_with_a_stuck_reclaimer");
+}
+
+/// The lock held by the thread that exits the process inside a section.
+#[cfg(not(miri))]
+static SECTION_LOCK: freeq::Mutex<()> = freeq::Mutex::new(());
+
+/// A value that must never be freed while [`SECTION_LOCK`] is held.
+#[cfg(not(miri))]
+struct NotUnderTheLock;
+
+#[cfg(not(miri))]
+impl Drop for NotUnderTheLock {
+    fn drop(&mut self) {
+        if matches!(
+            SECTION_LOCK.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        ) {
+            eprintln!("freed while the lock is still held");
+            // SAFETY: (1) ends the process at once, with a code the test
+            // reads; nothing is left to clean up.
+            unsafe { libc::_exit(3) };
+        }
+    }
+}
+
+#[test]
+#[cfg(not(miri))]
+#[ignore = "run in a child process by process_exit_inside_a_section_frees_nothing_under_the_lock"]
+fn child_process_exit_inside_a_section() {
+    if std::env::var_os("FREEQ_CHILD").is_none() {
+        return;
+    }
+    let g = SECTION_LOCK.lock().unwrap();
+    freeq::defer(NotUnderTheLock);
+    assert_eq!(freeq::pending(), 1);
+    println!("FREEQ_CHILD_OK");
+    let _keep = g;
+    std::process::exit(0);
+}
+
+#[test]
+#[cfg(not(miri))]
+fn process_exit_inside_a_section_frees_nothing_under_the_lock() {
+    in_child("child_process_exit_inside_a_section");
+}
+
+/// A thread that returns with a leaked guard still frees its queue at
+/// thread exit (the process is not ending).
+#[test]
+fn a_leaked_guard_is_still_freed_at_thread_exit() {
+    let freed = Arc::new(AtomicBool::new(false));
+    let flag = Flag(freed.clone());
+    std::thread::spawn(move || {
+        let m = freeq::Mutex::new(());
+        std::mem::forget(m.lock().unwrap());
+        freeq::defer(flag);
+        assert_eq!(freeq::pending(), 1);
+    })
+    .join()
+    .unwrap();
+    assert!(freed.load(SeqCst));
+}
+
+thread_local! {
+    /// A section kept in a thread-local, closed when it is destroyed.
+    static KEPT: std::cell::RefCell<Option<freeq::Section>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A thread keeps a section in a thread-local (registered before freeq's
+/// state) and defers into it.
+fn section_in_a_thread_local(freed: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        KEPT.with(|k| *k.borrow_mut() = Some(freeq::section()));
+        freeq::defer(Flag(freed));
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_section_kept_in_a_thread_local_closes_at_thread_exit() {
+    let freed = Arc::new(AtomicBool::new(false));
+    section_in_a_thread_local(freed.clone());
+    assert!(freed.load(SeqCst), "freed by the thread's exit");
+}
+
+/// Closes the section it points to when its thread exits, after freeq's
+/// exit path (a pthread key created after freeq's).
+#[cfg(all(unix, not(miri)))]
+unsafe extern "C" fn close_late(section: *mut libc::c_void) {
+    // SAFETY: (2) the value was set from `Box::into_raw` below, and the
+    // destructor runs once.
+    drop(unsafe { Box::from_raw(section.cast::<freeq::Section>()) });
+}
+
+#[test]
+#[cfg(all(unix, not(miri)))]
+#[ignore = "run in a child process by closing_a_section_after_the_exit_path_is_harmless"]
+fn child_close_a_section_after_the_exit_path() {
+    if std::env::var_os("FREEQ_CHILD").is_none() {
+        return;
+    }
+    // freeq's thread-exit key is created first, so its destructor runs
+    // before this one's.
+    std::thread::spawn(|| freeq::defer(0u8)).join().unwrap();
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: (3) a valid out-pointer and an `extern "C"` destructor.
+    assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(close_late)) }, 0);
+    let freed = Arc::new(AtomicBool::new(false));
+    let f = freed.clone();
+    std::thread::spawn(move || {
+        let section = Box::into_raw(Box::new(freeq::section()));
+        // SAFETY: (4) `key` is live; the value is a leaked box.
+        assert_eq!(unsafe { libc::pthread_setspecific(key, section.cast()) }, 0);
+        freeq::defer(Flag(f));
+    })
+    .join()
+    .unwrap();
+    assert!(freed.load(SeqCst), "freed by the thread's exit");
+    println!("FREEQ_CHILD_OK");
+}
+
+#[test]
+#[cfg(all(unix, not(miri)))]
+fn closing_a_section_after_the_exit_path_is_harmless() {
+    in_child("child_close_a_section_after_the_exit_path");
+}
+
+#[test]
+#[cfg(not(miri))]
+#[ignore = "run in a child process by a_panicking_executor_is_contained"]
+fn child_panicking_executor() {
+    if std::env::var_os("FREEQ_CHILD").is_none() {
+        return;
+    }
+    freeq::set_offload_threshold_ns(0);
+    freeq::set_offload_executor(|_batch| panic!("the executor panics"));
+    freeq::set_policy(freeq::Policy::Offload);
+    let m = freeq::Mutex::new(());
+
+    // Not unwinding: the executor's panic resumes after the drain, and
+    // the batch is freed first.
+    let freed = Arc::new(AtomicBool::new(false));
+    let r = std::panic::catch_unwind(|| {
+        let _g = m.lock().unwrap();
+        freeq::defer(Flag(freed.clone()));
+    });
+    let payload = r.expect_err("the executor's panic resumes");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"the executor panics"));
+    assert!(freed.load(SeqCst), "the batch was freed");
+    assert_eq!(freeq::pending(), 0);
+
+    // A guard dropped while unwinding: no abort, the first panic wins.
+    let freed = Arc::new(AtomicBool::new(false));
+    let r = std::panic::catch_unwind(|| {
+        let _g = m.lock().unwrap();
+        freeq::defer(Flag(freed.clone()));
+        panic!("the user panics");
+    });
+    let payload = r.expect_err("the user's panic");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"the user panics"));
+    assert!(freed.load(SeqCst), "the batch was freed");
+    assert_eq!(freeq::pending(), 0);
+
+    // defer_heavy goes the same way.
+    let freed = Arc::new(AtomicBool::new(false));
+    freeq::set_policy(freeq::Policy::Inline);
+    let r = std::panic::catch_unwind(|| freeq::defer_heavy(Flag(freed.clone())));
+    assert!(r.is_err());
+    assert!(freed.load(SeqCst), "the heavy value was freed");
+    freeq::clear_offload_executor();
+    println!("FREEQ_CHILD_OK");
+}
+
+#[test]
+#[cfg(not(miri))]
+fn a_panicking_executor_is_contained() {
+    in_child("child_panicking_executor");
+}
