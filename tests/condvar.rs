@@ -1099,3 +1099,98 @@ fn parking_lot_condvar_with_a_second_mutex_panics_holding_the_lock() {
         assert_eq!(*g2, 1);
     });
 }
+
+// ---------------------------------------------------------------------------
+// A waiter's own deferred notify (wait after unlock)
+// ---------------------------------------------------------------------------
+
+/// How long the waits below last when, correctly, nobody notifies them.
+const SHORT: Duration = Duration::from_millis(50);
+
+#[test]
+fn a_waiters_own_deferred_notify_one_does_not_wake_it() {
+    let m = freeq::Mutex::new(());
+    let cv = Arc::new(freeq::Condvar::new());
+    let g = m.lock().unwrap();
+    let c = cv.clone();
+    freeq::defer_fn(move || c.notify_one()); // meant for other threads
+    let (_g, r) = cv.wait_timeout(g, SHORT).unwrap();
+    assert!(r.timed_out(), "woken by its own release's notify_one");
+}
+
+#[test]
+fn a_waiters_own_deferred_notify_all_does_not_wake_it() {
+    let m = freeq::Mutex::new(());
+    let cv = Arc::new(freeq::Condvar::new());
+    let g = m.lock().unwrap();
+    let c = cv.clone();
+    freeq::defer_fn(move || c.notify_all());
+    let (_g, r) = cv.wait_timeout(g, SHORT).unwrap();
+    assert!(r.timed_out(), "woken by its own release's notify_all");
+}
+
+#[test]
+fn parking_lot_a_waiters_own_deferred_notify_does_not_wake_it() {
+    let m = freeq::parking_lot::Mutex::new(());
+    let cv = Arc::new(freeq::parking_lot::Condvar::new());
+    for all in [false, true] {
+        let mut g = m.lock();
+        let c = cv.clone();
+        freeq::defer_fn(move || {
+            let woke = if all {
+                c.notify_all()
+            } else {
+                usize::from(c.notify_one())
+            };
+            assert_eq!(woke, 0, "nobody else waits");
+        });
+        let r = cv.wait_for(&mut g, SHORT);
+        assert!(r.timed_out(), "woken by its own release's notify (all: {all})");
+    }
+}
+
+/// The deferred notify reaches the consumer it was meant for, even when
+/// the notifier waits on the same condvar right after.
+#[test]
+fn a_deferred_notify_reaches_the_other_waiter() {
+    for all in [false, true] {
+        let pair = Arc::new((freeq::Mutex::new((false, false)), freeq::Condvar::new()));
+        let p = pair.clone();
+        let consumer = thread::spawn(move || {
+            let (m, cv) = &*p;
+            let mut g = m.lock().unwrap();
+            g.0 = true; // waiting (registered before the lock is released)
+            let mut g = cv.wait_while(g, |s| !s.1).unwrap();
+            g.1 = false;
+            drop(g);
+            cv.notify_all();
+        });
+        let (m, cv) = &*pair;
+        let deadline = Instant::now() + PATIENCE;
+        let mut g = loop {
+            let g = m.lock().unwrap();
+            if g.0 {
+                break g;
+            }
+            drop(g);
+            assert!(Instant::now() < deadline, "the consumer never waited");
+            thread::yield_now();
+        };
+        g.1 = true; // work for the consumer
+        let p = pair.clone();
+        freeq::defer_fn(move || {
+            if all {
+                p.1.notify_all();
+            } else {
+                p.1.notify_one();
+            }
+        });
+        // Wait for the consumer to take the work (it clears the flag).
+        let (g, r) = cv
+            .wait_timeout_while(g, PATIENCE, |s| s.1)
+            .unwrap();
+        assert!(!r.timed_out(), "the consumer was never woken (all: {all})");
+        drop(g);
+        consumer.join().unwrap();
+    }
+}
