@@ -311,15 +311,16 @@ impl Inbox {
     }
 
     /// Frees every batch in `fifo` on this thread, in order, containing
-    /// panics. `in_hand` is the runner's count of the items it took (see
-    /// [`Runner::in_hand`]), on a runner only.
+    /// panics. `in_hand` counts the items taken and not yet freed (see
+    /// [`Runner::in_hand`]).
     ///
-    /// On a runner, a free that leaves a section open (a leaked guard)
-    /// would keep everything later frees defer in the runner's queue for
-    /// good: after each batch, the queue is then flushed, so that what a
-    /// batch's frees defer is freed before the batch counts as done.
-    fn free_all(&self, mut fifo: Fifo, courteous: bool, in_hand: Option<&AtomicUsize>) {
-        let depth = in_hand.map(|_| queue::depth());
+    /// On a runner (`runner`), a free that leaves a section open (a leaked
+    /// guard) would keep everything later frees defer in the runner's
+    /// queue for good: after each batch, the queue is then flushed, so
+    /// that what a batch's frees defer is freed before the batch counts as
+    /// done.
+    fn free_all(&self, mut fifo: Fifo, courteous: bool, in_hand: Option<&AtomicUsize>, runner: bool) {
+        let depth = runner.then(queue::depth);
         while let Some(mut node) = fifo.pop() {
             free_contained(&mut node.batch);
             if depth.is_some_and(|d| queue::depth() > d) {
@@ -347,7 +348,7 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         // Whatever is still here is freed, never leaked.
         let fifo = self.take_all();
-        self.free_all(fifo, false, None);
+        self.free_all(fifo, false, None, false);
         while self.take_returned().is_some() {}
     }
 }
@@ -531,6 +532,9 @@ pub struct Reclaimer {
     /// that a child forked while a thread of its parent held it (a thread
     /// the child does not have) takes it over instead of waiting forever.
     helping: AtomicUsize,
+    /// As [`Runner::in_hand`], for the holder of the helping turn.
+    help_in_hand: AtomicUsize,
+    help_inbox: AtomicUsize,
     /// Yield the CPU after each batch (freeq's own reclaimers, which may
     /// share a CPU with producers).
     courteous: bool,
@@ -556,6 +560,8 @@ impl Reclaimer {
             runners: (0..runners.max(1)).map(|_| Runner::new()).collect(),
             shutdown: AtomicBool::new(false),
             helping: AtomicUsize::new(0),
+            help_in_hand: AtomicUsize::new(0),
+            help_inbox: AtomicUsize::new(0),
             courteous: false,
         }
     }
@@ -602,6 +608,18 @@ impl Reclaimer {
         };
         self.push(index, node);
         Ok(recycled)
+    }
+
+    /// In a forked child: takes items a thread of the parent had taken
+    /// from inbox `inbox` and not yet freed off that inbox's count.
+    fn abandon(&self, in_hand: &AtomicUsize, inbox: &AtomicUsize) {
+        let n = in_hand.swap(0, Relaxed);
+        if n != 0 {
+            let inbox = &self.inboxes[inbox.load(Relaxed) % self.inboxes.len()];
+            let _ = inbox
+                .outstanding
+                .fetch_update(Release, Relaxed, |o| Some(o.saturating_sub(n)));
+        }
     }
 
     /// Hands a whole [`FreeQueue`] to inbox 0, ignoring the bound.
@@ -704,7 +722,7 @@ impl Reclaimer {
             let found = !fifo.is_empty();
             runner.in_inbox.store((index + k) % n, Relaxed);
             runner.in_hand.store(fifo.items(), Relaxed);
-            inbox.free_all(fifo, self.courteous, Some(&runner.in_hand));
+            inbox.free_all(fifo, self.courteous, Some(&runner.in_hand), true);
             runner.done.store(t, SeqCst);
             if found {
                 return true;
@@ -737,9 +755,11 @@ impl Reclaimer {
         let Some(_turn) = self.take_turn(nested, deadline) else {
             return;
         };
-        for inbox in self.inboxes.iter() {
+        for (i, inbox) in self.inboxes.iter().enumerate() {
             let fifo = inbox.take_all();
-            inbox.free_all(fifo, false, None);
+            self.help_inbox.store(i, Relaxed);
+            self.help_in_hand.store(fifo.items(), Relaxed);
+            inbox.free_all(fifo, false, Some(&self.help_in_hand), false);
         }
     }
 
@@ -969,21 +989,16 @@ impl Pool {
             return;
         }
         self.all_started.store(false, StaticSeqCst);
-        let inboxes = &self.reclaimer.inboxes;
-        for r in self.reclaimer.runners.iter() {
+        let rec = &self.reclaimer;
+        // The chains runners and a `quiesce` caller were freeing are the
+        // parent's to free: the child stops counting them, or its backlog
+        // bound would turn producers to inline frees for good.
+        rec.abandon(&rec.help_in_hand, &rec.help_inbox);
+        for r in rec.runners.iter() {
             r.state.store(NOT_STARTED, StaticSeqCst);
             r.sleeping.store(false, SeqCst);
             r.done.store(r.taken.load(SeqCst), SeqCst);
-            // The chain it was freeing is the parent's to free: the child
-            // stops counting it, or its backlog bound would turn producers
-            // to inline frees for good.
-            let abandoned = r.in_hand.swap(0, Relaxed);
-            if abandoned != 0 {
-                let inbox = &inboxes[r.in_inbox.load(Relaxed) % inboxes.len()];
-                let _ = inbox
-                    .outstanding
-                    .fetch_update(Release, Relaxed, |o| Some(o.saturating_sub(abandoned)));
-            }
+            rec.abandon(&r.in_hand, &r.in_inbox);
         }
     }
 

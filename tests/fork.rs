@@ -9,7 +9,7 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,12 +43,14 @@ fn a_forked_child_defers_drains_and_quiesces() {
     if std::env::var_os("FREEQ_FORK_CHILD").is_some() {
         return forking_process();
     }
+    run_forking_process("a_forked_child_defers_drains_and_quiesces");
+}
+
+/// Runs `test` again in a child process with `FREEQ_FORK_CHILD` set, and
+/// fails if it fails, does not say "forked child ok", or hangs.
+fn run_forking_process(test: &str) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_forked_child_defers_drains_and_quiesces",
-            "--nocapture",
-        ])
+        .args(["--exact", test, "--nocapture"])
         .env("FREEQ_FORK_CHILD", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -71,6 +73,190 @@ fn a_forked_child_defers_drains_and_quiesces() {
         }
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Forks; the child runs `child` and exits with its outcome. Fails if the
+/// child fails or does not exit within [`PATIENCE`].
+fn fork_and_check(child: fn()) {
+    // SAFETY: (5) the child only runs freeq and std code and leaves with
+    // `_exit`, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(child).map_or(1, |()| 0);
+        // SAFETY: (6) as in (2).
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let mut status = 0;
+    loop {
+        // SAFETY: (7) as in (3).
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "waitpid failed");
+        if Instant::now() > deadline {
+            // SAFETY: (8) as in (4).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the forked child hung (no exit within {PATIENCE:?})");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "forked child failed: status {status:#x}"
+    );
+}
+
+/// Pins this process's main thread and the calling thread to one CPU, so
+/// that freeq runs one reclaimer.
+fn one_cpu() {
+    // SAFETY: (9) a zeroed set is a valid empty set; the calls read and
+    // write sets of the size passed; `getpid()` names the main thread.
+    unsafe {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .unwrap();
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut one);
+        assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+        assert_eq!(libc::sched_setaffinity(libc::getpid(), size, &one), 0);
+    }
+}
+
+/// Opened by the parent once its child is done.
+static GATE: AtomicBool = AtomicBool::new(false);
+static X_STARTED: AtomicBool = AtomicBool::new(false);
+static Y_SENT: AtomicBool = AtomicBool::new(false);
+static Y_STARTED: AtomicBool = AtomicBool::new(false);
+
+fn wait_for(flag: &AtomicBool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !flag.load(SeqCst) {
+        assert!(Instant::now() < deadline, "waited too long");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Freed by the reclaimer: once `Y` waits in the inbox, it calls
+/// `quiesce`, which takes the helping turn and frees `Y`.
+struct X;
+
+impl Drop for X {
+    fn drop(&mut self) {
+        X_STARTED.store(true, SeqCst);
+        wait_for(&Y_SENT);
+        freeq::quiesce();
+    }
+}
+
+/// Blocks its free (and so the helping turn) until the gate opens.
+struct Y;
+
+impl Drop for Y {
+    fn drop(&mut self) {
+        Y_STARTED.store(true, SeqCst);
+        while !GATE.load(SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A child forked while a thread of its parent is inside `quiesce`
+/// (holding its turn, in a free that blocks) and while the reclaimer is
+/// freeing a batch the child will never see freed: the child quiesces
+/// without waiting for either, and still offloads under a small backlog
+/// bound.
+#[test]
+fn a_child_forked_while_quiesce_frees_does_not_hang() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process("a_child_forked_while_quiesce_frees_does_not_hang");
+    }
+    one_cpu();
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    freeq::set_offload_threshold_ns(0);
+    freeq::set_offload_bound(16);
+    freeq::set_policy(Policy::Offload);
+    assert_eq!(freeq::__reclaimer_count(), 1);
+    {
+        let _s = freeq::section();
+        freeq::defer(X);
+        for _ in 0..9 {
+            freeq::defer(0u64);
+        }
+    }
+    wait_for(&X_STARTED);
+    {
+        let _s = freeq::section();
+        freeq::defer(Y);
+    }
+    Y_SENT.store(true, SeqCst);
+    wait_for(&Y_STARTED);
+    // The reclaimer is in X's free, inside `quiesce`, in Y's free.
+    fork_and_check(|| {
+        freeq::set_offload_bound(4);
+        freeq::quiesce();
+        let before = freeq::stats();
+        let freed = offload_some(40);
+        freeq::quiesce();
+        assert_eq!(freed.load(SeqCst), 40);
+        assert!(
+            freeq::stats().since(&before).offloaded > 0,
+            "the parent's batches still count against the bound"
+        );
+    });
+    GATE.store(true, SeqCst);
+    freeq::quiesce();
+    println!("forked child ok");
+}
+
+/// Children forked while other threads read `stats()` and hand batches
+/// to reclaimers (which takes the locks those use) do not hang.
+#[test]
+fn children_forked_while_threads_use_freeq_do_not_hang() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process("children_forked_while_threads_use_freeq_do_not_hang");
+    }
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    freeq::set_offload_threshold_ns(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..2)
+        .map(|i| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                freeq::set_policy(Policy::Offload);
+                while !stop.load(SeqCst) {
+                    if i == 0 {
+                        std::hint::black_box(freeq::stats());
+                    } else {
+                        // A thread's first publish registers its slot.
+                        thread::spawn(|| freeq::defer(0u8)).join().unwrap();
+                        let _s = freeq::section();
+                        freeq::defer(0u8);
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..if cfg!(debug_assertions) { 100 } else { 300 } {
+        fork_and_check(|| {
+            std::hint::black_box(freeq::stats());
+            let freed = offload_some(20);
+            freeq::quiesce();
+            assert_eq!(freed.load(SeqCst), 20);
+            thread::spawn(|| freeq::defer(0u8)).join().unwrap();
+            std::hint::black_box(freeq::stats());
+        });
+    }
+    stop.store(true, SeqCst);
+    for t in busy {
+        t.join().unwrap();
+    }
+    println!("forked child ok");
 }
 
 /// In the re-run binary: offload (reclaimers start), fork, and check the
