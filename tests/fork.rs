@@ -131,7 +131,6 @@ fn one_cpu() {
 /// Opened by the parent once its child is done.
 static GATE: AtomicBool = AtomicBool::new(false);
 static X_STARTED: AtomicBool = AtomicBool::new(false);
-static Y_SENT: AtomicBool = AtomicBool::new(false);
 static Y_STARTED: AtomicBool = AtomicBool::new(false);
 
 fn wait_for(flag: &AtomicBool) {
@@ -142,19 +141,20 @@ fn wait_for(flag: &AtomicBool) {
     }
 }
 
-/// Freed by the reclaimer: once `Y` waits in the inbox, it calls
-/// `quiesce`, which takes the helping turn and frees `Y`.
+/// Freed by the reclaimer, which it keeps busy until the gate opens.
 struct X;
 
 impl Drop for X {
     fn drop(&mut self) {
         X_STARTED.store(true, SeqCst);
-        wait_for(&Y_SENT);
-        freeq::quiesce();
+        while !GATE.load(SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
-/// Blocks its free (and so the helping turn) until the gate opens.
+/// Freed by a `quiesce` caller, which it keeps (holding the helping turn)
+/// until the gate opens.
 struct Y;
 
 impl Drop for Y {
@@ -194,9 +194,10 @@ fn a_child_forked_while_quiesce_frees_does_not_hang() {
         let _s = freeq::section();
         freeq::defer(Y);
     }
-    Y_SENT.store(true, SeqCst);
+    // Y waits in the inbox; a `quiesce` caller takes it and frees it.
+    let helper = thread::spawn(freeq::quiesce);
     wait_for(&Y_STARTED);
-    // The reclaimer is in X's free, inside `quiesce`, in Y's free.
+    // The reclaimer is in X's free; the helper, inside `quiesce`, in Y's.
     fork_and_check(|| {
         freeq::set_offload_bound(4);
         freeq::quiesce();
@@ -210,6 +211,7 @@ fn a_child_forked_while_quiesce_frees_does_not_hang() {
         );
     });
     GATE.store(true, SeqCst);
+    helper.join().unwrap();
     freeq::quiesce();
     println!("forked child ok");
 }
