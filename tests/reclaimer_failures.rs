@@ -334,3 +334,43 @@ fn child_exit() {
     }
     // No quiesce: the process exits with the values handed off.
 }
+
+/// Leaks a section when freed, and defers a value that counts.
+struct LeaksASection(Arc<AtomicUsize>);
+
+impl Drop for LeaksASection {
+    fn drop(&mut self) {
+        std::mem::forget(freeq::section());
+        freeq::defer(Counted(self.0.clone()));
+    }
+}
+
+/// Counts its free.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+/// A free on a reclaimer that leaves a section open does not keep what
+/// that free, and later ones, defer: each batch's deferred values are
+/// freed before the batch counts as done.
+#[test]
+fn a_free_that_leaks_a_section_on_a_reclaimer_keeps_nothing() {
+    let r = Arc::new(freeq::__Reclaimer::new());
+    let freed = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let mut q = freeq::FreeQueue::new();
+        q.push(LeaksASection(freed.clone()));
+        r.hand_off_queue(q);
+    }
+    let r2 = r.clone();
+    // A thread of its own, as a runner: its leaked sections stay there.
+    within("a runner's pass", move || {
+        assert!(r2.run_once());
+    });
+    assert_eq!(freed.load(SeqCst), 2, "deferred values kept by the runner");
+    assert_eq!(r.outstanding(), 0);
+}
