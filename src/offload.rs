@@ -319,7 +319,13 @@ impl Inbox {
     /// queue for good: after each batch, the queue is then flushed, so
     /// that what a batch's frees defer is freed before the batch counts as
     /// done.
-    fn free_all(&self, mut fifo: Fifo, courteous: bool, in_hand: Option<&AtomicUsize>, runner: bool) {
+    fn free_all(
+        &self,
+        mut fifo: Fifo,
+        courteous: bool,
+        in_hand: Option<&AtomicUsize>,
+        runner: bool,
+    ) {
         let depth = runner.then(queue::depth);
         while let Some(mut node) = fifo.pop() {
             free_contained(&mut node.batch);
@@ -439,10 +445,7 @@ impl ThreadSlot {
             // SAFETY: (5b) `node` is ours alone until the exchange below
             // publishes it.
             unsafe { (*node).older = head };
-            match self
-                .head
-                .compare_exchange_weak(head, node, AcqRel, Acquire)
-            {
+            match self.head.compare_exchange_weak(head, node, AcqRel, Acquire) {
                 Ok(_) => return,
                 Err(now) => head = now,
             }

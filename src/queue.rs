@@ -184,7 +184,9 @@ mod exit_key {
     pub(super) fn register() -> bool {
         let Some(key) = key() else { return false };
         // The value only has to be non-null; nothing reads it.
-        let value = std::ptr::NonNull::<u8>::dangling().as_ptr().cast::<libc::c_void>();
+        let value = std::ptr::NonNull::<u8>::dangling()
+            .as_ptr()
+            .cast::<libc::c_void>();
         // SAFETY: (3e) `key` is a live key of this process.
         unsafe { libc::pthread_setspecific(key, value) == 0 }
     }

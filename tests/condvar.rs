@@ -1145,7 +1145,10 @@ fn parking_lot_a_waiters_own_deferred_notify_does_not_wake_it() {
             assert_eq!(woke, 0, "nobody else waits");
         });
         let r = cv.wait_for(&mut g, SHORT);
-        assert!(r.timed_out(), "woken by its own release's notify (all: {all})");
+        assert!(
+            r.timed_out(),
+            "woken by its own release's notify (all: {all})"
+        );
     }
 }
 
@@ -1186,9 +1189,7 @@ fn a_deferred_notify_reaches_the_other_waiter() {
             }
         });
         // Wait for the consumer to take the work (it clears the flag).
-        let (g, r) = cv
-            .wait_timeout_while(g, PATIENCE, |s| s.1)
-            .unwrap();
+        let (g, r) = cv.wait_timeout_while(g, PATIENCE, |s| s.1).unwrap();
         assert!(!r.timed_out(), "the consumer was never woken (all: {all})");
         drop(g);
         consumer.join().unwrap();

@@ -420,7 +420,10 @@ fn child_close_a_section_after_the_exit_path() {
     std::thread::spawn(|| freeq::defer(0u8)).join().unwrap();
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: (3) a valid out-pointer and an `extern "C"` destructor.
-    assert_eq!(unsafe { libc::pthread_key_create(&mut key, Some(close_late)) }, 0);
+    assert_eq!(
+        unsafe { libc::pthread_key_create(&mut key, Some(close_late)) },
+        0
+    );
     let freed = Arc::new(AtomicBool::new(false));
     let f = freed.clone();
     std::thread::spawn(move || {
