@@ -957,7 +957,7 @@ fn install_hooks() {
 
 /// How long the exit hook waits, at most, for its turn to free what waits
 /// in the inboxes and for the batches runners are freeing.
-pub(crate) const EXIT_WAIT: Duration = Duration::from_millis(250);
+const EXIT_WAIT: Duration = Duration::from_millis(250);
 
 /// At normal process exit: frees, on the exiting thread, everything still
 /// waiting in the inboxes, waits (for [`EXIT_WAIT`] at most) for what
@@ -1304,6 +1304,12 @@ static HAS_EXECUTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// bound does not apply and [`quiesce`] does not wait for batches given
 /// to an executor: the executor owns them.
 ///
+/// If `executor` panics, the panic is treated like a panicking free: the
+/// batch (dropped as the executor unwinds) is freed on the draining thread
+/// right then, the drain goes on, and the panic resumes once the drain is
+/// done (or is dropped, if the thread was already unwinding). It never
+/// aborts the process.
+///
 /// A dedicated thread:
 /// ```
 /// use std::sync::{mpsc, Mutex};
@@ -1458,8 +1464,12 @@ pub fn defer_heavy<T: Send + 'static>(value: T) {
 ///
 /// In a forked child, reclaimers of the parent do not exist: `quiesce`
 /// frees what the child inherited in the inboxes and does not wait for
-/// the batches the parent's reclaimers were freeing when it forked (the
-/// parent frees those).
+/// the batches the parent's reclaimers (or a `quiesce` caller) were
+/// freeing when it forked (the parent frees those).
+///
+/// At process exit, freeq runs the same steps once from an `atexit` hook,
+/// each wait bounded (250 ms): the process exits even if a
+/// reclaimer is stuck in a drop.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
