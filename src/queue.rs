@@ -60,8 +60,8 @@ const SECTION: usize = 2;
 /// plain thread-local, one offset from the thread pointer. Thread exit is
 /// handled by [`hook_exit`], registered the first time the thread's
 /// buffers take a block or an item (always on a cold path); after it ran,
-/// `gone` sends every push to the exit loop. Process exit runs no exit
-/// path: a thread that calls `exit()` keeps what it has queued.
+/// `gone` sends every push to the exit loop. A thread that exits the
+/// process inside a section keeps what it has queued (on unix).
 pub(crate) struct Local {
     /// Open sections on this thread times two, plus one while a drain (or
     /// flush) runs: "queue, don't free" is then the single test `state != 0`.
