@@ -331,9 +331,7 @@ impl Drop for NotUnderTheLock {
             Err(std::sync::TryLockError::WouldBlock)
         ) {
             eprintln!("freed while the lock is still held");
-            // SAFETY: (1) ends the process at once, with a code the test
-            // reads; nothing is left to clean up.
-            unsafe { libc::_exit(3) };
+            std::process::abort();
         }
     }
 }
@@ -403,7 +401,7 @@ fn a_section_kept_in_a_thread_local_closes_at_thread_exit() {
 /// exit path (a pthread key created after freeq's).
 #[cfg(all(unix, not(miri)))]
 unsafe extern "C" fn close_late(section: *mut libc::c_void) {
-    // SAFETY: (2) the value was set from `Box::into_raw` below, and the
+    // SAFETY: (1) the value was set from `Box::into_raw` below, and the
     // destructor runs once.
     drop(unsafe { Box::from_raw(section.cast::<freeq::Section>()) });
 }
@@ -419,7 +417,7 @@ fn child_close_a_section_after_the_exit_path() {
     // before this one's.
     std::thread::spawn(|| freeq::defer(0u8)).join().unwrap();
     let mut key: libc::pthread_key_t = 0;
-    // SAFETY: (3) a valid out-pointer and an `extern "C"` destructor.
+    // SAFETY: (2) a valid out-pointer and an `extern "C"` destructor.
     assert_eq!(
         unsafe { libc::pthread_key_create(&mut key, Some(close_late)) },
         0
@@ -428,7 +426,7 @@ fn child_close_a_section_after_the_exit_path() {
     let f = freed.clone();
     std::thread::spawn(move || {
         let section = Box::into_raw(Box::new(freeq::section()));
-        // SAFETY: (4) `key` is live; the value is a leaked box.
+        // SAFETY: (3) `key` is live; the value is a leaked box.
         assert_eq!(unsafe { libc::pthread_setspecific(key, section.cast()) }, 0);
         freeq::defer(Flag(f));
     })
