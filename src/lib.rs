@@ -144,6 +144,7 @@ mod item;
 #[cfg(loom)]
 pub mod loom;
 mod offload;
+mod platform;
 mod policy;
 mod queue;
 mod raw;
