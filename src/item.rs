@@ -1094,6 +1094,37 @@ mod tests {
         );
     }
 
+    /// The header is one pointer (4 bytes on 32-bit targets), and a
+    /// payload starts right behind it when its alignment allows: on 32-bit
+    /// targets, three pointers share the header's slot.
+    #[test]
+    fn payloads_pack_right_behind_a_pointer_sized_header() {
+        const WORDS: usize = (SLOT - HEADER) / mem::size_of::<usize>();
+        assert_eq!(HEADER, mem::size_of::<usize>());
+        assert_eq!(payload_offset::<u8>(), HEADER);
+        assert_eq!(payload_offset::<[usize; WORDS]>(), HEADER);
+        assert_eq!(payload_offset::<u64>(), HEADER.max(mem::align_of::<u64>()));
+        assert_eq!(item_slots::<[usize; WORDS]>(), 1);
+        assert_eq!(item_slots::<[u8; 8]>(), 1);
+        #[cfg(target_pointer_width = "32")]
+        assert_eq!(item_slots::<[u32; 3]>(), 1, "12 bytes in the header's slot");
+        // A block full of one-slot items whose payloads fill their slots.
+        let mut b = Buffer::new();
+        let sum = Arc::new(Mutex::new(0usize));
+        let per_block = BLOCK_SLOTS - 1;
+        let words = WORDS - 1; // the `Arc` is one of them
+        for i in 0..per_block {
+            let s = sum.clone();
+            let v = [i; WORDS - 1];
+            // Captures `s` and `v`: exactly `WORDS` pointers.
+            b.push(move || *s.lock().unwrap() += v.iter().sum::<usize>());
+        }
+        assert_eq!(b.capacity_bytes(), BLOCK_BYTES, "one slot per item");
+        b.run_all(&mut None);
+        let want = words * per_block * (per_block - 1) / 2;
+        assert_eq!(*sum.lock().unwrap(), want);
+    }
+
     #[test]
     fn small_payloads_share_the_header_slot() {
         assert_eq!(item_slots::<[u8; 0]>(), 1);

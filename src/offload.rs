@@ -862,7 +862,9 @@ impl Pool {
 /// [`set_reclaimer_priority`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReclaimerPriority {
-    /// The default: idle priority (`SCHED_IDLE` on Linux). A reclaimer
+    /// The default: idle priority (`SCHED_IDLE` on Linux, the background
+    /// QoS class on macOS, `THREAD_PRIORITY_IDLE` on Windows; elsewhere,
+    /// FreeBSD included, normal priority). A reclaimer
     /// runs only on a CPU that has nothing else to do, so it never takes a
     /// busy producer's CPU. On a machine whose every CPU is busy it gets
     /// almost no time: the backlog bound then turns producers back to
