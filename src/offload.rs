@@ -797,17 +797,19 @@ impl Pool {
         {
             return true;
         }
-        let spawned = platform::spawn(format!("freeq-reclaim-{index}"), move || {
-            let pool = pool();
-            become_reclaimer();
-            // Preempted often (idle priority): leave the waits for a
-            // CPU out of drop timings.
-            crate::item::leave_out_cpu_waits();
-            if let Some(set) = &pool.cpus {
-                set.pin_current_thread();
-            }
-            pool.reclaimer.run_as(index);
-        });
+        let spawned = platform::Builder::new()
+            .name(format!("freeq-reclaim-{index}"))
+            .spawn(move || {
+                let pool = pool();
+                become_reclaimer();
+                // Preempted often (idle priority): leave the waits for a
+                // CPU out of drop timings.
+                crate::item::leave_out_cpu_waits();
+                if let Some(set) = &pool.cpus {
+                    set.pin_current_thread();
+                }
+                pool.reclaimer.run_as(index);
+            });
         match spawned {
             Ok(_) => {
                 r.state.store(RUNNING, StaticSeqCst);

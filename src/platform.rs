@@ -7,7 +7,7 @@
 //! | idle priority ([`set_idle_priority`]) | `SCHED_IDLE` | background QoS class | normal priority | `THREAD_PRIORITY_IDLE` | no threads |
 //! | CPU set, affinity, current CPU | `sched_getaffinity`, `sched_setaffinity`, `sched_getcpu` | none | none | none | none |
 //! | CPU-wait of a thread ([`cpu_wait_ns`]) | `/proc/thread-self/schedstat` | none | none | none | none |
-//! | threads ([`spawn`]) | yes | yes | yes | yes | `wasm32-unknown-unknown` and `wasm32-wasip1`: none |
+//! | threads ([`Builder`]) | yes | yes | yes | yes | `wasm32-unknown-unknown` and `wasm32-wasip1`: none |
 //! | clock ([`Instant`]) | `std` | `std` | `std` | `std` | `wasm32-unknown-unknown`: none, every span reads zero |
 //!
 //! Where a service is missing, the caller's fallback is documented at the
@@ -28,14 +28,27 @@ use std::io;
 pub(crate) const THREADS: bool =
     !cfg!(all(target_family = "wasm", not(target_feature = "atomics")));
 
-/// Starts a named thread running `f`; on a target without threads, an
-/// error of kind `Unsupported` and no attempt.
-pub(crate) fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    if !THREADS {
-        drop((name, f));
-        return Err(io::ErrorKind::Unsupported.into());
+/// `std::thread::Builder`, except that on a target without threads
+/// [`Builder::spawn`] fails with `Unsupported` without trying.
+pub(crate) struct Builder(std::thread::Builder);
+
+impl Builder {
+    pub(crate) fn new() -> Self {
+        Builder(std::thread::Builder::new())
     }
-    std::thread::Builder::new().name(name).spawn(f).map(drop)
+
+    pub(crate) fn name(self, name: String) -> Self {
+        Builder(self.0.name(name))
+    }
+
+    /// Starts the thread, detached.
+    pub(crate) fn spawn(self, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        if !THREADS {
+            drop(f);
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        self.0.spawn(f).map(drop)
+    }
 }
 
 /// `std::time::Instant`, except on `wasm32-unknown-unknown`, which has no
@@ -69,9 +82,8 @@ impl Instant {
 /// leave it unregistered: nothing is then drained at exit.
 ///
 /// On Windows, `main` returning runs the C runtime's `exit`, which calls
-/// the hook; `std::process::exit` ends the process with `ExitProcess`,
-/// which skips the C runtime's exit table of an executable, so what is
-/// still handed off then is not freed (as with any destructor).
+/// the hook; `std::process::exit` calls `ExitProcess` instead, which skips
+/// destructors in general (README, "Platforms").
 pub(crate) fn at_exit(hook: extern "C" fn()) {
     #[cfg(all(any(unix, windows), not(miri)))]
     // SAFETY: (1) `hook` is an `extern "C" fn()`, the signature `atexit`
@@ -259,4 +271,49 @@ pub(crate) fn cpu_wait_ns() -> Option<u64> {
     }
     #[cfg(not(all(target_os = "linux", not(miri))))]
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux reports the process's CPUs and the current one; every other
+    /// target reports neither, and callers fall back.
+    #[test]
+    fn cpu_services_exist_on_linux_only() {
+        let linux = cfg!(all(target_os = "linux", not(miri)));
+        let count = CpuSet::of_process().map(|set| set.count());
+        assert_eq!(count.is_some_and(|n| n > 0), linux, "{count:?}");
+        assert_eq!(current_cpu().is_some(), linux);
+        if let Some(set) = CpuSet::of_process() {
+            set.pin_current_thread(); // to the set it already has
+        }
+    }
+
+    /// Priority changes are harmless on every target, whether or not it
+    /// has idle priority.
+    #[test]
+    fn idle_priority_and_back() {
+        std::thread::spawn(|| {
+            set_idle_priority(true);
+            set_idle_priority(false);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Where threads exist, `Builder` starts one; where they do not, it
+    /// reports `Unsupported` (checked on wasm by tests/threadless.rs).
+    #[test]
+    #[cfg_attr(miri, ignore = "the thread is detached, which Miri calls a leak")]
+    fn builder_starts_a_named_thread() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = Builder::new().name("freeq-test".into()).spawn(move || {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        assert_eq!(spawned.is_ok(), THREADS);
+        if THREADS {
+            assert_eq!(rx.recv().unwrap().as_deref(), Some("freeq-test"));
+        }
+    }
 }
