@@ -58,4 +58,4 @@ if [ ${#skipped[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-echo "cross: all ${#targets[@]} targets build"
+echo "cross: $((${#targets[@]} - ${#skipped[@]})) of ${#targets[@]} targets build; ${#skipped[@]} skipped"
