@@ -16,7 +16,11 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 &&
     echo "wasm: SKIPPED: the wasm32-wasip1 target cannot be installed here"
     exit 0
 fi
-target_dir="$(pwd)/${CARGO_TARGET_DIR:-target}/cross"
+target_dir="${CARGO_TARGET_DIR:-target}/cross"
+case "$target_dir" in
+/*) ;;
+*) target_dir="$(pwd)/$target_dir" ;;
+esac
 cd tests/threadless-wasm
 for features in "" "--no-default-features"; do
     # shellcheck disable=SC2086
