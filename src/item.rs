@@ -2,10 +2,15 @@
 //!
 //! This file holds freeq's only serious `unsafe`. A [`Buffer`] is a FIFO of
 //! items in a chain of fixed-size blocks of 16-byte, 16-aligned slots. Each
-//! item starts with a header (a pointer to its type's static [`Meta`]);
-//! a payload with alignment up to 8 is packed right behind the header in
-//! the same slot, so values of up to 8 bytes take one slot (16 bytes), and
-//! a 16-aligned payload starts at the next slot. Any `FnOnce()` up to
+//! item starts with a header (a pointer to its type's static [`Meta`]:
+//! 8 bytes on 64-bit targets, 4 on 32-bit ones); the payload is packed
+//! right behind the header, at the first offset its alignment allows. On
+//! 64-bit targets a payload with alignment up to 8 starts at byte 8 of the
+//! header's slot, so values of up to 8 bytes take one slot (16 bytes), and
+//! a 16-aligned payload starts at the next slot. On 32-bit targets a
+//! payload with alignment up to 4 starts at byte 4 (values of up to 12
+//! bytes take one slot), an 8-aligned one at byte 8 (up to 8 bytes in one
+//! slot) and a 16-aligned one at the next slot. Any `FnOnce()` up to
 //! [`MAX_INLINE`] bytes with alignment up to 16 is stored with no
 //! allocation of its own; larger or over-aligned closures are boxed first.
 //!
@@ -28,8 +33,8 @@ use std::mem::{self, MaybeUninit};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
+use crate::platform::Instant;
 use crate::sync::{Cell, StaticAtomicU64, scaled, thread};
 
 /// Size and alignment of one slot.
@@ -76,12 +81,20 @@ struct Meta {
 /// Written at the start of each item.
 type Header = &'static Meta;
 
-const _: () = assert!(mem::size_of::<Header>() == 8 && mem::align_of::<Header>() <= 8);
+/// Bytes a header takes: a pointer's size (8 on 64-bit targets, 4 on
+/// 32-bit ones).
+const HEADER: usize = mem::size_of::<Header>();
+
+// A header, and a jump header's position after it, fit in one slot; a
+// payload placed right after the header is aligned for anything up to the
+// header's own alignment.
+const _: () = assert!(mem::align_of::<Header>() == HEADER && HEADER <= 8);
+const _: () = assert!(HEADER + mem::size_of::<*mut Slot>() <= SLOT);
 
 /// The type behind the jump header's `TypeId`; never stored.
 struct Jump;
 
-/// Ends the items of a block: the 8 bytes after this header hold the
+/// Ends the items of a block: the pointer after this header holds the
 /// position of the next item, at the start of the next block's items.
 static JUMP: Meta = Meta {
     run: jump,
@@ -89,10 +102,11 @@ static JUMP: Meta = Meta {
     type_id: TypeId::of::<Jump>(),
 };
 
-/// Byte offset of an `F` payload from its header: packed into the header's
-/// slot when its alignment allows, else in the next slot.
+/// Byte offset of an `F` payload from its header: the first offset past
+/// the header that `F`'s alignment allows (headers are slot-aligned). For
+/// alignments up to 16 that is within the header's slot, or the next slot.
 const fn payload_offset<F>() -> usize {
-    if mem::align_of::<F>() <= 8 { 8 } else { SLOT }
+    HEADER.next_multiple_of(mem::align_of::<F>())
 }
 
 /// Slots an `F` item takes, header included.
@@ -177,7 +191,7 @@ unsafe fn jump(buf: &mut Buffer, _watch: Option<Watch<'_>>) -> bool {
     // position, in the block linked after the head block; every item of
     // the head block has been taken, so it can go to the free list.
     unsafe {
-        let to = buf.head.cast::<u8>().add(8).cast::<*mut Slot>().read();
+        let to = buf.head.cast::<u8>().add(HEADER).cast::<*mut Slot>().read();
         let done = buf.head_block;
         buf.head_block = (*done).next;
         buf.head = to;
@@ -464,7 +478,7 @@ impl Buffer {
                 self.tail.cast::<Header>().write(&JUMP);
                 self.tail
                     .cast::<u8>()
-                    .add(8)
+                    .add(HEADER)
                     .cast::<*mut Slot>()
                     .write(start);
                 (*self.tail_block).next = block;
@@ -602,7 +616,7 @@ impl Buffer {
                 self.tail.cast::<Header>().write(&JUMP);
                 self.tail
                     .cast::<u8>()
-                    .add(8)
+                    .add(HEADER)
                     .cast::<*mut Slot>()
                     .write(other.head);
                 (*self.tail_block).next = other.head_block;
@@ -738,7 +752,7 @@ impl Buffer {
             if ptr::eq(header, &JUMP) {
                 // SAFETY: (33) a jump header's second word is the position
                 // of the next item.
-                at = unsafe { at.cast::<u8>().add(8).cast::<*mut Slot>().read() };
+                at = unsafe { at.cast::<u8>().add(HEADER).cast::<*mut Slot>().read() };
                 continue;
             }
             match &mut run {
@@ -951,23 +965,12 @@ impl Stamp {
     }
 }
 
-/// Nanoseconds this thread has spent runnable but waiting for a CPU
-/// (the second field of Linux's per-thread `schedstat`).
-#[cfg(all(target_os = "linux", not(miri)))]
+/// Nanoseconds this thread has spent runnable but waiting for a CPU, where
+/// the platform tells (Linux); see [`crate::platform::cpu_wait_ns`].
 fn cpu_wait_ns() -> Option<u64> {
-    use std::io::Read;
     #[cfg(test)]
     tests::WAIT_READS.with(|n| n.set(n.get() + 1));
-    let mut file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
-    let mut buf = [0u8; 96];
-    let n = file.read(&mut buf).ok()?;
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
-    text.split_ascii_whitespace().nth(1)?.parse().ok()
-}
-
-#[cfg(not(all(target_os = "linux", not(miri))))]
-fn cpu_wait_ns() -> Option<u64> {
-    None
+    crate::platform::cpu_wait_ns()
 }
 
 /// Folds a timed run of `items` items into the type's estimate.
@@ -1089,6 +1092,37 @@ mod tests {
             seen.chunks(MANY as usize)
                 .all(|c| c.iter().copied().eq(0..MANY))
         );
+    }
+
+    /// The header is one pointer (4 bytes on 32-bit targets), and a
+    /// payload starts right behind it when its alignment allows: on 32-bit
+    /// targets, three pointers share the header's slot.
+    #[test]
+    fn payloads_pack_right_behind_a_pointer_sized_header() {
+        const WORDS: usize = (SLOT - HEADER) / mem::size_of::<usize>();
+        assert_eq!(HEADER, mem::size_of::<usize>());
+        assert_eq!(payload_offset::<u8>(), HEADER);
+        assert_eq!(payload_offset::<[usize; WORDS]>(), HEADER);
+        assert_eq!(payload_offset::<u64>(), HEADER.max(mem::align_of::<u64>()));
+        assert_eq!(item_slots::<[usize; WORDS]>(), 1);
+        assert_eq!(item_slots::<[u8; 8]>(), 1);
+        #[cfg(target_pointer_width = "32")]
+        assert_eq!(item_slots::<[u32; 3]>(), 1, "12 bytes in the header's slot");
+        // A block full of one-slot items whose payloads fill their slots.
+        let mut b = Buffer::new();
+        let sum = Arc::new(Mutex::new(0usize));
+        let per_block = BLOCK_SLOTS - 1;
+        let words = WORDS - 1; // the `Arc` is one of them
+        for i in 0..per_block {
+            let s = sum.clone();
+            let v = [i; WORDS - 1];
+            // Captures `s` and `v`: exactly `WORDS` pointers.
+            b.push(move || *s.lock().unwrap() += v.iter().sum::<usize>());
+        }
+        assert_eq!(b.capacity_bytes(), BLOCK_BYTES, "one slot per item");
+        b.run_all(&mut None);
+        let want = words * per_block * (per_block - 1) / 2;
+        assert_eq!(*sum.lock().unwrap(), want);
     }
 
     #[test]

@@ -44,7 +44,8 @@
 //!   inbox, freed by idle-priority reclaimer threads wherever a CPU has
 //!   time ([`set_policy`], [`quiesce`]); cheap batches stay inline. [`defer_heavy`] sends one value off the thread whatever the
 //!   policy, and [`set_offload_executor`] routes batches to your own
-//!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux) so
+//!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux,
+//!   background QoS on macOS, idle thread priority on Windows) so
 //!   they never preempt a producer; when they fall behind, the backlog
 //!   bound ([`set_offload_bound`]) sends producers back to inline frees.
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
@@ -144,6 +145,9 @@ mod item;
 #[cfg(loom)]
 pub mod loom;
 mod offload;
+// Under loom, freeq registers no process hooks and sets no priorities.
+#[cfg_attr(loom, allow(dead_code))]
+mod platform;
 mod policy;
 mod queue;
 mod raw;

@@ -32,10 +32,11 @@ use std::ptr;
 use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
 use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::sync::{OnceLock, RwLock as StdRwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::FreeQueue;
 use crate::item::{Buffer, Cost};
+use crate::platform::{self, CpuSet, Instant};
 use crate::queue;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::*, fence, thread};
 use crate::sync::{Cell, StaticAtomicUsize, freeq_thread_local};
@@ -859,11 +860,10 @@ struct Pool {
     /// `FORKS` when the runners' states were last valid.
     generation: StaticAtomicUsize,
     /// The process's CPU set, which runners take as their affinity.
-    #[cfg(all(target_os = "linux", not(miri)))]
-    cpus: Option<libc::cpu_set_t>,
+    cpus: Option<CpuSet>,
     /// When a failed spawn may be retried (ms since the pool started).
     retry_at_ms: StaticAtomicUsize,
-    born: std::time::Instant,
+    born: Instant,
     /// Every runner has a thread (in this process).
     all_started: std::sync::atomic::AtomicBool,
 }
@@ -877,15 +877,8 @@ static EXITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 
 fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
-        #[cfg(all(target_os = "linux", not(miri)))]
-        let cpus = process_cpus();
-        #[cfg(all(target_os = "linux", not(miri)))]
-        // SAFETY: (6) `CPU_COUNT` only reads the set.
-        let n = cpus
-            .as_ref()
-            .map(|s| unsafe { libc::CPU_COUNT(s) } as usize);
-        #[cfg(not(all(target_os = "linux", not(miri))))]
-        let n: Option<usize> = None;
+        let cpus = CpuSet::of_process();
+        let n = cpus.as_ref().map(CpuSet::count);
         let n = n
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -895,63 +888,29 @@ fn pool() -> &'static Pool {
         Pool {
             reclaimer,
             generation: StaticAtomicUsize::new(FORKS.load(StaticSeqCst)),
-            #[cfg(all(target_os = "linux", not(miri)))]
             cpus,
             retry_at_ms: StaticAtomicUsize::new(0),
-            born: std::time::Instant::now(),
+            born: Instant::now(),
             all_started: std::sync::atomic::AtomicBool::new(false),
         }
     })
 }
 
-/// The CPUs this process may run on: the main thread's set together with
-/// the calling thread's (a thread pinned to one CPU must not shrink the
-/// reclaimers to one).
-#[cfg(all(target_os = "linux", not(miri)))]
-fn process_cpus() -> Option<libc::cpu_set_t> {
-    // SAFETY: (7) a zeroed `cpu_set_t` is a valid empty set; the calls only
-    // write into sets of the size passed. `getpid()` names the main thread.
-    unsafe {
-        let mut process: libc::cpu_set_t = std::mem::zeroed();
-        let mut mine: libc::cpu_set_t = std::mem::zeroed();
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        let a = libc::sched_getaffinity(libc::getpid(), size, &mut process) == 0;
-        let b = libc::sched_getaffinity(0, size, &mut mine) == 0;
-        match (a, b) {
-            (false, false) => None,
-            (true, false) => Some(process),
-            (false, true) => Some(mine),
-            (true, true) => {
-                for cpu in 0..libc::CPU_SETSIZE as usize {
-                    if libc::CPU_ISSET(cpu, &mine) {
-                        libc::CPU_SET(cpu, &mut process);
-                    }
-                }
-                Some(process)
-            }
-        }
-    }
-}
-
 /// Registers the exit hook and the fork hook, once.
 fn install_hooks() {
-    #[cfg(all(unix, not(miri), not(loom)))]
+    #[cfg(not(loom))]
     {
         extern "C" fn at_exit() {
             exit_hook();
         }
+        // Only an atomic add (async-signal-safe).
         extern "C" fn in_child() {
             FORKS.fetch_add(1, StaticSeqCst);
         }
-        // SAFETY: (8) both hooks are `extern "C"` functions with the
-        // signatures these calls expect, valid for the life of the process;
-        // the child hook only does an atomic add (async-signal-safe).
-        // Failure to register is harmless: quiesce still works, and a child
-        // is then detected by nothing (documented).
-        unsafe {
-            let _ = libc::atexit(at_exit);
-            let _ = libc::pthread_atfork(None, None, Some(in_child));
-        }
+        // Failure to register is harmless: quiesce still works, and a
+        // child is then detected by nothing (documented).
+        platform::at_exit(at_exit);
+        platform::at_fork_child(in_child);
     }
 }
 
@@ -1031,7 +990,7 @@ impl Pool {
         {
             return true;
         }
-        let spawned = std::thread::Builder::new()
+        let spawned = platform::Builder::new()
             .name(format!("freeq-reclaim-{index}"))
             .spawn(move || {
                 let pool = pool();
@@ -1039,13 +998,8 @@ impl Pool {
                 // Preempted often (idle priority): leave the waits for a
                 // CPU out of drop timings.
                 crate::item::leave_out_cpu_waits();
-                #[cfg(all(target_os = "linux", not(miri)))]
                 if let Some(set) = &pool.cpus {
-                    // SAFETY: (9) `set` is a valid CPU set of the size
-                    // passed; 0 names this thread. Refusal is harmless.
-                    let _ = unsafe {
-                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set)
-                    };
+                    set.pin_current_thread();
                 }
                 pool.reclaimer.run_as(index);
             });
@@ -1117,7 +1071,9 @@ impl Pool {
 /// [`set_reclaimer_priority`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReclaimerPriority {
-    /// The default: idle priority (`SCHED_IDLE` on Linux). A reclaimer
+    /// The default: idle priority (`SCHED_IDLE` on Linux, the background
+    /// QoS class on macOS, `THREAD_PRIORITY_IDLE` on Windows; elsewhere,
+    /// FreeBSD included, normal priority). A reclaimer
     /// runs only on a CPU that has nothing else to do, so it never takes a
     /// busy producer's CPU. On a machine whose every CPU is busy it gets
     /// almost no time: the backlog bound then turns producers back to
@@ -1155,7 +1111,7 @@ pub fn reclaimer_priority() -> ReclaimerPriority {
     }
 }
 
-#[cfg(all(target_os = "linux", not(any(miri, loom))))]
+#[cfg(not(loom))]
 std::thread_local! {
     /// On freeq's own reclaimer threads, the priority last applied
     /// (`usize::MAX` before the first); `None` on every other thread,
@@ -1166,7 +1122,7 @@ std::thread_local! {
 /// Marks the calling thread as one of freeq's reclaimers and applies the
 /// current [`ReclaimerPriority`].
 fn become_reclaimer() {
-    #[cfg(all(target_os = "linux", not(any(miri, loom))))]
+    #[cfg(not(loom))]
     APPLIED.with(|a| a.set(Some(usize::MAX)));
     follow_priority();
 }
@@ -1174,7 +1130,7 @@ fn become_reclaimer() {
 /// On freeq's own reclaimer threads, switches to the priority set by
 /// [`set_reclaimer_priority`] if it changed; elsewhere does nothing.
 fn follow_priority() {
-    #[cfg(all(target_os = "linux", not(any(miri, loom))))]
+    #[cfg(not(loom))]
     APPLIED.with(|a| {
         let Some(applied) = a.get() else { return };
         let want = PRIORITY.load(StaticRelaxed);
@@ -1182,29 +1138,14 @@ fn follow_priority() {
             return;
         }
         a.set(Some(want));
-        let policy = if want == 0 {
-            libc::SCHED_IDLE
-        } else {
-            libc::SCHED_OTHER
-        };
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: (10) `param` is a valid `sched_param` for SCHED_IDLE and
-        // SCHED_OTHER (both take priority 0); pid 0 means the calling
-        // thread. Failure is harmless: the reclaimer keeps its priority.
-        let _ = unsafe { libc::sched_setscheduler(0, policy, &param) };
+        platform::set_idle_priority(want == 0);
     });
 }
 
 /// The CPU this thread runs on, or a stable per-thread stand-in.
 fn current_cpu() -> usize {
-    #[cfg(all(target_os = "linux", not(miri)))]
-    {
-        // SAFETY: (11) `sched_getcpu` takes no arguments and only reads the
-        // calling thread's CPU number.
-        let cpu = unsafe { libc::sched_getcpu() };
-        if cpu >= 0 {
-            return cpu as usize;
-        }
+    if let Some(cpu) = platform::current_cpu() {
+        return cpu;
     }
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();

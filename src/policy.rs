@@ -32,6 +32,12 @@ pub enum Policy {
     /// ([`set_offload_bound`](crate::set_offload_bound)), the thread frees
     /// inline instead. Reclaimers themselves always free inline, whatever
     /// policy a free sets on them.
+    ///
+    /// On a target without threads (`wasm32-unknown-unknown`,
+    /// `wasm32-wasip1`) no reclaimer can exist: freeq never tries to start
+    /// one, and every batch is freed inline, as under `Inline` (a
+    /// [`set_offload_executor`](crate::set_offload_executor) executor still
+    /// receives batches).
     Offload,
 }
 
