@@ -83,7 +83,7 @@ impl FreeQueue {
         // Every item runs (a panicking one too) before this returns.
         self.len = 0;
         self.items.run_all(&mut first);
-        self.items.trim(crate::max_retained());
+        self.items.trim(crate::queue::max_retained());
         item::resume(first);
     }
 
@@ -98,7 +98,7 @@ impl FreeQueue {
     /// thread leaves its outermost section (at once outside a section).
     pub fn defer_all(mut self) {
         let items = std::mem::take(&mut self.items);
-        crate::defer_fn(move || drop(items));
+        crate::defer::defer_fn(move || drop(items));
     }
 }
 

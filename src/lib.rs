@@ -136,34 +136,31 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod condvar;
 mod defer;
 mod deferred;
 mod free_queue;
-mod guard;
 mod item;
-#[cfg(loom)]
-pub mod loom;
+mod lock;
 mod offload;
 // Under loom, freeq registers no process hooks and sets no priorities.
 #[cfg_attr(loom, allow(dead_code))]
 mod platform;
 mod policy;
 mod queue;
-mod raw;
 mod retire;
 mod stats;
-mod std_lock;
 mod sync;
 
+#[cfg(loom)]
+pub use lock::loom;
 #[cfg(feature = "parking_lot")]
-pub mod parking_lot;
+pub use lock::parking_lot;
 
-pub use condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
+pub use lock::condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use defer::{defer, defer_fn, defer_with};
 pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
-pub use guard::{LockGuard, Section, section};
+pub use lock::guard::{LockGuard, Section, section};
 pub use offload::{
     Batch, DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, ReclaimerPriority,
     clear_offload_executor, defer_heavy, offload_bound, offload_threshold_ns, quiesce,
@@ -177,10 +174,10 @@ pub use queue::{
     DEFAULT_MAX_RETAINED, flush, in_section, max_retained, pending, policy, prepare_thread,
     set_max_retained, set_policy,
 };
-pub use raw::{DeferredGuard, RawDeferred};
+pub use lock::raw::{DeferredGuard, RawDeferred};
 pub use retire::retire;
 pub use stats::{Stats, stats};
-pub use std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, StdMutexGuard};
+pub use lock::std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, StdMutexGuard};
 
 /// Re-export of the `lock_api` crate freeq builds on.
 pub use lock_api;

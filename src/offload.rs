@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::sync::{OnceLock, RwLock as StdRwLock};
 use std::time::Duration;
 
-use crate::FreeQueue;
+use crate::free_queue::FreeQueue;
 use crate::item::{Buffer, Cost};
 use crate::platform::{self, CpuSet, Instant};
 use crate::queue;
@@ -306,7 +306,7 @@ impl Inbox {
         if self.returned_len.load(Relaxed) >= MAX_RETURNED || !node.batch.is_empty() {
             return;
         }
-        node.batch.trim(crate::max_retained());
+        node.batch.trim(crate::queue::max_retained());
         self.returned_len.fetch_add(1, Relaxed);
         Self::push_on(&self.returned, node);
     }
@@ -1370,7 +1370,7 @@ pub(crate) fn can_hand_off() -> bool {
 /// freeq::quiesce();
 /// ```
 pub fn defer_heavy<T: Send + 'static>(value: T) {
-    crate::defer_fn(move || {
+    crate::defer::defer_fn(move || {
         let mut one = Buffer::new();
         one.push(move || drop(value));
         let mut first = None;

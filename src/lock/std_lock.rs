@@ -10,7 +10,7 @@ use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
 use crate::sync::NoPoison as _;
 use crate::sync::std_locks as stdsync;
 
-use crate::guard::LockGuard;
+use crate::lock::guard::LockGuard;
 use crate::queue::prepare_thread;
 
 /// Guard of a [`Mutex`]: `std`'s guard (with its mutex, for
@@ -150,8 +150,8 @@ impl<T: Send + 'static> Mutex<T> {
 /// Frees a value taken out under a lock that is now released: deferred if
 /// the thread is still inside a section, at once otherwise.
 fn free_after_unlock<T: Send + 'static>(old: T) {
-    if crate::in_section() {
-        crate::defer(old);
+    if crate::queue::in_section() {
+        crate::defer::defer(old);
     } else {
         drop(old);
     }

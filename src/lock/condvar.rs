@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use lock_api::{RawCondvar, RawCondvarTimed, RawMutex, RawMutexTimed};
 
 use crate::item::Panic;
-use crate::raw::{DeferredGuard, RawDeferred};
-use crate::std_lock::MutexGuard as FreeqMutexGuard;
+use crate::lock::raw::{DeferredGuard, RawDeferred};
+use crate::lock::std_lock::MutexGuard as FreeqMutexGuard;
 use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering::*, park_timeout, thread};
 
 struct Waiter {
@@ -396,7 +396,7 @@ impl Condvar {
         let (fresh, notified, released) = self.queue.wait(
             w,
             move || drop(guard),
-            || crate::Mutex::relock(mutex),
+            || crate::lock::std_lock::Mutex::relock(mutex),
             deadline,
         );
         match released {

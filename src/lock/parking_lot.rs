@@ -21,7 +21,7 @@
 //! assert_eq!(freeq::pending(), 0);
 //! ```
 
-use crate::RawDeferred;
+use crate::lock::raw::RawDeferred;
 
 /// The lock_api crate these types are built on, as parking_lot re-exports it.
 pub use ::lock_api;
@@ -36,7 +36,7 @@ pub use lock_api::{
 
 // Under loom the same types are built on loom-aware raw locks.
 #[cfg(loom)]
-use crate::loom as parking_lot;
+use crate::lock::loom as parking_lot;
 
 /// parking_lot's raw mutex, deferring.
 pub type RawMutex = RawDeferred<parking_lot::RawMutex>;
@@ -113,7 +113,7 @@ pub type MappedReentrantMutexGuard<'a, T> =
     lock_api::MappedReentrantMutexGuard<'a, RawMutex, RawThreadId, T>;
 
 /// The raw condition variable behind [`Condvar`].
-pub type RawCondvar = crate::RawDeferredCondvar<parking_lot::RawMutex>;
+pub type RawCondvar = crate::lock::condvar::RawDeferredCondvar<parking_lot::RawMutex>;
 /// A condition variable for [`Mutex`], with parking_lot's API
 /// (`wait(&mut guard)`, `wait_while`, `wait_for`, `wait_until`,
 /// `notify_one -> bool`, `notify_all -> usize`). While a thread waits its

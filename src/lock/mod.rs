@@ -1,0 +1,20 @@
+//! The lock layer: freeq's guards and the locks built on them.
+//!
+//! Every lock here opens a section when it is taken and closes it when it
+//! is released (through the dispatcher in `reclaim`, which frees the batch
+//! the outermost close yields), and readies the thread before it takes the
+//! inner lock. [`guard`] has `LockGuard` and `Section`, [`std_lock`] the
+//! std-backed `Mutex` and `RwLock`, [`raw`] `RawDeferred` over any
+//! lock_api raw lock, [`condvar`] the condition variables, `parking_lot`
+//! parking_lot's locks and `loom` the loom-aware raw locks behind them under
+//! `--cfg loom`. This layer may call the queue and reclaim layers and the
+//! top-level `sync`; nothing below it calls into it.
+
+pub(crate) mod condvar;
+pub(crate) mod guard;
+#[cfg(loom)]
+pub mod loom;
+#[cfg(feature = "parking_lot")]
+pub mod parking_lot;
+pub(crate) mod raw;
+pub(crate) mod std_lock;
