@@ -78,7 +78,7 @@ impl<T: Send + 'static> Drop for Deferred<T> {
         // SAFETY: (2) this is the drop of `self`: the value is taken out
         // once, here, and `self.value` is never used again.
         let value = unsafe { ManuallyDrop::take(&mut self.value) };
-        if crate::queue::in_section() {
+        if crate::queue::section::in_section() {
             crate::defer::defer(value);
         } else {
             drop(value);

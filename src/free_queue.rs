@@ -1,8 +1,18 @@
 //! `FreeQueue`: an explicit, owned queue of deferred frees.
+//!
+//! A buffer of the queue layer's, owned rather than per-thread. It calls
+//! the queue layer's buffer, the cost model's timer (a drain times its
+//! frees like any other), `defer` (for `defer_all`) and, to hand a whole
+//! queue to a [`Reclaimer`] (tests and loom models), the reclaimer.
 
 use std::fmt;
 
-use crate::item::{self, Buffer};
+use crate::defer::defer_fn;
+use crate::queue::buffer::Buffer;
+use crate::queue::panic::resume;
+use crate::queue::section::max_retained;
+use crate::reclaim::cost::Learn;
+use crate::reclaim::reclaimer::Reclaimer;
 
 /// An owned queue of values to free later: the kernel's `kmem_free_q_head`
 /// as a value. Push under a lock, [`drain`](FreeQueue::drain) after it;
@@ -82,9 +92,9 @@ impl FreeQueue {
         let mut first = None;
         // Every item runs (a panicking one too) before this returns.
         self.len = 0;
-        self.items.run_all(&mut first);
-        self.items.trim(crate::queue::max_retained());
-        item::resume(first);
+        self.items.run_all::<Learn>(&mut first);
+        self.items.trim(max_retained());
+        resume(first);
     }
 
     /// Takes every item (and the blocks that hold them), leaving the
@@ -98,7 +108,16 @@ impl FreeQueue {
     /// thread leaves its outermost section (at once outside a section).
     pub fn defer_all(mut self) {
         let items = std::mem::take(&mut self.items);
-        crate::defer::defer_fn(move || drop(items));
+        defer_fn(move || drop(FreeQueue { items, len: 0 }));
+    }
+}
+
+/// A queue dropped with items frees them here, timed like any drain.
+impl Drop for FreeQueue {
+    fn drop(&mut self) {
+        let mut first = None;
+        self.items.run_all::<Learn>(&mut first);
+        resume(first);
     }
 }
 
@@ -107,5 +126,22 @@ impl fmt::Debug for FreeQueue {
         f.debug_struct("FreeQueue")
             .field("len", &self.len())
             .finish()
+    }
+}
+
+/// Handing a whole [`FreeQueue`] to a reclaimer (for tests and the loom
+/// models, which drive reclaimers by hand).
+impl Reclaimer {
+    /// Hands a whole [`FreeQueue`] to inbox 0, ignoring the bound.
+    pub fn hand_off_queue(&self, queue: FreeQueue) {
+        self.hand_off_queue_to(0, queue);
+    }
+
+    /// Hands a whole [`FreeQueue`] to inbox `index` (modulo the inbox
+    /// count), ignoring the bound.
+    pub fn hand_off_queue_to(&self, index: usize, mut queue: FreeQueue) {
+        let batch = queue.take_buffer();
+        let n = batch.len();
+        self.hand_off_buffer(index, batch, n);
     }
 }

@@ -139,15 +139,12 @@
 mod defer;
 mod deferred;
 mod free_queue;
-mod item;
 mod lock;
-mod offload;
 // Under loom, freeq registers no process hooks and sets no priorities.
 #[cfg_attr(loom, allow(dead_code))]
 mod platform;
-mod policy;
 mod queue;
-mod retire;
+mod reclaim;
 mod stats;
 mod sync;
 
@@ -156,28 +153,31 @@ pub use lock::loom;
 #[cfg(feature = "parking_lot")]
 pub use lock::parking_lot;
 
-pub use lock::condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
-pub use defer::{defer, defer_fn, defer_with};
+pub use defer::{defer, defer_fn, defer_heavy, defer_with, retire};
 pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
+pub use lock::condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use lock::guard::{LockGuard, Section, section};
-pub use offload::{
-    Batch, DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, ReclaimerPriority,
-    clear_offload_executor, defer_heavy, offload_bound, offload_threshold_ns, quiesce,
-    reclaimer_priority, set_offload_bound, set_offload_executor, set_offload_threshold_ns,
-    set_reclaimer_priority,
-};
-pub use policy::{Policy, default_policy, set_default_policy};
-#[doc(hidden)]
-pub use queue::queue_bytes;
-pub use queue::{
-    DEFAULT_MAX_RETAINED, flush, in_section, max_retained, pending, policy, prepare_thread,
-    set_max_retained, set_policy,
-};
 pub use lock::raw::{DeferredGuard, RawDeferred};
-pub use retire::retire;
+pub use lock::std_lock::{
+    Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, StdMutexGuard,
+};
+#[doc(hidden)]
+pub use queue::section::queue_bytes;
+pub use queue::section::{
+    DEFAULT_MAX_RETAINED, in_section, max_retained, pending, set_max_retained,
+};
+pub use reclaim::dispatch::{
+    flush, policy, prepare_thread, quiesce, set_default_policy, set_policy,
+};
+pub use reclaim::executor::{Batch, clear_offload_executor, set_offload_executor};
+pub use reclaim::policy::{Policy, default_policy};
+pub use reclaim::priority::{ReclaimerPriority, reclaimer_priority, set_reclaimer_priority};
+pub use reclaim::thresholds::{
+    DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, offload_bound, offload_threshold_ns,
+    set_offload_bound, set_offload_threshold_ns,
+};
 pub use stats::{Stats, stats};
-pub use lock::std_lock::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, StdMutexGuard};
 
 /// Re-export of the `lock_api` crate freeq builds on.
 pub use lock_api;
@@ -187,9 +187,9 @@ pub use lock_api;
 pub use crossbeam_epoch as epoch;
 
 #[doc(hidden)]
-pub use offload::Reclaimer as __Reclaimer;
+pub use reclaim::dispatch::reclaimer_count as __reclaimer_count;
 #[doc(hidden)]
-pub use offload::reclaimer_count as __reclaimer_count;
+pub use reclaim::reclaimer::Reclaimer as __Reclaimer;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -120,6 +120,95 @@ pub(crate) fn at_fork_child(hook: extern "C" fn()) {
     let _ = hook;
 }
 
+/// Registers `prepare`, `parent` and `child` to run around `fork()`: in
+/// the forking thread before it forks, then in the parent and in the child
+/// after it. Unix only (not under Miri); elsewhere nothing is registered.
+/// Failure to register is harmless to the caller's correctness guarantees
+/// as the caller documents them.
+pub(crate) fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
+    #[cfg(all(unix, not(miri)))]
+    // SAFETY: (2b) the handlers are `extern "C" fn()`s, the signature
+    // `pthread_atfork` expects, valid for the life of the process.
+    unsafe {
+        let _ = libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
+    }
+    #[cfg(not(all(unix, not(miri))))]
+    let _ = (prepare, parent, child);
+}
+
+/// Makes `hook` run when the calling thread ends: on unix, from the
+/// destructor of a pthread key, which runs at thread exit (after the
+/// thread's `thread_local!` destructors) and never from `exit()`. `hook` is
+/// the same for every thread: the first one given is kept. Returns whether
+/// the calling thread is now registered; always `false` off unix.
+pub(crate) fn on_thread_end(hook: fn()) -> bool {
+    #[cfg(unix)]
+    return thread_end::register(hook);
+    #[cfg(not(unix))]
+    {
+        let _ = hook;
+        false
+    }
+}
+
+/// The pthread key behind [`on_thread_end`].
+#[cfg(unix)]
+mod thread_end {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// The key plus one; 0 before it is created, `usize::MAX` if creating
+    /// it failed.
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+    /// What the key's destructor runs.
+    static HOOK: OnceLock<fn()> = OnceLock::new();
+
+    unsafe extern "C" fn on_thread_exit(_: *mut libc::c_void) {
+        if let Some(hook) = HOOK.get() {
+            hook();
+        }
+    }
+
+    fn key() -> Option<libc::pthread_key_t> {
+        let k = KEY.load(SeqCst);
+        if k == usize::MAX {
+            return None;
+        }
+        if k != 0 {
+            return Some((k - 1) as libc::pthread_key_t);
+        }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: (3c) `key` is a valid out-pointer; the destructor is an
+        // `extern "C"` function valid for the life of the process.
+        let made = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
+        let want = if made { key as usize + 1 } else { usize::MAX };
+        match KEY.compare_exchange(0, want, SeqCst, SeqCst) {
+            Ok(_) => made.then_some(key),
+            Err(now) => {
+                if made {
+                    // Another thread created one first: use that one.
+                    // SAFETY: (3d) `key` was created above and never used.
+                    unsafe { libc::pthread_key_delete(key) };
+                }
+                (now != usize::MAX).then(|| (now - 1) as libc::pthread_key_t)
+            }
+        }
+    }
+
+    /// Sets this thread's value of the key (non-null, so that its
+    /// destructor runs at thread exit); `false` if that failed.
+    pub(super) fn register(hook: fn()) -> bool {
+        let _ = HOOK.get_or_init(|| hook);
+        let Some(key) = key() else { return false };
+        // The value only has to be non-null; nothing reads it.
+        let value = std::ptr::NonNull::<u8>::dangling()
+            .as_ptr()
+            .cast::<libc::c_void>();
+        // SAFETY: (3e) `key` is a live key of this process.
+        unsafe { libc::pthread_setspecific(key, value) == 0 }
+    }
+}
+
 /// Moves the calling thread to idle priority (`idle`) or back to the
 /// normal one. Linux: `SCHED_IDLE` / `SCHED_OTHER`. macOS: the background
 /// QoS class / the default one. Windows: `THREAD_PRIORITY_IDLE` /

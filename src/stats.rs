@@ -170,16 +170,12 @@ mod fork_safe {
         let _ = HELD.try_with(|h| drop(h.take()));
     }
 
-    /// Registers the fork handlers, once.
+    /// Registers the fork handlers, once. Failure to register leaves a
+    /// child that forks while another thread holds the lock as before
+    /// (documented).
     pub(super) fn install() {
         static ONCE: Once = Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: (1) the handlers are `extern "C"` functions with the
-            // signature `pthread_atfork` expects, valid for the life of the
-            // process. Failure to register leaves a child that forks while
-            // another thread holds the lock as before (documented).
-            let _ = unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
-        });
+        ONCE.call_once(|| crate::platform::at_fork(prepare, release, release));
     }
 }
 

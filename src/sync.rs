@@ -67,12 +67,12 @@ pub(crate) use std::sync::atomic::{
 /// `thread_local!` with a `const` initialiser under `std` (the fast,
 /// lazily-registered kind) and loom's tracked thread-locals under loom.
 macro_rules! freeq_thread_local {
-    ($(#[$m:meta])* static $name:ident: $t:ty = $init:expr;) => {
+    ($(#[$m:meta])* $vis:vis static $name:ident: $t:ty = $init:expr;) => {
         #[cfg(not(loom))]
-        std::thread_local!($(#[$m])* static $name: $t = const { $init });
+        std::thread_local!($(#[$m])* $vis static $name: $t = const { $init });
         #[cfg(loom)]
         $(#[$m])*
-        static $name: $crate::sync::LoomLocal<$t> = {
+        $vis static $name: $crate::sync::LoomLocal<$t> = {
             loom::thread_local!(static KEY: $t = $init);
             $crate::sync::LoomLocal(&KEY)
         };

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use lock_api::{RawCondvar, RawCondvarTimed, RawMutex, RawMutexTimed};
 
-use crate::item::Panic;
 use crate::lock::raw::{DeferredGuard, RawDeferred};
 use crate::lock::std_lock::MutexGuard as FreeqMutexGuard;
+use crate::queue::panic::{Panic, drop_quietly, resume};
 use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering::*, park_timeout, thread};
 
 struct Waiter {
@@ -278,7 +278,7 @@ impl<M> RawDeferredCondvar<M> {
         unsafe { ptr::write(guard, fresh) };
         std::mem::forget(bomb);
         if let Some(payload) = released {
-            crate::item::resume(Some(payload));
+            resume(Some(payload));
         }
         !notified
     }
@@ -407,7 +407,7 @@ impl Condvar {
                 let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(fresh)));
                 panic::resume_unwind(payload)
             }
-            Some(payload) => crate::item::drop_quietly(payload),
+            Some(payload) => drop_quietly(payload),
             None => {}
         }
         (fresh, notified)

@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
-use crate::queue;
+use crate::reclaim::dispatch;
 
 /// An open section without a lock. While it lives, [`defer`](crate::defer)ed
 /// values wait; dropping the outermost section frees them.
@@ -43,7 +43,7 @@ pub struct Section {
 /// Opens a section on this thread; see [`Section`].
 #[inline]
 pub fn section() -> Section {
-    queue::prepare_and_enter();
+    dispatch::prepare_and_enter();
     Section {
         _not_send: PhantomData,
     }
@@ -52,7 +52,7 @@ pub fn section() -> Section {
 impl Drop for Section {
     #[inline]
     fn drop(&mut self) {
-        queue::leave();
+        dispatch::leave();
     }
 }
 

@@ -11,7 +11,7 @@ use crate::sync::NoPoison as _;
 use crate::sync::std_locks as stdsync;
 
 use crate::lock::guard::LockGuard;
-use crate::queue::prepare_thread;
+use crate::reclaim::dispatch::prepare_thread;
 
 /// Guard of a [`Mutex`]: `std`'s guard (with its mutex, for
 /// [`Condvar`](crate::Condvar) waits) in a [`LockGuard`].
@@ -150,7 +150,7 @@ impl<T: Send + 'static> Mutex<T> {
 /// Frees a value taken out under a lock that is now released: deferred if
 /// the thread is still inside a section, at once otherwise.
 fn free_after_unlock<T: Send + 'static>(old: T) {
-    if crate::queue::in_section() {
+    if crate::queue::section::in_section() {
         crate::defer::defer(old);
     } else {
         drop(old);

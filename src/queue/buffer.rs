@@ -1,8 +1,8 @@
-//! Type-erased, append-only storage for deferred items.
+//! Buffers: type-erased, append-only FIFOs of deferred items.
 //!
-//! This file holds freeq's only serious `unsafe`. A [`Buffer`] is a FIFO of
-//! items in a chain of fixed-size blocks of 16-byte, 16-aligned slots. Each
-//! item starts with a header (a pointer to its type's static [`Meta`]:
+//! This file and `block.rs` hold freeq's only serious `unsafe`. A
+//! [`Buffer`] is a FIFO of items in a chain of fixed-size blocks of
+//! 16-byte, 16-aligned slots. Each item starts with a header (a pointer to its type's static [`Meta`]:
 //! 8 bytes on 64-bit targets, 4 on 32-bit ones); the payload is packed
 //! right behind the header, at the first offset its alignment allows. On
 //! 64-bit targets a payload with alignment up to 8 starts at byte 8 of the
@@ -11,7 +11,7 @@
 //! payload with alignment up to 4 starts at byte 4 (values of up to 12
 //! bytes take one slot), an 8-aligned one at byte 8 (up to 8 bytes in one
 //! slot) and a 16-aligned one at the next slot. Any `FnOnce()` up to
-//! [`MAX_INLINE`] bytes with alignment up to 16 is stored with no
+//! `MAX_INLINE` (256) bytes with alignment up to 16 is stored with no
 //! allocation of its own; larger or over-aligned closures are boxed first.
 //!
 //! Growth links one more block and never moves an item: when the tail
@@ -21,50 +21,22 @@
 //! allocator, and a whole batch changes hands in O(1) (its chain of blocks).
 //! Items run oldest first.
 //!
-//! Each item type also has a learned estimate of its drop cost (a moving
-//! average, see [`Buffer::estimated_cost`]): a run of a type not timed yet
-//! is always timed, so the cost is known after the type's first free, and
-//! later runs are timed on a random sample.
+//! A run of items of one type can be timed as it is freed: whoever runs
+//! a buffer supplies a [`DropTimer`] (the cost model above the queue),
+//! and the buffer only calls it. This file calls nothing else in freeq but
+//! `block.rs`, `hooks.rs` and `panic.rs`.
 
-use std::alloc::{self, Layout};
-use std::any::{Any, TypeId};
-use std::hash::{Hash, Hasher};
-use std::mem::{self, MaybeUninit};
+use std::any::TypeId;
+use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::Ordering::Relaxed;
 
-use crate::platform::Instant;
-use crate::sync::{Cell, StaticAtomicU64, scaled, thread};
-
-/// Size and alignment of one slot.
-pub(crate) const SLOT: usize = 16;
-/// Largest payload, in bytes, stored inline; anything larger is boxed.
-pub(crate) const MAX_INLINE: usize = 256;
-/// Slots in one block.
-const BLOCK_SLOTS: usize = scaled(255, 31);
-/// Slots the largest inline item takes (header and a 16-aligned payload).
-const MAX_ITEM_SLOTS: usize = 1 + MAX_INLINE / SLOT;
-/// Bytes one block takes, its link included.
-pub(crate) const BLOCK_BYTES: usize = mem::size_of::<Block>();
-
-/// A panic payload caught while freeing an item.
-pub(crate) type Panic = Box<dyn Any + Send + 'static>;
-
-#[repr(C, align(16))]
-struct Slot(MaybeUninit<[u8; SLOT]>);
-
-/// One link of a buffer's chain: the next block, then the slots.
-#[repr(C, align(16))]
-struct Block {
-    next: *mut Block,
-    slots: [Slot; BLOCK_SLOTS],
-}
-
-// Every item, and a jump header after it, fits in one block.
-const _: () = assert!(MAX_ITEM_SLOTS < BLOCK_SLOTS);
-const _: () = assert!(mem::size_of::<Slot>() == SLOT && mem::align_of::<Slot>() == SLOT);
-const _: () = assert!(mem::size_of::<Block>() == (BLOCK_SLOTS + 1) * SLOT);
+use crate::queue::block::{
+    BLOCK_BYTES, BLOCK_SLOTS, Block, HEADER, MAX_ITEM_SLOTS, SLOT, Slot, alloc_block, boxed,
+    dealloc_block, first_slot, item_slots, payload_offset,
+};
+use crate::queue::hooks::{DropTimer, NoTimer, Watch};
+use crate::queue::panic::{Panic, keep_first, resume};
 
 /// What freeq knows about one item type: one `'static` instance per type,
 /// so the header before each payload is a single pointer store.
@@ -81,13 +53,11 @@ struct Meta {
 /// Written at the start of each item.
 type Header = &'static Meta;
 
-/// Bytes a header takes: a pointer's size (8 on 64-bit targets, 4 on
-/// 32-bit ones).
-const HEADER: usize = mem::size_of::<Header>();
-
-// A header, and a jump header's position after it, fit in one slot; a
-// payload placed right after the header is aligned for anything up to the
-// header's own alignment.
+// A header is a pointer, `HEADER` bytes (see `block.rs`): it and a jump
+// header's position after it fit in one slot; a payload placed right
+// after the header is aligned for anything up to the header's own
+// alignment.
+const _: () = assert!(mem::size_of::<Header>() == HEADER);
 const _: () = assert!(mem::align_of::<Header>() == HEADER && HEADER <= 8);
 const _: () = assert!(HEADER + mem::size_of::<*mut Slot>() <= SLOT);
 
@@ -101,40 +71,6 @@ static JUMP: Meta = Meta {
     slots: 1,
     type_id: TypeId::of::<Jump>(),
 };
-
-/// Byte offset of an `F` payload from its header: the first offset past
-/// the header that `F`'s alignment allows (headers are slot-aligned). For
-/// alignments up to 16 that is within the header's slot, or the next slot.
-const fn payload_offset<F>() -> usize {
-    HEADER.next_multiple_of(mem::align_of::<F>())
-}
-
-/// Slots an `F` item takes, header included.
-const fn item_slots<F>() -> usize {
-    let slots = (payload_offset::<F>() + mem::size_of::<F>()).div_ceil(SLOT);
-    if slots == 0 { 1 } else { slots }
-}
-
-/// Whether an `F` is boxed before it is stored: too large or too aligned
-/// to sit in the slots.
-const fn boxed<F>() -> bool {
-    mem::size_of::<F>() > MAX_INLINE || mem::align_of::<F>() > SLOT
-}
-
-/// Stops a drain between two items: once `cell` holds at least `limit`
-/// (the owning thread has re-entered a section), the rest waits.
-#[derive(Clone, Copy)]
-pub(crate) struct Watch<'a> {
-    pub(crate) cell: &'a Cell<usize>,
-    pub(crate) limit: usize,
-}
-
-impl Watch<'_> {
-    #[inline(always)]
-    fn hit(watch: Option<Watch<'_>>) -> bool {
-        watch.is_some_and(|w| w.cell.get() >= w.limit)
-    }
-}
 
 /// Runs the front item, an `F`, then every `F` directly behind it, in one
 /// monomorphic loop (a batch of one type pays one indirect call, not one
@@ -199,39 +135,6 @@ unsafe fn jump(buf: &mut Buffer, _watch: Option<Watch<'_>>) -> bool {
         buf.push_free(done);
     }
     true
-}
-
-/// Allocates one block. No buffer may be borrowed across this call: the
-/// global allocator may itself use freeq.
-fn alloc_block() -> *mut Block {
-    let layout = Layout::new::<Block>();
-    // SAFETY: (4) `Block` has a non-zero size.
-    let raw = unsafe { alloc::alloc(layout) }.cast::<Block>();
-    if raw.is_null() {
-        alloc::handle_alloc_error(layout);
-    }
-    raw
-}
-
-/// Frees a block from [`alloc_block`].
-///
-/// # Safety
-/// `block` came from [`alloc_block`], is freed once, and holds no live item.
-unsafe fn dealloc_block(block: *mut Block) {
-    // SAFETY: (5) allocated by `alloc_block` with this layout (the
-    // caller's promise).
-    unsafe { alloc::dealloc(block.cast(), Layout::new::<Block>()) }
-}
-
-/// The first slot of `block`.
-///
-/// # Safety
-/// `block` points at a live block.
-#[inline(always)]
-unsafe fn first_slot(block: *mut Block) -> *mut Slot {
-    // SAFETY: (6) in bounds of the live block (the caller's promise); no
-    // reference is created.
-    unsafe { (&raw mut (*block).slots).cast::<Slot>() }
 }
 
 /// A FIFO of type-erased `FnOnce()` items in a chain of reusable blocks.
@@ -544,9 +447,8 @@ impl Buffer {
     /// Runs items oldest first until the buffer is empty (returns `true`) or
     /// `watch` fires after an item (returns `false`). A panicking item
     /// counts as run; the first panic is kept in `first`, later ones dropped.
-    /// A run of one type is timed, to learn its drop cost, whenever that
-    /// type has not been timed yet, and now and then after that.
-    pub(crate) fn run_until(
+    /// Each run of one type is offered to `T` to time (see [`DropTimer`]).
+    pub(crate) fn run_until<T: DropTimer>(
         &mut self,
         first: &mut Option<Panic>,
         watch: Option<Watch<'_>>,
@@ -559,17 +461,23 @@ impl Buffer {
                     // the `run_items` of the type stored behind it (or
                     // `jump` behind a jump header).
                     let header: Header = unsafe { self.head.cast::<Header>().read() };
-                    // One lookup per run of one type, not per item.
-                    let stopped = if untimed(header) || sample() {
-                        let before = self.ran;
-                        let start = Stamp::now();
-                        // SAFETY: (24) as in (23).
-                        let stopped = unsafe { !(header.run)(self, watch) };
-                        learn(header, start, self.ran - before);
-                        stopped
+                    // One offer per run of one type, not per item; a jump
+                    // header is not an item and is never timed.
+                    let mark = if ptr::eq(header, &JUMP) {
+                        None
                     } else {
+                        T::start(header.type_id)
+                    };
+                    let stopped = match mark {
+                        Some(mark) => {
+                            let before = self.ran;
+                            // SAFETY: (24) as in (23).
+                            let stopped = unsafe { !(header.run)(self, watch) };
+                            T::finish(header.type_id, mark, self.ran - before);
+                            stopped
+                        }
                         // SAFETY: (25) as in (23).
-                        unsafe { !(header.run)(self, watch) }
+                        None => unsafe { !(header.run)(self, watch) },
                     };
                     if stopped {
                         return false;
@@ -593,8 +501,8 @@ impl Buffer {
     }
 
     /// Runs every item; panics as in [`Buffer::run_until`].
-    pub(crate) fn run_all(&mut self, first: &mut Option<Panic>) {
-        self.run_until(first, None);
+    pub(crate) fn run_all<T: DropTimer>(&mut self, first: &mut Option<Panic>) {
+        self.run_until::<T>(first, None);
     }
 
     /// Moves all of `other`'s items after this buffer's, keeping their
@@ -711,35 +619,11 @@ impl Buffer {
         }
     }
 
-    /// What freeing every item is expected to cost: the sum of each item
-    /// type's learned cost per item, or [`Cost::Untimed`] as soon as an
-    /// item of a type not timed yet is found. O(items), one cost lookup per
-    /// run of one type; meant for after the unlock.
-    pub(crate) fn estimated_cost(&self) -> Cost {
-        let mut total = 0u64;
-        let mut timed = true;
-        self.runs(|header, items| match cost_ns(header.type_id) {
-            Some(cost) => {
-                total = total.saturating_add(cost.saturating_mul(items as u64));
-                true
-            }
-            None => {
-                timed = false;
-                false
-            }
-        });
-        if timed {
-            Cost::Known(total)
-        } else {
-            Cost::Untimed
-        }
-    }
-
     /// Calls `f` with each run of same-typed items, oldest first: its
-    /// header and its length, until `f` returns `false`. Along a run, the
+    /// type and its length, until `f` returns `false`. Along a run, the
     /// next position depends on no read of the type's `Meta`, and nothing
-    /// but a count is done per item.
-    fn runs(&self, mut f: impl FnMut(Header, usize) -> bool) {
+    /// but a count is done per item. O(items): meant for after the unlock.
+    pub(crate) fn runs(&self, mut f: impl FnMut(TypeId, usize) -> bool) {
         let mut at = self.head;
         let mut run: Option<(Header, usize)> = None;
         let mut slots = 1;
@@ -759,7 +643,7 @@ impl Buffer {
                 Some((h, n)) if ptr::eq(*h, header) => *n += 1,
                 _ => {
                     if let Some((h, n)) = run.take()
-                        && !f(h, n)
+                        && !f(h.type_id, n)
                     {
                         return;
                     }
@@ -772,20 +656,9 @@ impl Buffer {
             at = unsafe { at.add(slots) };
         }
         if let Some((h, n)) = run {
-            f(h, n);
+            f(h.type_id, n);
         }
     }
-}
-
-/// What freeing a batch is expected to cost ([`Buffer::estimated_cost`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cost {
-    /// Every item is of a timed type: the sum of their learned costs, in
-    /// nanoseconds.
-    Known(u64),
-    /// At least one item is of a type not timed yet, whose cost nothing
-    /// bounds.
-    Untimed,
 }
 
 impl Default for Buffer {
@@ -794,270 +667,22 @@ impl Default for Buffer {
     }
 }
 
+/// A buffer dropped with items in it runs them, untimed: the paths that
+/// free batches run them first, with the cost model's timer.
 impl Drop for Buffer {
     fn drop(&mut self) {
         let mut first = None;
-        self.run_all(&mut first);
+        self.run_all::<NoTimer>(&mut first);
         self.trim(0);
         resume(first);
-    }
-}
-
-/// Learned drop costs: a two-way set-associative table indexed by a hash
-/// of the item type. An entry packs a 16-bit tag of its type (the top
-/// bits) and a moving average of nanoseconds per item (the rest, at least
-/// 1); 0 is an empty entry. A type with no entry of its tag is *untimed*.
-/// Two types whose keys match (1 in 2^16 of those that share a set) share
-/// an estimate, which is all an estimate needs; a third type in a full set
-/// evicts one entry, and the evicted type is timed again when it next runs.
-static COSTS: [[StaticAtomicU64; 2]; COST_SETS] =
-    [const { [const { StaticAtomicU64::new(0) }; 2] }; COST_SETS];
-/// Sets in [`COSTS`] (a power of two).
-const COST_SETS: usize = 512;
-/// Bits of an entry that hold the cost; the tag takes the rest.
-const COST_BITS: u32 = 48;
-const COST_MASK: u64 = (1 << COST_BITS) - 1;
-/// The most a noisy timing may count for, as a multiple of the current
-/// estimate (see [`record`]).
-const MAX_JUMP: u64 = 4;
-/// One run of one timed type in this many (on average) is timed again.
-const SAMPLE_EVERY: u32 = 16;
-
-std::thread_local! {
-    /// A xorshift state that picks the runs to time at random (a counter
-    /// would alias with batches that alternate types). No destructor, so
-    /// it works throughout thread exit.
-    static RUNS: Cell<u32> = const { Cell::new(0x9E37_79B9) };
-}
-
-#[inline(always)]
-fn sample() -> bool {
-    RUNS.try_with(|r| {
-        let mut x = r.get();
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        r.set(x);
-        x % SAMPLE_EVERY == 0
-    })
-    .unwrap_or(false)
-}
-
-/// Where a type's cost lives in [`COSTS`]: its set and its tag.
-///
-/// Computed from the `TypeId` on each use rather than cached per [`Meta`]
-/// (which is a promoted constant and cannot hold a lazily computed value):
-/// `TypeId` hashes as one `u64`, so this is a multiply and two shifts.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct CostKey {
-    set: usize,
-    tag: u64,
-}
-
-#[inline]
-fn cost_key(id: TypeId) -> CostKey {
-    /// Folds what `TypeId` hashes into one word.
-    struct Fold(u64);
-    impl Hasher for Fold {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for &b in bytes {
-                self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            }
-        }
-        fn write_u64(&mut self, n: u64) {
-            self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    let mut h = Fold(0);
-    id.hash(&mut h);
-    let h = h.finish();
-    CostKey {
-        set: (h >> (64 - COST_SETS.trailing_zeros())) as usize,
-        tag: (h >> 16) & 0xFFFF,
-    }
-}
-
-/// The two entries of `key`'s set.
-#[inline(always)]
-fn cost_set(key: CostKey) -> &'static [StaticAtomicU64; 2] {
-    &COSTS[key.set]
-}
-
-/// `entry`'s cost if it holds `tag`'s.
-#[inline(always)]
-fn cost_in(entry: u64, tag: u64) -> Option<u64> {
-    (entry != 0 && entry >> COST_BITS == tag).then_some(entry & COST_MASK)
-}
-
-/// The cost `set` holds for `tag`, if any.
-#[inline(always)]
-fn lookup(set: &[StaticAtomicU64; 2], tag: u64) -> Option<u64> {
-    cost_in(set[0].load(Relaxed), tag).or_else(|| cost_in(set[1].load(Relaxed), tag))
-}
-
-/// The learned cost of one item of type `id`, in nanoseconds, or `None`
-/// while the type is untimed.
-#[inline]
-fn cost_ns(id: TypeId) -> Option<u64> {
-    let key = cost_key(id);
-    lookup(cost_set(key), key.tag)
-}
-
-/// Whether the items behind `header` are of a type not timed yet (never
-/// true of a jump header, which is not an item).
-#[inline(always)]
-fn untimed(header: Header) -> bool {
-    header.type_id != TypeId::of::<Jump>() && cost_ns(header.type_id).is_none()
-}
-
-std::thread_local! {
-    /// Whether this thread leaves the time it spent waiting for a CPU out
-    /// of its drop timings: set on reclaimers, which run at idle priority
-    /// and are preempted often, so that a preemption in the middle of a
-    /// timed run is not learned as the type's cost. No destructor.
-    static LEAVE_OUT_WAITS: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Makes this thread leave out of its drop timings the time it spent
-/// runnable but waiting for a CPU (where the platform reports it per
-/// thread). Time a drop spends blocked (closing a file, joining a thread)
-/// still counts. Reading the wait is a few system calls, a few µs: for
-/// threads off the critical path only.
-pub(crate) fn leave_out_cpu_waits() {
-    let _ = LEAVE_OUT_WAITS.try_with(|c| c.set(true));
-}
-
-/// The start of a timed run: the wall clock, and on threads that leave
-/// out their waits for a CPU, the waiting so far.
-#[derive(Clone, Copy)]
-struct Stamp {
-    at: Instant,
-    waited: Option<u64>,
-}
-
-impl Stamp {
-    #[inline]
-    fn now() -> Stamp {
-        let leave_out = LEAVE_OUT_WAITS.try_with(Cell::get).unwrap_or(false);
-        Stamp {
-            waited: if leave_out { cpu_wait_ns() } else { None },
-            at: Instant::now(),
-        }
-    }
-
-    /// Whether [`Stamp::elapsed_ns`] leaves out the waits for a CPU.
-    fn leaves_out_waits(self) -> bool {
-        self.waited.is_some()
-    }
-
-    /// Nanoseconds since `now`, less the time spent waiting for a CPU
-    /// meanwhile where that is known.
-    fn elapsed_ns(self) -> u128 {
-        let ns = self.at.elapsed().as_nanos();
-        let waited = match (self.waited, self.waited.and_then(|_| cpu_wait_ns())) {
-            (Some(before), Some(after)) => after.saturating_sub(before),
-            _ => 0,
-        };
-        ns.saturating_sub(waited.into())
-    }
-}
-
-/// Nanoseconds this thread has spent runnable but waiting for a CPU, where
-/// the platform tells (Linux); see [`crate::platform::cpu_wait_ns`].
-fn cpu_wait_ns() -> Option<u64> {
-    #[cfg(test)]
-    tests::WAIT_READS.with(|n| n.set(n.get() + 1));
-    crate::platform::cpu_wait_ns()
-}
-
-/// Folds a timed run of `items` items into the type's estimate.
-#[cold]
-fn learn(header: Header, start: Stamp, items: usize) {
-    if items == 0 || header.type_id == TypeId::of::<Jump>() {
-        return;
-    }
-    let per_item = (start.elapsed_ns() / items as u128).clamp(1, u128::from(COST_MASK));
-    let key = cost_key(header.type_id);
-    record(
-        cost_set(key),
-        key.tag,
-        per_item as u64,
-        !start.leaves_out_waits(),
-    );
-}
-
-/// Folds `per_item` (nanoseconds, at least 1) into `tag`'s entry of `set`:
-/// the first timing is taken as it is, later ones move the estimate 1/8
-/// of the way (an exponential moving average). A tag with no entry takes a
-/// free way, else the way its own bits pick, so that a third type in a
-/// set always evicts the same neighbour and the other one keeps its
-/// estimate. Racing updates may lose one; an estimate needs no more.
-///
-/// A `noisy` timing (the wall clock of a thread that may have been
-/// preempted meanwhile) counts for at most [`MAX_JUMP`] times the current
-/// estimate, so one preemption cannot make a cheap type look heavy; a real
-/// change of cost still shows within a few samples.
-fn record(set: &[StaticAtomicU64; 2], tag: u64, per_item: u64, noisy: bool) {
-    let entries = [set[0].load(Relaxed), set[1].load(Relaxed)];
-    let (way, cost) = match (0..2).find(|&w| cost_in(entries[w], tag).is_some()) {
-        Some(w) => {
-            let old = entries[w] & COST_MASK;
-            let per_item = if noisy {
-                per_item.min(old.saturating_mul(MAX_JUMP))
-            } else {
-                per_item
-            };
-            (w, (old - old / 8).saturating_add(per_item / 8))
-        }
-        None => {
-            let free = (0..2).find(|&w| entries[w] == 0);
-            (free.unwrap_or((tag & 1) as usize), per_item)
-        }
-    };
-    set[way].store((tag << COST_BITS) | cost.clamp(1, COST_MASK), Relaxed);
-}
-
-/// Stores `payload` as the first panic, or drops it if one is kept already.
-pub(crate) fn keep_first(first: &mut Option<Panic>, payload: Panic) {
-    if first.is_none() {
-        *first = Some(payload);
-    } else {
-        drop_quietly(payload);
-    }
-}
-
-/// Drops a panic payload, swallowing a panic from its own destructor (and
-/// from that panic's payload, a few levels deep; past that the payload is
-/// leaked rather than let unwind).
-pub(crate) fn drop_quietly(payload: Panic) {
-    let mut payload = payload;
-    for _ in 0..8 {
-        match panic::catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-            Ok(()) => return,
-            Err(next) => payload = next,
-        }
-    }
-    mem::forget(payload);
-}
-
-/// Resumes the kept panic, unless the thread is already unwinding (a second
-/// panic would abort the process; the one in flight wins).
-pub(crate) fn resume(first: Option<Panic>) {
-    if let Some(payload) = first {
-        if thread::panicking() {
-            drop_quietly(payload);
-        } else {
-            panic::resume_unwind(payload);
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::block::MAX_INLINE;
+    use crate::sync::Cell;
     use std::sync::{Arc, Mutex};
 
     fn log() -> Arc<Mutex<Vec<u32>>> {
@@ -1082,7 +707,7 @@ mod tests {
                 cap = b.capacity_bytes();
                 assert!(cap >= 3 * BLOCK_BYTES, "grew by linking blocks");
             }
-            b.run_all(&mut None);
+            b.run_all::<NoTimer>(&mut None);
             assert!(b.is_empty());
             assert_eq!(b.capacity_bytes(), cap, "round {round} reused its blocks");
         }
@@ -1120,7 +745,7 @@ mod tests {
             b.push(move || *s.lock().unwrap() += v.iter().sum::<usize>());
         }
         assert_eq!(b.capacity_bytes(), BLOCK_BYTES, "one slot per item");
-        b.run_all(&mut None);
+        b.run_all::<NoTimer>(&mut None);
         let want = words * per_block * (per_block - 1) / 2;
         assert_eq!(*sum.lock().unwrap(), want);
     }
@@ -1144,7 +769,7 @@ mod tests {
             b.push(move || *n.lock().unwrap() += 1);
         }
         assert_eq!(b.capacity_bytes(), BLOCK_BYTES, "one slot per item");
-        b.run_all(&mut None);
+        b.run_all::<NoTimer>(&mut None);
         assert_eq!(*n.lock().unwrap(), per_block as u64);
     }
 
@@ -1174,7 +799,7 @@ mod tests {
             b.push(|| ()); // zero-sized: header only
         }
         assert_eq!(b.len(), 6 * (BLOCK_SLOTS / 4));
-        b.run_all(&mut None);
+        b.run_all::<NoTimer>(&mut None);
         let per = 1 + 7000 + 48 + 5 + MAX_INLINE - 8;
         assert_eq!(*total.lock().unwrap(), per * (BLOCK_SLOTS / 4));
     }
@@ -1193,7 +818,7 @@ mod tests {
             });
         }
         let mut first = None;
-        assert!(b.run_until(&mut first, None));
+        assert!(b.run_until::<NoTimer>(&mut first, None));
         assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 3, 4]);
         let msg = first.unwrap().downcast::<String>().unwrap();
         assert_eq!(*msg, "item 1");
@@ -1225,7 +850,7 @@ mod tests {
                 cell: ran,
                 limit: stop_at,
             };
-            assert!(!a.run_until(&mut None, Some(watch)));
+            assert!(!a.run_until::<NoTimer>(&mut None, Some(watch)));
         });
         assert_eq!(a.len(), n as usize - stop_at);
         a.append(&mut b);
@@ -1234,7 +859,7 @@ mod tests {
         let mut c = a.take_items();
         assert!(a.is_empty());
         drop(a);
-        c.run_all(&mut None);
+        c.run_all::<NoTimer>(&mut None);
         assert_eq!(*seen.lock().unwrap(), (0..2 * n).collect::<Vec<_>>());
     }
 
@@ -1251,7 +876,7 @@ mod tests {
                 b.push(move || s.lock().unwrap().push(i));
             }
         }
-        b.run_all(&mut None);
+        b.run_all::<NoTimer>(&mut None);
         assert_eq!(*seen.lock().unwrap(), (0..MANY).collect::<Vec<_>>());
     }
 
@@ -1259,7 +884,7 @@ mod tests {
     fn append_to_an_empty_buffer_and_take_free_blocks() {
         let mut a = Buffer::new();
         a.push(|| ());
-        a.run_all(&mut None);
+        a.run_all::<NoTimer>(&mut None);
         assert_eq!(a.capacity_bytes(), BLOCK_BYTES);
         let mut b = Buffer::new();
         for _ in 0..MANY {
@@ -1269,7 +894,7 @@ mod tests {
         a.append(&mut b);
         assert_eq!(b.capacity_bytes(), 0, "the chain moved");
         assert_eq!(a.capacity_bytes(), held + BLOCK_BYTES);
-        a.run_all(&mut None);
+        a.run_all::<NoTimer>(&mut None);
         let mut c = Buffer::new();
         c.take_free(&mut a);
         // `a` keeps its (emptied) tail block in its chain.
@@ -1289,264 +914,12 @@ mod tests {
         }
         b.trim(0);
         assert_eq!(b.len(), MANY as usize, "trim never drops items");
-        b.run_all(&mut None);
+        b.run_all::<NoTimer>(&mut None);
         b.trim(BLOCK_BYTES);
         assert_eq!(b.capacity_bytes(), BLOCK_BYTES);
         b.trim(0);
         assert_eq!(b.capacity_bytes(), 0);
         b.push(|| {});
         assert_eq!(b.len(), 1);
-    }
-
-    /// Pushes `f` and returns the type the buffer stores it as.
-    fn push_id<F: FnOnce() + Send + 'static>(b: &mut Buffer, f: F) -> TypeId {
-        b.push(f);
-        TypeId::of::<F>()
-    }
-
-    /// The estimate [`Buffer::estimated_cost`] should give for `ids`, as
-    /// the table stands now.
-    fn expected_cost(ids: &[TypeId]) -> Cost {
-        ids.iter()
-            .try_fold(0u64, |sum, &id| Some(sum + cost_ns(id)?))
-            .map_or(Cost::Untimed, Cost::Known)
-    }
-
-    #[test]
-    fn estimated_cost_sums_over_the_items_once_every_type_is_timed() {
-        let mut b = Buffer::new();
-        let mut ids = Vec::new();
-        let fill = |b: &mut Buffer, ids: &mut Vec<TypeId>| {
-            for i in 0..MANY {
-                let v = vec![i as u8];
-                ids.push(if i % 3 == 0 {
-                    push_id(b, move || drop(v))
-                } else {
-                    push_id(b, || ())
-                });
-            }
-        };
-        fill(&mut b, &mut ids);
-        // Both closure types are new: neither has been freed yet.
-        assert_eq!(b.estimated_cost(), Cost::Untimed);
-        b.run_all(&mut None);
-        assert_eq!(b.estimated_cost(), Cost::Known(0));
-        ids.clear();
-        fill(&mut b, &mut ids);
-        let expected = expected_cost(&ids);
-        assert!(
-            matches!(expected, Cost::Known(ns) if ns >= MANY as u64),
-            "one free timed both types: {expected:?}"
-        );
-        assert_eq!(b.estimated_cost(), expected);
-        b.run_all(&mut None);
-    }
-
-    /// Spins for `us` microseconds when dropped.
-    struct Slow(u64);
-
-    impl Drop for Slow {
-        fn drop(&mut self) {
-            let t = Instant::now();
-            while t.elapsed() < std::time::Duration::from_micros(self.0) {
-                std::hint::spin_loop();
-            }
-        }
-    }
-
-    const SPIN_US: u64 = if cfg!(miri) { 1 } else { 50 };
-
-    #[test]
-    fn an_untimed_type_is_timed_on_its_first_free() {
-        let mut b = Buffer::new();
-        let v = Slow(SPIN_US);
-        let slow = push_id(&mut b, move || drop(v));
-        assert_eq!(cost_ns(slow), None, "not freed yet: untimed");
-        assert_eq!(b.estimated_cost(), Cost::Untimed);
-        b.run_all(&mut None);
-        let learned = cost_ns(slow).expect("timed on its first free");
-        assert!(learned >= SPIN_US * 1000, "learned {learned} ns");
-    }
-
-    std::thread_local! {
-        /// Calls to `cpu_wait_ns` on this thread.
-        pub(super) static WAIT_READS: Cell<usize> = const { Cell::new(0) };
-    }
-
-    /// A thread that times by the wall clock alone (a producer) never
-    /// reads its CPU waits: that read is a few system calls.
-    #[test]
-    #[cfg(all(target_os = "linux", not(miri)))]
-    fn wall_clock_timings_read_no_cpu_waits() {
-        std::thread::spawn(|| {
-            struct Fresh;
-            impl Drop for Fresh {
-                fn drop(&mut self) {}
-            }
-            let mut b = Buffer::new();
-            let v = Fresh;
-            let id = push_id(&mut b, move || drop(v));
-            b.run_all(&mut None); // untimed: always timed
-            assert!(cost_ns(id).is_some());
-            assert_eq!(WAIT_READS.with(Cell::get), 0);
-            leave_out_cpu_waits();
-            struct FreshToo;
-            impl Drop for FreshToo {
-                fn drop(&mut self) {}
-            }
-            let v = FreshToo;
-            push_id(&mut b, move || drop(v));
-            b.run_all(&mut None); // untimed too
-            assert_eq!(WAIT_READS.with(Cell::get), 2, "one read at each end");
-        })
-        .join()
-        .unwrap();
-    }
-
-    /// Pins this thread to `cpu`; whether that worked.
-    #[cfg(all(target_os = "linux", not(miri)))]
-    fn pin_to(cpu: usize) -> bool {
-        // SAFETY: a zeroed `cpu_set_t` is a valid empty set; the calls
-        // write only it and this thread's affinity.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-        }
-    }
-
-    /// On a thread that leaves out its waits for a CPU (a reclaimer),
-    /// time runnable but preempted inside a drop is not learned as its
-    /// cost; time blocked inside it is.
-    #[test]
-    #[cfg(all(target_os = "linux", not(miri)))]
-    fn waits_for_a_cpu_are_left_out_and_blocking_counts() {
-        use std::time::Duration;
-        struct Sleepy;
-        impl Drop for Sleepy {
-            fn drop(&mut self) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        // SAFETY: a zeroed `cpu_set_t` is valid; the call writes only it.
-        let cpu = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-            (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set))
-        };
-        let Some(cpu) = cpu else { return };
-        if cpu_wait_ns().is_none() {
-            return; // no per-thread schedstat here
-        }
-        let learned = std::thread::spawn(move || {
-            leave_out_cpu_waits();
-            let mut b = Buffer::new();
-            let v = Sleepy;
-            let sleepy = push_id(&mut b, move || drop(v));
-            b.run_all(&mut None);
-            // This thread and a busy one share one CPU: each waits for the
-            // other about half of the time.
-            if !pin_to(cpu) {
-                return None;
-            }
-            let other = std::thread::spawn(move || {
-                let pinned = pin_to(cpu);
-                let t = Instant::now();
-                while pinned && t.elapsed() < Duration::from_millis(300) {
-                    std::hint::spin_loop();
-                }
-                pinned
-            });
-            std::thread::sleep(Duration::from_millis(10));
-            let v = Slow(100_000); // 100 ms of wall time, shared
-            let slow = push_id(&mut b, move || drop(v));
-            b.run_all(&mut None);
-            let shared = other.join().unwrap();
-            Some((cost_ns(sleepy).unwrap(), cost_ns(slow).unwrap(), shared))
-        })
-        .join()
-        .unwrap();
-        let Some((blocked, busy, shared)) = learned else {
-            return;
-        };
-        assert!(blocked >= 5_000_000, "blocked: learned {blocked} ns");
-        if shared {
-            // `Slow` spins until 100 ms of wall time have passed, about
-            // half of them waiting for the CPU.
-            assert!(busy < 75_000_000, "busy: learned {busy} ns of 100 ms");
-        }
-    }
-
-    #[test]
-    fn timing_keeps_learning_a_timed_type() {
-        let mut b = Buffer::new();
-        let mut slow = None;
-        for _ in 0..16 * SAMPLE_EVERY {
-            let v = Slow(SPIN_US);
-            slow = Some(push_id(&mut b, move || drop(v)));
-            b.push(|| ()); // a different type: one run per item
-        }
-        b.run_all(&mut None);
-        let learned = cost_ns(slow.unwrap()).expect("timed");
-        // Every run of `Slow` takes at least SPIN_US, and the first one is
-        // always timed: every later sample keeps the average above 7/8
-        // of that.
-        assert!(learned >= SPIN_US * 1000 * 7 / 8, "learned {learned} ns");
-    }
-
-    #[test]
-    fn the_cost_table_keeps_two_types_a_set_and_evicts_one_neighbour() {
-        let set = [const { StaticAtomicU64::new(0) }; 2];
-        assert_eq!(lookup(&set, 6), None);
-        record(&set, 6, 100, false);
-        record(&set, 9, 7_000, false);
-        assert_eq!(lookup(&set, 6), Some(100));
-        assert_eq!(lookup(&set, 9), Some(7_000));
-        // Later timings move the estimate an eighth of the way.
-        record(&set, 6, 900, false);
-        assert_eq!(lookup(&set, 6), Some(100 - 12 + 112));
-        // A third tag in a full set takes the way its low bit picks (way
-        // 0 for an even tag), every time: tag 9 keeps its estimate.
-        record(&set, 4, 50, false);
-        assert_eq!(lookup(&set, 6), None, "evicted: untimed again");
-        assert_eq!(lookup(&set, 4), Some(50));
-        assert_eq!(lookup(&set, 9), Some(7_000));
-        // Costs are at least 1 ns, and saturate.
-        record(&set, 4, 0, false);
-        assert!(lookup(&set, 4).unwrap() >= 1);
-        record(&set, 6, u64::MAX, false);
-        assert!(lookup(&set, 6).unwrap() <= COST_MASK);
-        assert_eq!(lookup(&set, 9), Some(7_000));
-    }
-
-    #[test]
-    fn a_noisy_timing_moves_a_known_estimate_by_a_bounded_step() {
-        let set = [const { StaticAtomicU64::new(0) }; 2];
-        // The first timing is taken as it is, noisy or not.
-        record(&set, 3, 1_000, true);
-        assert_eq!(lookup(&set, 3), Some(1_000));
-        // A preempted sample of 5 ms counts as 4 µs at most ...
-        record(&set, 3, 5_000_000, true);
-        assert_eq!(lookup(&set, 3), Some(1_000 - 125 + 500));
-        // ... a trusted one (waits left out) as it is.
-        record(&set, 3, 5_000_000, false);
-        assert_eq!(lookup(&set, 3), Some(1_375 - 171 + 625_000));
-        // A type that really became slower gets there within a few samples.
-        let set = [const { StaticAtomicU64::new(0) }; 2];
-        record(&set, 5, 1_000, true);
-        let mut samples = 0;
-        while lookup(&set, 5).unwrap() < 100_000 {
-            record(&set, 5, 1_000_000, true);
-            samples += 1;
-        }
-        assert!(samples <= 24, "{samples} samples");
-    }
-
-    #[test]
-    fn cost_keys_are_stable_and_in_range() {
-        let a = cost_key(TypeId::of::<Slow>());
-        assert_eq!(a, cost_key(TypeId::of::<Slow>()));
-        assert!(a.set < COST_SETS && a.tag <= 0xFFFF);
-        assert!(!untimed(&JUMP), "a jump header is never timed");
     }
 }

@@ -1,4 +1,8 @@
 //! Who frees a drained batch: the unlocking thread, or a reclaimer.
+//!
+//! The [`Policy`] type and the process default. A thread's own setting
+//! lives in its queue state; the dispatcher reads both when a batch
+//! drains. This file calls the `sync` shim only.
 
 use crate::sync::StaticAtomicU8;
 use std::sync::atomic::Ordering::Relaxed;
@@ -60,14 +64,9 @@ impl Policy {
 
 static DEFAULT: StaticAtomicU8 = StaticAtomicU8::new(Policy::Inline.to_u8());
 
-/// Sets the policy of threads that have not chosen their own with
-/// [`set_policy`](crate::set_policy). Choosing `Offload` starts freeq's
-/// reclaimer threads if they are not running yet.
-pub fn set_default_policy(policy: Policy) {
+/// Stores the process default (see `set_default_policy`).
+pub(crate) fn store_default(policy: Policy) {
     DEFAULT.store(policy.to_u8(), Relaxed);
-    if policy == Policy::Offload {
-        crate::offload::start_reclaimers();
-    }
 }
 
 /// The process-wide default policy.

@@ -1,0 +1,385 @@
+//! The dispatcher: where a drained batch goes, and the entries that drain.
+//!
+//! The queue drains through a [`Sink`]; [`Dispatch`] is freeq's. It sends a
+//! batch of deferred items, under `Policy::Offload` and when it is worth
+//! moving, to the user's executor or freeq's reclaimer pool, and otherwise
+//! lets the queue free it inline; retired items go to the epoch; drops are
+//! timed by the cost model. The lock layer and the top-level entries
+//! (`defer`, `retire`, sections) call the queue through the functions
+//! here, which bind it to `Dispatch`, and the sinks that free batches get
+//! the same binding as a [`Frees`]. This file calls the queue layer and
+//! every other file of the reclaim layer; nothing in the reclaim layer
+//! calls it.
+
+use crate::queue::buffer::Buffer;
+use crate::queue::panic::{Panic, keep_first};
+use crate::queue::section;
+use crate::queue::sink::{Offer, Sink};
+use crate::reclaim::cost::{Learn, estimate};
+use crate::reclaim::epoch::defer_batch;
+use crate::reclaim::executor::{Batch, executor};
+use crate::reclaim::inline::{Frees, inline_only};
+use crate::reclaim::policy::{Policy, default_policy, store_default};
+use crate::reclaim::pool;
+use crate::reclaim::reclaimer::Reclaimer;
+use crate::reclaim::thresholds::worth_offloading;
+
+use std::panic::{self as std_panic, AssertUnwindSafe};
+
+/// freeq's sink: the offload decision, the epoch and the cost model.
+pub(crate) struct Dispatch;
+
+impl Sink for Dispatch {
+    type Timer = Learn;
+
+    fn retire(batch: Buffer) {
+        defer_batch(batch, FREES);
+    }
+
+    #[inline]
+    fn offer(policy: u8, batch: Buffer, first: &mut Option<Panic>) -> Offer {
+        // Offload only what costs more to free than to move, and what
+        // holds a type whose cost is not known yet (timed where it is
+        // freed).
+        let policy = Policy::from_u8(policy).unwrap_or_else(default_policy);
+        if policy != Policy::Offload || !can_hand_off() || !worth_offloading(estimate(&batch)) {
+            return Offer::Kept(batch);
+        }
+        let items = batch.len();
+        let bytes = batch.capacity_bytes();
+        match hand_off(batch, first) {
+            Ok(recycled) => Offer::Taken {
+                items,
+                bytes,
+                recycled,
+            },
+            Err(back) => Offer::Refused(back),
+        }
+    }
+}
+
+/// The queue's "free here" entries bound to [`Dispatch`], for the sinks
+/// that free batches on their own thread.
+pub(crate) const FREES: Frees = Frees {
+    free_here: section::free_here::<Dispatch>,
+    flush: section::flush::<Dispatch>,
+};
+
+/// Queues `f` on this thread (freed at once outside a section).
+#[inline]
+pub(crate) fn push<F: FnOnce() + Send + 'static>(f: F) {
+    section::push::<Dispatch, F>(f, false)
+}
+
+/// Queues `f` on this thread's retired list (for the epoch).
+#[inline]
+pub(crate) fn retire<F: FnOnce() + Send + 'static>(f: F) {
+    section::push::<Dispatch, F>(f, true)
+}
+
+/// Opens a section on this thread.
+#[inline]
+pub(crate) fn enter() {
+    section::enter();
+}
+
+/// Closes a section; closing the outermost one drains the queue.
+#[inline]
+pub(crate) fn leave() {
+    section::leave::<Dispatch>();
+}
+
+/// [`prepare_thread`] and [`enter`] in one visit to the thread's state.
+#[inline]
+pub(crate) fn prepare_and_enter() {
+    section::prepare_and_enter::<Dispatch>();
+}
+
+/// Readies this thread for a critical section: sets up its freeq state and
+/// makes sure its queue and its retired list have room, so that the
+/// section's first [`defer`](crate::defer) or [`retire`](crate::retire)
+/// allocates nothing while the lock is held.
+///
+/// freeq's own locks ([`Mutex`](crate::Mutex), [`RwLock`](crate::RwLock),
+/// the [`parking_lot`](crate::parking_lot) types and everything built on
+/// [`RawDeferred`](crate::RawDeferred)) and [`section`](crate::section) call
+/// this before they take the lock, so their users never need to.
+/// [`LockGuard::new`](crate::LockGuard::new) receives a guard that is
+/// already held: call `prepare_thread` before taking the lock you wrap.
+/// In steady state it is a thread-local read and a compare.
+///
+/// ```
+/// let m = std::sync::Mutex::new(Vec::<String>::new());
+/// freeq::prepare_thread(); // before the lock, not under it
+/// let mut g = freeq::LockGuard::new(m.lock().unwrap());
+/// g.push("x".into());
+/// ```
+#[inline]
+pub fn prepare_thread() {
+    section::prepare_thread::<Dispatch>();
+}
+
+/// Frees everything queued on this thread now, even inside a section.
+///
+/// Sections normally make this unnecessary: the queue drains by itself when
+/// the outermost section closes. `flush` is for long-running sections that
+/// reach a point where freeing is safe. Called while this thread is already
+/// draining, it does nothing (the running drain frees everything anyway).
+///
+/// ```
+/// let _s = freeq::section();
+/// freeq::defer(vec![1, 2, 3]);
+/// assert_eq!(freeq::pending(), 1);
+/// freeq::flush();
+/// assert_eq!(freeq::pending(), 0);
+/// ```
+pub fn flush() {
+    section::flush::<Dispatch>();
+}
+
+/// Sets the calling thread's [`Policy`], overriding the process default
+/// ([`set_default_policy`](crate::set_default_policy)). Choosing
+/// `Offload` starts freeq's reclaimer threads if they are not running yet
+/// (and no [`set_offload_executor`](crate::set_offload_executor) is set),
+/// so the first hand-off does not pay for that.
+///
+/// ```
+/// freeq::set_policy(freeq::Policy::Offload);
+/// assert_eq!(freeq::policy(), freeq::Policy::Offload);
+/// freeq::set_policy(freeq::Policy::Inline);
+/// ```
+pub fn set_policy(policy: Policy) {
+    section::set_policy_byte(policy.to_u8());
+    if policy == Policy::Offload {
+        start_reclaimers();
+    }
+}
+
+/// The calling thread's effective [`Policy`].
+pub fn policy() -> Policy {
+    section::policy_byte()
+        .and_then(Policy::from_u8)
+        .unwrap_or_else(default_policy)
+}
+
+/// Sets the policy of threads that have not chosen their own with
+/// [`set_policy`](crate::set_policy). Choosing `Offload` starts freeq's
+/// reclaimer threads if they are not running yet.
+pub fn set_default_policy(policy: Policy) {
+    store_default(policy);
+    if policy == Policy::Offload {
+        start_reclaimers();
+    }
+}
+
+/// Hands `batch` to the user's executor or to a reclaimer; gives it back
+/// (free inline) on a reclaimer or other inline-only thread, at process
+/// exit, when the backlog is past the bound, or when no reclaimer could be
+/// started.
+///
+/// A panicking executor is contained: its payload goes to `first` (to be
+/// resumed once the drain is done, like a panicking free's), and the
+/// batch, dropped as the executor unwinds, is freed on this thread then.
+pub(crate) fn hand_off(batch: Buffer, first: &mut Option<Panic>) -> Result<Option<Buffer>, Buffer> {
+    if !can_hand_off() {
+        return Err(batch);
+    }
+    if let Some(run) = executor() {
+        let batch = Batch::new(batch, FREES);
+        if let Err(payload) = std_panic::catch_unwind(AssertUnwindSafe(move || run(batch))) {
+            keep_first(first, payload);
+        }
+        return Ok(None);
+    }
+    pool::hand_off(FREES, batch)
+}
+
+/// Starts freeq's reclaimers now, if they are what offloaded batches go
+/// to and are not running yet: called when a thread chooses
+/// [`Policy::Offload`](crate::Policy::Offload), so that the first hand-off
+/// (after an unlock, but on the producer) does not pay for starting
+/// threads.
+pub(crate) fn start_reclaimers() {
+    if pool::exited() || executor().is_some() {
+        return;
+    }
+    pool::start(FREES);
+}
+
+/// Whether a batch may leave this thread at all: not on a thread that
+/// frees inline only (a reclaimer; a free run by `quiesce`, `Batch::free`
+/// or the exit hook), and not after the exit hook ran.
+pub(crate) fn can_hand_off() -> bool {
+    !inline_only() && !pool::exited()
+}
+
+/// Returns once every item handed to a reclaimer before the call has been
+/// freed (and everything those frees deferred in turn).
+///
+/// The calling thread frees, itself, every handed-off batch that no
+/// reclaimer has started on yet, and then waits only for the batches
+/// reclaimers are freeing at that moment: it does not depend on how much
+/// CPU idle-priority reclaimers get. Batches given to a user executor
+/// ([`set_offload_executor`](crate::set_offload_executor)) are the executor's to free, and not waited
+/// for.
+///
+/// Called from inside a free that a drain is running (on a reclaimer, or
+/// inline on any thread), the batches it takes join that drain and are
+/// freed right after the free that called it; called on a reclaimer (or
+/// from a free run by [`Batch::free`] or `quiesce` itself), it waits for
+/// no reclaimer, so frees on two reclaimers that both call it cannot
+/// deadlock. Inside a section, the batches it takes are freed at once,
+/// not when the section closes.
+///
+/// In a forked child, reclaimers of the parent do not exist: `quiesce`
+/// frees what the child inherited in the inboxes and does not wait for
+/// the batches the parent's reclaimers (or a `quiesce` caller) were
+/// freeing when it forked (the parent frees those).
+///
+/// At process exit, freeq runs the same steps once from an `atexit` hook,
+/// each wait bounded (250 ms): the process exits even if a
+/// reclaimer is stuck in a drop.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// static FREED: AtomicUsize = AtomicUsize::new(0);
+/// struct Noisy;
+/// impl Drop for Noisy {
+///     fn drop(&mut self) { FREED.fetch_add(1, Ordering::SeqCst); }
+/// }
+/// freeq::set_policy(freeq::Policy::Offload);
+/// {
+///     let _s = freeq::section();
+///     for _ in 0..10 { freeq::defer(Noisy); }
+/// }
+/// freeq::quiesce();
+/// assert_eq!(FREED.load(Ordering::SeqCst), 10);
+/// freeq::set_policy(freeq::Policy::Inline);
+/// ```
+pub fn quiesce() {
+    pool::quiesce();
+}
+
+/// How many reclaimer threads freeq runs at most (one per CPU of the
+/// process); for tests.
+#[doc(hidden)]
+pub fn reclaimer_count() -> usize {
+    pool::runner_count(FREES)
+}
+
+/// The public constructors of [`Reclaimer`] live here: a reclaimer frees
+/// through the dispatcher's [`FREES`].
+impl Reclaimer {
+    /// A reclaimer with one inbox, one runner slot and no thread yet.
+    pub fn new() -> Self {
+        Reclaimer::with_shape(1, 1)
+    }
+
+    /// A reclaimer with `inboxes` inboxes and `runners` runner slots (at
+    /// least one each), no thread yet.
+    pub fn with_shape(inboxes: usize, runners: usize) -> Self {
+        Reclaimer::build(inboxes, runners, FREES)
+    }
+}
+
+impl Default for Reclaimer {
+    fn default() -> Self {
+        Reclaimer::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::section::{in_section, max_retained, pending, queue_bytes, set_max_retained};
+    use std::sync::{Arc, Mutex};
+
+    fn log() -> Arc<Mutex<Vec<u32>>> {
+        Arc::new(Mutex::new(Vec::new()))
+    }
+
+    fn record(log: &Arc<Mutex<Vec<u32>>>, i: u32) -> impl FnOnce() + Send + 'static {
+        let log = log.clone();
+        move || log.lock().unwrap().push(i)
+    }
+
+    #[test]
+    fn a_free_that_leaks_a_section_stops_the_drain() {
+        let seen = log();
+        enter();
+        push(record(&seen, 1));
+        // The second item leaks a section: nothing after it may run until
+        // that section closes.
+        push(|| {
+            enter();
+            push(|| ());
+        });
+        push(record(&seen, 3));
+        leave();
+        assert_eq!(*seen.lock().unwrap(), vec![1]);
+        assert!(in_section());
+        assert_eq!(pending(), 2, "the rest of the batch, then the newer item");
+        leave(); // the leaked section closes
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3]);
+        assert_eq!(pending(), 0);
+    }
+
+    #[test]
+    fn items_deferred_while_draining_run_after_the_batch() {
+        let seen = log();
+        {
+            enter();
+            let s = seen.clone();
+            push(move || {
+                s.lock().unwrap().push(1);
+                push(record(&s, 3));
+            });
+            push(record(&seen, 2));
+            leave();
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    /// Each link, when freed, defers the next one.
+    struct Link(usize, Arc<Mutex<usize>>);
+
+    impl Drop for Link {
+        fn drop(&mut self) {
+            *self.1.lock().unwrap() += 1;
+            if self.0 > 0 {
+                crate::defer::defer(Link(self.0 - 1, self.1.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_freed_at_thread_exit_runs_in_constant_stack() {
+        let links = if cfg!(miri) { 200 } else { 200_000 };
+        let freed = Arc::new(Mutex::new(0));
+        let f = freed.clone();
+        std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                enter(); // leaked: the chain waits for thread exit
+                crate::defer::defer(Link(links - 1, f));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(*freed.lock().unwrap(), links);
+    }
+
+    #[test]
+    fn retention_cap_applies_after_a_spike() {
+        let old = max_retained();
+        set_max_retained(1024);
+        enter();
+        for i in 0..10_000u64 {
+            push(move || assert!(i < 10_000));
+        }
+        leave();
+        let kept = queue_bytes();
+        assert!(kept <= 1024, "kept {kept} bytes");
+        set_max_retained(old);
+    }
+}
