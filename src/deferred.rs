@@ -1,4 +1,7 @@
 //! `Deferred<T>`: a value that defers its own drop.
+//!
+//! Its drop asks the queue layer whether the thread is in a section and
+//! calls `defer` if so; it calls nothing else in freeq.
 
 use std::borrow::{Borrow, BorrowMut};
 use std::cmp::Ordering;

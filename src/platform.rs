@@ -3,7 +3,8 @@
 //! | service | Linux | macOS | FreeBSD, other unix | Windows | wasm32 |
 //! |---|---|---|---|---|---|
 //! | process-exit drain ([`at_exit`]) | `atexit` | `atexit` | `atexit` | CRT `atexit` | none: no process exit to hook |
-//! | fork hook ([`at_fork_child`]) | `pthread_atfork` | `pthread_atfork` | `pthread_atfork` | no fork | no fork |
+//! | fork hook ([`at_fork_child`], [`at_fork`]) | `pthread_atfork` | `pthread_atfork` | `pthread_atfork` | no fork | no fork |
+//! | thread-end hook ([`on_thread_end`]) | pthread key | pthread key | pthread key | none | none |
 //! | idle priority ([`set_idle_priority`]) | `SCHED_IDLE` | background QoS class | normal priority | `THREAD_PRIORITY_IDLE` | no threads |
 //! | CPU set, affinity, current CPU | `sched_getaffinity`, `sched_setaffinity`, `sched_getcpu` | none | none | none | none |
 //! | CPU-wait of a thread ([`cpu_wait_ns`]) | `/proc/thread-self/schedstat` | none | none | none | none |
@@ -19,6 +20,8 @@
 //!
 //! Under Miri only what Miri can run is used: no hooks, no scheduler
 //! calls, no `/proc`.
+//!
+//! Every layer may call it; it calls nothing in freeq.
 
 use std::io;
 

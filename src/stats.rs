@@ -7,6 +7,10 @@
 //! drain; at exit it folds the slot into the exited-threads total and
 //! unregisters it, so the registry holds live threads only. [`stats`] sums
 //! the registry and that total.
+//!
+//! The queue layer counts into [`LocalCounts`]; this file calls only the
+//! `sync` shim and `platform` (the fork handlers that keep the registry
+//! usable in a child).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -5,6 +5,8 @@
 //! ships. Thread-confined cells (`Cell`, `UnsafeCell` inside the per-thread
 //! state) stay `std` in both modes: they are never shared, so loom has
 //! nothing to track there.
+//!
+//! Every file may call it; it calls nothing in freeq.
 #![allow(unused_imports)]
 
 #[cfg(not(loom))]

@@ -13,6 +13,9 @@
 //! notified. A notify run by a waiter's own release drain (a
 //! `defer_fn(move || cv.notify_one())` before `cv.wait(guard)`, meant for
 //! other threads) never takes that waiter: it wakes another one, or none.
+//!
+//! This file calls the std-backed and raw locks of this layer, the queue's
+//! panic helpers and the `sync` shim.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,5 +1,8 @@
 //! RAII sections and the guard wrapper that turns any lock guard into a
 //! deferring one.
+//!
+//! Opening and closing a section goes through the dispatcher in `reclaim`
+//! (closing the outermost one drains); this file calls nothing else.
 
 use std::fmt;
 use std::marker::PhantomData;

@@ -27,6 +27,8 @@
 //! - fair unlocks are plain unlocks (loom explores every wake-up order
 //!   anyway), and [`RawFairMutex`] is [`RawMutex`].
 
+// This file calls loom and lock_api only, nothing else in freeq.
+
 use std::num::NonZeroUsize;
 use std::sync::{OnceLock, PoisonError};
 use std::time::{Duration, Instant};

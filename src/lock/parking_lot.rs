@@ -21,6 +21,9 @@
 //! assert_eq!(freeq::pending(), 0);
 //! ```
 
+// This file names `RawDeferred`, the condvar adapter and, under loom, the
+// loom raw locks; nothing else in freeq.
+
 use crate::lock::raw::RawDeferred;
 
 /// The lock_api crate these types are built on, as parking_lot re-exports it.

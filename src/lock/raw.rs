@@ -7,7 +7,9 @@
 //! the guards (plain, mapped, upgradable, Arc-owned, `unlocked`, `bump`) on
 //! top, unchanged. Upgrades, downgrades and bumps keep the one section
 //! open: the guard is still held, so nothing drains. With feature
-//! `lock_api_04`, the same holds for lock_api 0.4 raw locks.
+//! `lock_api_04`, the same holds for lock_api 0.4 raw locks (`raw04.rs`).
+//!
+//! This file calls the dispatcher's section entries and lock_api.
 
 use std::fmt;
 use std::marker::PhantomData;

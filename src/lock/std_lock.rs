@@ -2,6 +2,8 @@
 //!
 //! Every acquisition readies the thread ([`prepare_thread`]) before it
 //! calls the inner lock, so nothing is set up or allocated while it is held.
+//! This file calls the dispatcher's section entries, [`LockGuard`],
+//! `defer` and the `sync` shim's std-or-loom locks.
 
 use std::fmt;
 use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
