@@ -118,15 +118,15 @@ pub(crate) fn hook_exit<S: Sink>(l: &Local) {
 
 #[cfg(not(loom))]
 fn register_exit(l: &Local) {
-    #[cfg(unix)]
+    // Off unix there is no thread-end hook: `keyed` stays false.
     l.keyed
         .set(crate::platform::on_thread_end(exit_at_thread_end));
     let _ = EXIT_HOOK.try_with(|_| ());
 }
 
-/// The thread-end key's destructor (unix): runs the exit path of a thread
-/// still inside a section when its `ExitHook` ran.
-#[cfg(all(unix, not(loom)))]
+/// The thread-end hook (a pthread key on unix): runs the exit path of a
+/// thread still inside a section when its `ExitHook` ran.
+#[cfg(not(loom))]
 fn exit_at_thread_end() {
     let _ = LOCAL.try_with(Local::run_exit);
 }

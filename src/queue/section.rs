@@ -252,25 +252,11 @@ pub(crate) fn run_here<T: DropTimer>(batch: &mut Buffer, first: &mut Option<Pani
     }
 }
 
-/// Readies this thread for a critical section: sets up its freeq state and
-/// makes sure its queue and its retired list have room, so that the
-/// section's first [`defer`](crate::defer) or [`retire`](crate::retire)
-/// allocates nothing while the lock is held.
-///
-/// freeq's own locks ([`Mutex`](crate::Mutex), [`RwLock`](crate::RwLock),
-/// the [`parking_lot`](crate::parking_lot) types and everything built on
-/// [`RawDeferred`](crate::RawDeferred)) and [`section`](crate::section) call
-/// this before they take the lock, so their users never need to.
-/// [`LockGuard::new`](crate::LockGuard::new) receives a guard that is
-/// already held: call `prepare_thread` before taking the lock you wrap.
-/// In steady state it is a thread-local read and a compare.
-///
-/// ```
-/// let m = std::sync::Mutex::new(Vec::<String>::new());
-/// freeq::prepare_thread(); // before the lock, not under it
-/// let mut g = freeq::LockGuard::new(m.lock().unwrap());
-/// g.push("x".into());
-/// ```
+/// Readies this thread for a critical section: sets up its state (hooked
+/// with `S`) and makes sure its queue and its retired list have room, so
+/// that the section's first deferred or retired item allocates nothing
+/// while the lock is held. The public `prepare_thread` binds it to the
+/// dispatcher. In steady state it is a thread-local read and a compare.
 #[inline]
 pub(crate) fn prepare_thread<S: Sink>() {
     let _ = LOCAL.try_with(|l| {
@@ -281,7 +267,7 @@ pub(crate) fn prepare_thread<S: Sink>() {
 }
 
 /// [`prepare_thread`] and [`enter`] in one visit to the thread's state, for
-/// [`section`](crate::section), which takes no lock in between.
+/// a section that takes no lock in between.
 #[inline]
 pub(crate) fn prepare_and_enter<S: Sink>() {
     let _ = LOCAL.try_with(|l| {
