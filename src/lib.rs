@@ -136,6 +136,10 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+// The crate root declares the layers (queue at the bottom, reclaim above
+// it, lock above that, the rest at the top level) and re-exports the
+// public API. Inside src/ nothing reaches an item through the root: each
+// file names the module that defines it (scripts/layers.py checks).
 mod defer;
 mod deferred;
 mod free_queue;
