@@ -199,16 +199,20 @@ fn record(set: &[StaticAtomicU64; 2], tag: u64, per_item: u64, noisy: bool) {
     };
     set[way].store((tag << COST_BITS) | cost.clamp(1, COST_MASK), Relaxed);
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::platform::Instant;
     use crate::queue::block::BLOCK_SLOTS;
-    use crate::reclaim::timing::{SAMPLE_EVERY, WAIT_READS, cpu_wait_ns, leave_out_cpu_waits};
+    use crate::reclaim::timing::SAMPLE_EVERY;
+    #[cfg(all(target_os = "linux", not(miri)))]
+    use crate::reclaim::timing::{WAIT_READS, cpu_wait_ns, leave_out_cpu_waits};
+    #[cfg(all(target_os = "linux", not(miri)))]
+    use crate::sync::Cell;
 
     /// Items of one block's worth several times over.
     const MANY: u32 = (BLOCK_SLOTS * 3) as u32;
-    use crate::sync::Cell;
 
     /// Pushes `f` and returns the type the buffer stores it as.
     fn push_id<F: FnOnce() + Send + 'static>(b: &mut Buffer, f: F) -> TypeId {
