@@ -107,7 +107,9 @@ freeq_thread_local! {
 /// Makes sure this thread's exit path will run.
 #[cfg(not(loom))]
 fn hook_exit() {
-    let _ = EXIT_HOOK.try_with(|_| ());
+    if EXIT_HOOK.try_with(|_| ()).is_ok() {
+        raw::exit_hooked();
+    }
 }
 
 /// Under loom, `Local` runs its exit path as its own destructor.
@@ -218,10 +220,11 @@ impl Local {
         unsafe { (*self.queue()).is_ready() && (*self.retired()).is_ready() }
     }
 
-    /// Whether a drain would find anything: deferred or retired items.
+    /// Whether a drain would find anything: deferred or retired items, or
+    /// raw frees held back (see [`raw`]).
     #[inline(always)]
     fn has_work(&self) -> bool {
-        !self.queue_empty() || !self.retired_empty()
+        !self.queue_empty() || !self.retired_empty() || raw::pending()
     }
 
     /// Bytes held by the thread's buffers.
@@ -261,7 +264,12 @@ impl Local {
                 }
             }
             if self.queue_empty() {
-                break;
+                // Raw frees last, after the queue's own items.
+                match raw::run() {
+                    0 => break,
+                    n => LocalCounts::add(&self.counts.deferred_frees, n),
+                }
+                continue;
             }
             // SAFETY: (5) a momentary borrow; O(1), runs nothing.
             let mut batch = unsafe { (*self.queue()).take_items() };
@@ -360,6 +368,7 @@ impl Local {
         self.counts.publish_at_exit();
         retire_late(retired);
         run_late(queue);
+        stats::count_late_frees(raw::run());
     }
 }
 
@@ -727,6 +736,76 @@ pub fn in_section() -> bool {
 #[doc(hidden)]
 pub fn queue_bytes() -> usize {
     LOCAL.try_with(|l| l.held_bytes()).unwrap_or(0)
+}
+
+/// Raw frees: frees of memory (not queue items) that a layer above the
+/// queue, the allocator's [`DeferFrees`](crate::alloc::DeferFrees), holds
+/// back while this thread is in a section. The queue knows one function to
+/// call, which frees them and says how many: the drain of the outermost
+/// section calls it after the queue's own items (as does
+/// [`flush`]), and so does the thread's exit path.
+pub(crate) mod raw {
+    #[cfg(not(loom))]
+    use super::LOCAL;
+    use crate::sync::{Cell, freeq_thread_local};
+
+    /// This thread's part: what to call, and whether the exit path that
+    /// calls it is registered.
+    struct RawFrees {
+        run: Cell<Option<fn() -> usize>>,
+        exit_hooked: Cell<bool>,
+    }
+
+    freeq_thread_local! {
+        static RAW: RawFrees = RawFrees {
+            run: Cell::new(None),
+            exit_hooked: Cell::new(false),
+        };
+    }
+
+    /// Whether a free made now on this thread may wait: the thread is in a
+    /// section, its state is live, and its exit path is registered (so a
+    /// leaked section cannot strand the free). Reads destructor-less
+    /// thread-locals only: it never allocates, registers nothing, and
+    /// never unwinds. Under loom, never (the allocator runs outside models).
+    #[inline]
+    pub(crate) fn may_wait() -> bool {
+        #[cfg(not(loom))]
+        {
+            LOCAL
+                .try_with(|l| l.depth() > 0 && !l.gone.get())
+                .unwrap_or(false)
+                && RAW.try_with(|r| r.exit_hooked.get()).unwrap_or(false)
+        }
+        #[cfg(loom)]
+        false
+    }
+
+    /// Frees wait: `run` frees them when the outermost section closes.
+    /// Allocation-free, as [`may_wait`].
+    #[inline]
+    pub(crate) fn held(run: fn() -> usize) {
+        let _ = RAW.try_with(|r| r.run.set(Some(run)));
+    }
+
+    /// Whether frees wait.
+    #[inline(always)]
+    pub(super) fn pending() -> bool {
+        RAW.try_with(|r| r.run.get().is_some()).unwrap_or(false)
+    }
+
+    /// Runs the waiting frees; how many there were.
+    pub(super) fn run() -> usize {
+        match RAW.try_with(|r| r.run.take()) {
+            Ok(Some(run)) => run(),
+            _ => 0,
+        }
+    }
+
+    /// The exit path is registered.
+    pub(super) fn exit_hooked() {
+        let _ = RAW.try_with(|r| r.exit_hooked.set(true));
+    }
 }
 
 #[cfg(test)]

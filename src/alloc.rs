@@ -1,0 +1,397 @@
+//! Deferred frees at the allocator: every `free` made under a freeq lock
+//! waits for the unlock, with no change at the drop sites.
+//!
+//! [`defer`](crate::defer) and [`Deferred`](crate::Deferred) move a value's
+//! whole drop out of the critical section, but only where the code says so.
+//! Code that simply writes `*guard = new_value`, `map.insert(k, v)` or
+//! `vec.clear()` under a lock still frees under it, and so does every
+//! library that drops values deep inside its own code. [`DeferFrees`], as
+//! the global allocator, covers all of them at once: inside a section on
+//! the calling thread, `dealloc` does not free; the block waits until the
+//! outermost section closes, after the unlock, after the queue's own
+//! items. The destructor's walk still runs under the lock; its `free()`
+//! calls do not.
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOC: freeq::alloc::DeferFrees<std::alloc::System> =
+//!     freeq::alloc::DeferFrees::new(std::alloc::System);
+//!
+//! fn main() {
+//!     let fresh = vec![String::from("a new record, on the heap"); 17];
+//!     let cache = freeq::Mutex::new(vec![String::from("an old record, on the heap"); 17]);
+//!     {
+//!         let mut records = cache.lock().unwrap();
+//!         *records = fresh; // drops 17 strings and a Vec's buffer...
+//!         assert_eq!(freeq::alloc::held().frees, 18); // ...whose frees wait
+//!     } // unlock, then the 18 blocks are freed
+//!     assert_eq!(freeq::alloc::held().frees, 0);
+//! }
+//! ```
+//!
+//! It composes with any allocator: `DeferFrees<tikv_jemallocator::Jemalloc>`,
+//! `DeferFrees<mimalloc::MiMalloc>`.
+//!
+//! # How it works, and its rules
+//!
+//! - **Nothing is allocated or registered on the deferral path.** A held
+//!   block of at least two words carries its own link and layout (written
+//!   unaligned: a block is only as aligned as its layout asks), as the
+//!   kernel's `kmem_free_q` did. Smaller blocks go to a fixed per-thread
+//!   reserve of [`SMALL_FREES_HELD`] entries; when it is full, they are
+//!   freed at once. The per-thread state is a `const`-initialised
+//!   thread-local without a destructor.
+//! - **Where it cannot hold a free, it frees at once:** outside a section,
+//!   where thread-local state is unavailable (late in thread teardown),
+//!   on a thread that entered its section without freeq readying it (a
+//!   [`LockGuard::new`](crate::LockGuard::new) with no
+//!   [`prepare_thread`](crate::prepare_thread) first: its exit path is not
+//!   registered yet, and registering it may allocate), for a block of
+//!   another inner allocator type while this thread holds blocks of a
+//!   first one, and always with a stateful inner allocator (see
+//!   [`DeferFrees`]).
+//! - **`dealloc` never unwinds.** The deferral path has no panicking
+//!   operation.
+//! - **Held frees run on the thread that made them,** whatever its
+//!   [`Policy`](crate::Policy): handing raw frees to another thread is what
+//!   costs most with most allocators (glibc's arenas, mimalloc's remote
+//!   frees).
+//! - **They always run.** A guard dropped while unwinding closes its
+//!   section as usual; a thread that exits with a leaked section frees what
+//!   waits on its exit path; a forked child frees its copies when its
+//!   section closes. [`flush`](crate::flush) inside a section frees them
+//!   too.
+//! - `alloc`, `alloc_zeroed` and `realloc` go to the inner allocator
+//!   unchanged (calloc's and in-place growth's fast paths stay). A
+//!   `realloc` that moves a block frees the old one inside the inner
+//!   allocator, at once.
+//! - [`Stats::deferred_frees`](crate::Stats::deferred_frees) counts the
+//!   frees held and made later.
+//!
+//! # Memory
+//!
+//! Held blocks stay allocated until the outermost section closes, so the
+//! frees of one long section accumulate: a section that drops a 1 GiB map
+//! holds that gigabyte until it ends. freeq's retention cap
+//! ([`set_max_retained`](crate::set_max_retained)) does not apply: holding
+//! a block costs freeq no memory of its own (the block carries its link).
+//! [`held`] reports what the calling thread holds; a long section can
+//! release it with [`flush`](crate::flush).
+//!
+//! # When it pays
+//!
+//! The frees leave the critical section, but the thread still makes them:
+//! the unlocking thread's own work per operation is unchanged or slightly
+//! higher, while the lock's other waiters stop waiting for it. Under glibc,
+//! frees made after the unlock may meet another thread's allocations in the
+//! same arena, where under the lock that thread was blocked instead. It
+//! pays when a lock is contended and its holders free what they replace;
+//! it buys nothing for a lock nobody waits on.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::mem::{align_of, needs_drop, size_of};
+use std::ptr::{self, NonNull};
+
+use crate::queue::raw;
+use crate::sync::{Cell, freeq_thread_local};
+
+/// How many frees of blocks smaller than two words a thread holds per
+/// section; past that, they are freed at once. Larger blocks hold their
+/// own link, without limit.
+pub const SMALL_FREES_HELD: usize = 64;
+
+/// A global allocator that holds back every free made inside a freeq
+/// section until the outermost section closes. See the [module
+/// docs](self).
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: freeq::alloc::DeferFrees<std::alloc::System> =
+///     freeq::alloc::DeferFrees::new(std::alloc::System);
+/// # fn main() {}
+/// ```
+///
+/// Frees are held for inner allocators that are zero-sized types without
+/// drop glue, as `System`, jemalloc's, mimalloc's and most global
+/// allocators are: a held block is then freed through the type alone,
+/// whatever becomes of this instance. With a stateful inner allocator
+/// (one with fields) `dealloc` forwards at once, always; wrap the other
+/// way round, `Stateful<DeferFrees<System>>`, to hold frees under it.
+pub struct DeferFrees<A> {
+    inner: A,
+}
+
+impl<A> DeferFrees<A> {
+    /// Wraps `inner`.
+    pub const fn new(inner: A) -> Self {
+        DeferFrees { inner }
+    }
+
+    /// The inner allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+impl<A: GlobalAlloc> DeferFrees<A> {
+    /// An `A` can stand for any other: a zero-sized type without drop
+    /// glue. Only then are frees held.
+    const STATELESS: bool = size_of::<A>() == 0 && !needs_drop::<A>();
+
+    /// Frees a held block through a stateless `A`.
+    ///
+    /// # Safety
+    /// `ptr` and `layout` are a block an `A` allocated; `A` is
+    /// [`STATELESS`](Self::STATELESS).
+    unsafe fn free_held(ptr: *mut u8, layout: Layout) {
+        // SAFETY: (1) `A` is zero-sized without drop glue: a dangling,
+        // aligned pointer is a valid reference to one, and it holds no
+        // state that the instance the block came from could have and this
+        // one lack.
+        let a: &A = unsafe { NonNull::<A>::dangling().as_ref() };
+        // SAFETY: (2) the caller's guarantee.
+        unsafe { a.dealloc(ptr, layout) }
+    }
+}
+
+// SAFETY: (5) `alloc`, `alloc_zeroed` and `realloc` forward unchanged to
+// `A`. A block passed to `dealloc` is either freed by `A` at once or held
+// and freed by an `A` later with the same layout, exactly once, on this
+// thread; until then no one else can reach it (it was freed). The
+// deferral path never allocates, never unwinds, and touches only
+// destructor-less thread-locals.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for DeferFrees<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: (6) the caller's guarantees, passed on.
+        unsafe { self.inner.alloc(layout) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: (7) as in (6).
+        unsafe { self.inner.alloc_zeroed(layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: (8) as in (6).
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: (9) `ptr` is a block this allocator (hence `A`) allocated
+        // with `layout`, now freed by the caller; `free_held` frees such a
+        // block, `A` being stateless.
+        if Self::STATELESS && raw::may_wait() && unsafe { hold(Self::free_held, ptr, layout) } {
+            return;
+        }
+        // SAFETY: (10) the caller's guarantees, passed on.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+}
+
+/// What frees a held block.
+type FreeFn = unsafe fn(*mut u8, Layout);
+
+/// What the calling thread holds right now: frees waiting for its
+/// outermost section to close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Held {
+    /// Blocks waiting to be freed.
+    pub frees: usize,
+    /// Their bytes (the layouts' sizes).
+    pub bytes: usize,
+}
+
+/// The frees the calling thread holds (see [`Held`]): all zero outside a
+/// section, or when [`DeferFrees`] is not the global allocator.
+///
+/// ```
+/// assert_eq!(freeq::alloc::held().frees, 0);
+/// ```
+pub fn held() -> Held {
+    HELD.try_with(|h| Held {
+        frees: h.frees.get(),
+        bytes: h.bytes.get(),
+    })
+    .unwrap_or_default()
+}
+
+/// The header a held block of at least two words carries at its start.
+#[derive(Clone, Copy)]
+struct Link {
+    next: *mut u8,
+    /// The layout, packed by [`pack`].
+    layout: usize,
+}
+
+/// Bits that hold the log2 of an alignment (below `usize::BITS`).
+const ALIGN_BITS: u32 = usize::BITS.trailing_zeros();
+
+/// `layout` in one word: its size above, its alignment's log2 below. None
+/// for sizes too large to fit (at least 2^58 bytes on 64-bit targets,
+/// 128 MiB on 32-bit ones).
+#[inline(always)]
+fn pack(layout: Layout) -> Option<usize> {
+    let size = layout.size();
+    if size >> (usize::BITS - ALIGN_BITS) != 0 {
+        return None;
+    }
+    Some(size << ALIGN_BITS | layout.align().trailing_zeros() as usize)
+}
+
+#[inline(always)]
+fn unpack(word: usize) -> Layout {
+    let size = word >> ALIGN_BITS;
+    let align = 1usize << (word & ((1 << ALIGN_BITS) - 1));
+    // SAFETY: (11) `word` came from `pack` of a valid layout.
+    unsafe { Layout::from_size_align_unchecked(size, align) }
+}
+
+/// One held small block: its address and packed layout.
+type Small = (*mut u8, usize);
+
+/// The calling thread's held frees. All of its blocks belong to one
+/// allocator type, freed through `free`.
+struct HeldFrees {
+    /// Blocks of at least two words, linked through their [`Link`]s.
+    head: Cell<*mut u8>,
+    /// Smaller blocks.
+    small: [Cell<Small>; SMALL_FREES_HELD],
+    small_len: Cell<usize>,
+    free: Cell<Option<FreeFn>>,
+    frees: Cell<usize>,
+    bytes: Cell<usize>,
+}
+
+freeq_thread_local! {
+    static HELD: HeldFrees = HeldFrees {
+        head: Cell::new(ptr::null_mut()),
+        small: [const { Cell::new((ptr::null_mut(), 0)) }; SMALL_FREES_HELD],
+        small_len: Cell::new(0),
+        free: Cell::new(None),
+        frees: Cell::new(0),
+        bytes: Cell::new(0),
+    };
+}
+
+// No destructor: reaching it never registers one (which may allocate).
+const _: () = assert!(!needs_drop::<HeldFrees>());
+
+/// Holds the freed block `ptr` until the outermost section closes, if this
+/// thread can; whether it did. Allocates nothing and cannot panic.
+///
+/// # Safety
+/// `ptr` is a freed block of `layout`, owned by nobody now, that
+/// `free(ptr, layout)` frees.
+#[inline]
+unsafe fn hold(free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
+    let Some(word) = pack(layout) else {
+        return false;
+    };
+    let held = HELD.try_with(|h| {
+        // Function addresses may differ for one function, which only frees
+        // a block at once; two functions merged into one are the same code.
+        let first = !h.free.get().is_some_and(|f| ptr::fn_addr_eq(f, free));
+        if first && h.frees.get() != 0 {
+            // Another allocator's blocks are held here.
+            return false;
+        }
+        if layout.size() >= size_of::<Link>() {
+            let link = Link {
+                next: h.head.get(),
+                layout: word,
+            };
+            // SAFETY: (12) the block is at least `size_of::<Link>()` bytes,
+            // freed and unreachable by anyone else; it may be less aligned
+            // than `Link`, hence unaligned.
+            unsafe { ptr.cast::<Link>().write_unaligned(link) };
+            h.head.set(ptr);
+        } else {
+            // Never full when `first`: nothing is held then.
+            let len = h.small_len.get();
+            let Some(slot) = h.small.get(len) else {
+                return false;
+            };
+            slot.set((ptr, word));
+            h.small_len.set(len + 1);
+        }
+        h.frees.set(h.frees.get().wrapping_add(1));
+        h.bytes.set(h.bytes.get().wrapping_add(layout.size()));
+        if first {
+            h.free.set(Some(free));
+        }
+        true
+    });
+    if held == Ok(true) {
+        raw::held(run_held);
+        return true;
+    }
+    false
+}
+
+/// Frees everything this thread holds; how many blocks. Called by the
+/// queue when the outermost section closes, by `flush`, and at thread
+/// exit. Frees made meanwhile (by the inner
+/// allocator, inside a flush) join the run.
+fn run_held() -> usize {
+    HELD.try_with(|h| {
+        let Some(free) = h.free.get() else {
+            return 0;
+        };
+        let mut n = 0;
+        loop {
+            let mut block = h.head.replace(ptr::null_mut());
+            let had_list = !block.is_null();
+            while !block.is_null() {
+                // SAFETY: (13) every block on the list got its `Link` in
+                // `hold` and has not been freed since.
+                let link = unsafe { block.cast::<Link>().read_unaligned() };
+                // SAFETY: (14) `hold`'s caller guaranteed that `free`
+                // frees this block.
+                unsafe { free(block, unpack(link.layout)) };
+                n += 1;
+                block = link.next;
+            }
+            let len = h.small_len.get();
+            if len == 0 {
+                if !had_list {
+                    break;
+                }
+                continue;
+            }
+            h.small_len.set(len - 1);
+            let (block, word) = h.small[len - 1].get();
+            // SAFETY: (15) as in (14).
+            unsafe { free(block, unpack(word)) };
+            n += 1;
+        }
+        h.frees.set(0);
+        h.bytes.set(0);
+        h.free.set(None);
+        n
+    })
+    .unwrap_or(0)
+}
+
+// The header fits in the smallest block it is written to.
+const _: () = assert!(size_of::<Link>() == 2 * size_of::<usize>());
+const _: () = assert!(align_of::<Link>() <= 2 * size_of::<usize>());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_pack_and_unpack() {
+        for (size, align) in [(1, 1), (16, 8), (17, 1), (4096, 4096), (1 << 40, 1 << 20)] {
+            let layout = Layout::from_size_align(size, align).unwrap();
+            assert_eq!(unpack(pack(layout).unwrap()), layout);
+        }
+        let huge = Layout::from_size_align(usize::MAX >> 2, 1).unwrap();
+        assert_eq!(pack(huge), None);
+    }
+}
