@@ -42,12 +42,11 @@
 //!   freed at once. The per-thread state is a `const`-initialised
 //!   thread-local without a destructor.
 //! - **Where it cannot hold a free, it frees at once:** outside a section,
-//!   where thread-local state is unavailable (late in thread teardown),
-//!   on a thread that entered its section without freeq readying it (a
-//!   [`LockGuard::new`](crate::LockGuard::new) with no
-//!   [`prepare_thread`](crate::prepare_thread) first: its exit path is not
-//!   registered yet, and registering it may allocate), for a block of
-//!   another inner allocator type while this thread holds blocks of a
+//!   where thread-local state is unavailable (late in thread teardown,
+//!   after freeq's exit path ran), on a thread whose exit path freeq has
+//!   not registered (every section readies its thread, so this is a
+//!   safeguard: registering it may allocate), for a block of another inner
+//!   allocator type while this thread holds blocks of a
 //!   first one, and always with a stateful inner allocator (see
 //!   [`DeferFrees`]).
 //! - **`dealloc` never unwinds.** The deferral path has no panicking
