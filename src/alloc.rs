@@ -35,12 +35,14 @@
 //! # How it works, and its rules
 //!
 //! - **Nothing is allocated or registered on the deferral path.** A held
-//!   block of at least two words carries its own link and layout (written
-//!   unaligned: a block is only as aligned as its layout asks), as the
-//!   kernel's `kmem_free_q` did. Smaller blocks go to a fixed per-thread
-//!   reserve of [`SMALL_FREES_HELD`] entries; when it is full, they are
-//!   freed at once. The per-thread state is a `const`-initialised
-//!   thread-local without a destructor.
+//!   free goes to a fixed per-thread array of [`RESERVE_SLOTS`] entries
+//!   (address and layout), which touches nothing but the array. Past
+//!   that, a block of at least two words carries its own link and layout
+//!   (written unaligned: a block is only as aligned as its layout asks),
+//!   as the kernel's `kmem_free_q` did; smaller blocks, which cannot, keep
+//!   the array's slots for themselves, and once it holds only small
+//!   blocks, they are freed at once. The per-thread state is a
+//!   `const`-initialised thread-local without a destructor.
 //! - **Where it cannot hold a free, it frees at once:** outside a section,
 //!   where thread-local state is unavailable (late in thread teardown,
 //!   after freeq's exit path ran), on a thread whose exit path freeq has
@@ -88,16 +90,21 @@
 //! it buys nothing for a lock nobody waits on.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::any::TypeId;
 use std::mem::{align_of, needs_drop, size_of};
 use std::ptr::{self, NonNull};
 
 use crate::queue::raw;
 use crate::sync::{Cell, freeq_thread_local};
 
-/// How many frees of blocks smaller than two words a thread holds per
-/// section; past that, they are freed at once. Larger blocks hold their
-/// own link, without limit.
-pub const SMALL_FREES_HELD: usize = 64;
+/// How many frees a thread holds in its fixed array, without touching the
+/// freed blocks. Past that, a block of at least two words carries its own
+/// link (a write into the block, often a cache miss, made under the lock),
+/// without limit; a smaller block takes the array slot of a larger one,
+/// which moves to the list, and once the array holds only small blocks,
+/// small blocks are freed at once. (8 under Miri, to reach the list in
+/// tests.)
+pub const RESERVE_SLOTS: usize = crate::sync::scaled(256, 8);
 
 /// A global allocator that holds back every free made inside a freeq
 /// section until the outermost section closes. See the [module
@@ -132,7 +139,7 @@ impl<A> DeferFrees<A> {
     }
 }
 
-impl<A: GlobalAlloc> DeferFrees<A> {
+impl<A: GlobalAlloc + 'static> DeferFrees<A> {
     /// An `A` can stand for any other: a zero-sized type without drop
     /// glue. Only then are frees held.
     const STATELESS: bool = size_of::<A>() == 0 && !needs_drop::<A>();
@@ -159,7 +166,7 @@ impl<A: GlobalAlloc> DeferFrees<A> {
 // thread; until then no one else can reach it (it was freed). The
 // deferral path never allocates, never unwinds, and touches only
 // destructor-less thread-locals.
-unsafe impl<A: GlobalAlloc> GlobalAlloc for DeferFrees<A> {
+unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for DeferFrees<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: (6) the caller's guarantees, passed on.
@@ -180,11 +187,14 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for DeferFrees<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: (9) `ptr` is a block this allocator (hence `A`) allocated
-        // with `layout`, now freed by the caller; `free_held` frees such a
-        // block, `A` being stateless.
-        if Self::STATELESS && raw::may_wait() && unsafe { hold(Self::free_held, ptr, layout) } {
-            return;
+        if Self::STATELESS && raw::may_wait() {
+            // SAFETY: (9) `ptr` is a block this allocator (hence `A`)
+            // allocated with `layout`, now freed by the caller;
+            // `free_held` frees such a block, `A` being stateless, and so
+            // does any function held with `A`'s `TypeId`.
+            if unsafe { hold(TypeId::of::<A>(), Self::free_held, ptr, layout) } {
+                return;
+            }
         }
         // SAFETY: (10) the caller's guarantees, passed on.
         unsafe { self.inner.dealloc(ptr, layout) }
@@ -250,17 +260,20 @@ fn unpack(word: usize) -> Layout {
     unsafe { Layout::from_size_align_unchecked(size, align) }
 }
 
-/// One held small block: its address and packed layout.
-type Small = (*mut u8, usize);
+/// One held block in the array: its address and packed layout.
+type Slot = (*mut u8, usize);
 
 /// The calling thread's held frees. All of its blocks belong to one
-/// allocator type, freed through `free`.
+/// allocator type, `id`, freed through `free`.
 struct HeldFrees {
     /// Blocks of at least two words, linked through their [`Link`]s.
     head: Cell<*mut u8>,
-    /// Smaller blocks.
-    small: [Cell<Small>; SMALL_FREES_HELD],
-    small_len: Cell<usize>,
+    /// Small blocks in `reserve[..small]`, larger ones in
+    /// `reserve[large..]`.
+    reserve: [Cell<Slot>; RESERVE_SLOTS],
+    small: Cell<usize>,
+    large: Cell<usize>,
+    id: Cell<Option<TypeId>>,
     free: Cell<Option<FreeFn>>,
     frees: Cell<usize>,
     bytes: Cell<usize>,
@@ -269,8 +282,10 @@ struct HeldFrees {
 freeq_thread_local! {
     static HELD: HeldFrees = HeldFrees {
         head: Cell::new(ptr::null_mut()),
-        small: [const { Cell::new((ptr::null_mut(), 0)) }; SMALL_FREES_HELD],
-        small_len: Cell::new(0),
+        reserve: [const { Cell::new((ptr::null_mut(), 0)) }; RESERVE_SLOTS],
+        small: Cell::new(0),
+        large: Cell::new(RESERVE_SLOTS),
+        id: Cell::new(None),
         free: Cell::new(None),
         frees: Cell::new(0),
         bytes: Cell::new(0),
@@ -280,47 +295,80 @@ freeq_thread_local! {
 // No destructor: reaching it never registers one (which may allocate).
 const _: () = assert!(!needs_drop::<HeldFrees>());
 
+impl HeldFrees {
+    /// Puts a block on the list.
+    ///
+    /// # Safety
+    /// `block` is freed, unreachable by anyone else, and at least
+    /// `size_of::<Link>()` bytes.
+    #[inline(always)]
+    unsafe fn link(&self, block: *mut u8, layout: usize) {
+        let link = Link {
+            next: self.head.get(),
+            layout,
+        };
+        // SAFETY: (12b) the caller's guarantee; the block may be less
+        // aligned than `Link`, hence unaligned.
+        unsafe { block.cast::<Link>().write_unaligned(link) };
+        self.head.set(block);
+    }
+}
+
 /// Holds the freed block `ptr` until the outermost section closes, if this
 /// thread can; whether it did. Allocates nothing and cannot panic.
 ///
 /// # Safety
 /// `ptr` is a freed block of `layout`, owned by nobody now, that
-/// `free(ptr, layout)` frees.
+/// `free(ptr, layout)` frees, and so does any `FreeFn` given with `id`.
 #[inline]
-unsafe fn hold(free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
+unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
     let Some(word) = pack(layout) else {
         return false;
     };
     let held = HELD.try_with(|h| {
-        // Function addresses may differ for one function, which only frees
-        // a block at once; two functions merged into one are the same code.
-        let first = !h.free.get().is_some_and(|f| ptr::fn_addr_eq(f, free));
+        // By type: one function's address may differ from place to place.
+        let first = h.id.get() != Some(id);
         if first && h.frees.get() != 0 {
             // Another allocator's blocks are held here.
             return false;
         }
-        if layout.size() >= size_of::<Link>() {
-            let link = Link {
-                next: h.head.get(),
-                layout: word,
+        let (small, large) = (h.small.get(), h.large.get());
+        let is_small = layout.size() < size_of::<Link>();
+        if small < large {
+            // Room in the array. (Indexing is checked; `get` keeps panics
+            // out of `dealloc`.)
+            let (at, small, large) = if is_small {
+                (small, small + 1, large)
+            } else {
+                (large - 1, small, large - 1)
             };
-            // SAFETY: (12) the block is at least `size_of::<Link>()` bytes,
-            // freed and unreachable by anyone else; it may be less aligned
-            // than `Link`, hence unaligned.
-            unsafe { ptr.cast::<Link>().write_unaligned(link) };
-            h.head.set(ptr);
-        } else {
-            // Never full when `first`: nothing is held then.
-            let len = h.small_len.get();
-            let Some(slot) = h.small.get(len) else {
+            let Some(slot) = h.reserve.get(at) else {
                 return false;
             };
             slot.set((ptr, word));
-            h.small_len.set(len + 1);
+            h.small.set(small);
+            h.large.set(large);
+        } else if !is_small {
+            // SAFETY: (12) the block is at least two words, freed and
+            // unreachable by anyone else.
+            unsafe { h.link(ptr, word) };
+        } else {
+            // The first larger block in the array moves to the list.
+            let Some(slot) = h.reserve.get(large) else {
+                return false; // only small blocks: free at once
+            };
+            let (moved, moved_word) = slot.get();
+            // SAFETY: (12a) a larger block, freed and unreachable by anyone
+            // else.
+            unsafe { h.link(moved, moved_word) };
+            slot.set((ptr, word));
+            h.small.set(small + 1);
+            h.large.set(large + 1);
         }
         h.frees.set(h.frees.get().wrapping_add(1));
         h.bytes.set(h.bytes.get().wrapping_add(layout.size()));
         if first {
+            h.id.set(Some(id));
             h.free.set(Some(free));
         }
         true
@@ -355,21 +403,26 @@ fn run_held() -> usize {
                 n += 1;
                 block = link.next;
             }
-            let len = h.small_len.get();
-            if len == 0 {
-                if !had_list {
-                    break;
-                }
+            let (small, large) = (h.small.get(), h.large.get());
+            let (at, small, large) = if small > 0 {
+                (small - 1, small - 1, large)
+            } else if large < RESERVE_SLOTS {
+                (large, small, large + 1)
+            } else if had_list {
                 continue;
-            }
-            h.small_len.set(len - 1);
-            let (block, word) = h.small[len - 1].get();
+            } else {
+                break;
+            };
+            h.small.set(small);
+            h.large.set(large);
+            let (block, word) = h.reserve[at].get();
             // SAFETY: (15) as in (14).
             unsafe { free(block, unpack(word)) };
             n += 1;
         }
         h.frees.set(0);
         h.bytes.set(0);
+        h.id.set(None);
         h.free.set(None);
         n
     })

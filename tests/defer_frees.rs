@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard as StdMutexGuard};
 use std::thread;
 
-use freeq::alloc::{DeferFrees, SMALL_FREES_HELD, held};
+use freeq::alloc::{DeferFrees, RESERVE_SLOTS, held};
 
 /// Forwards to `System`, counting.
 struct Counting;
@@ -203,24 +203,26 @@ fn nested_sections_hold_until_the_outermost_closes() {
 fn small_blocks_fill_the_reserve_then_free_at_once() {
     let _s = serial();
     let extra = 10;
-    let bytes: Vec<Box<u8>> = (0..SMALL_FREES_HELD + extra)
+    let bytes: Vec<Box<u8>> = (0..RESERVE_SLOTS + extra)
         .map(|i| Box::new(i as u8))
         .collect();
     let mut bytes = bytes;
     let one = String::from("a");
+    let larger = String::from("a larger block, two words at least");
     let m = freeq::Mutex::new(());
     let g = m.lock().unwrap();
     let at_lock = frees();
+    drop(larger); // in the array
     drop(one);
     assert_eq!(frees(), at_lock, "a 1-byte block is held");
     for b in bytes.drain(..) {
         drop(b);
     }
-    assert_eq!(frees() - at_lock, extra + 1, "past the reserve: at once");
-    assert_eq!(held().frees, SMALL_FREES_HELD);
-    assert_eq!(held().bytes, SMALL_FREES_HELD);
+    // The larger block gave its slot to a small one and went to the list.
+    assert_eq!(frees() - at_lock, extra + 1, "past the array: at once");
+    assert_eq!(held().frees, RESERVE_SLOTS + 1);
     drop(g);
-    assert_eq!(frees() - at_lock, SMALL_FREES_HELD + extra + 1);
+    assert_eq!(frees() - at_lock, RESERVE_SLOTS + extra + 2);
 }
 
 #[test]
@@ -587,6 +589,7 @@ fn instances_used_directly() {
         let _sec = freeq::section();
         // SAFETY: (15) as in (13).
         unsafe { other.dealloc(q, layout) };
+        #[allow(clippy::drop_non_drop)]
         drop(other); // the held block needs no instance
         assert_eq!(OTHER_FREES.load(SeqCst), before + 1, "held");
         assert_eq!(held().frees, 1);
