@@ -114,7 +114,9 @@ fn hook_exit() {
 
 /// Under loom, `Local` runs its exit path as its own destructor.
 #[cfg(loom)]
-fn hook_exit() {}
+fn hook_exit() {
+    raw::exit_hooked();
+}
 
 #[cfg(loom)]
 impl Drop for Local {
@@ -745,7 +747,6 @@ pub fn queue_bytes() -> usize {
 /// section calls it after the queue's own items (as does
 /// [`flush`]), and so does the thread's exit path.
 pub(crate) mod raw {
-    #[cfg(not(loom))]
     use super::LOCAL;
     use crate::sync::{Cell, freeq_thread_local};
 
@@ -767,18 +768,15 @@ pub(crate) mod raw {
     /// section, its state is live, and its exit path is registered (so a
     /// leaked section cannot strand the free). Reads destructor-less
     /// thread-locals only: it never allocates, registers nothing, and
-    /// never unwinds. Under loom, never (the allocator runs outside models).
+    /// never unwinds. Under loom, never: its thread-locals exist only
+    /// inside a model, and an allocator runs outside them too.
     #[inline]
     pub(crate) fn may_wait() -> bool {
-        #[cfg(not(loom))]
-        {
-            LOCAL
+        !cfg!(loom)
+            && LOCAL
                 .try_with(|l| l.depth() > 0 && !l.gone.get())
                 .unwrap_or(false)
-                && RAW.try_with(|r| r.exit_hooked.get()).unwrap_or(false)
-        }
-        #[cfg(loom)]
-        false
+            && RAW.try_with(|r| r.exit_hooked.get()).unwrap_or(false)
     }
 
     /// Frees wait: `run` frees them when the outermost section closes.

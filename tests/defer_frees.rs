@@ -270,9 +270,9 @@ fn a_leaked_guard_is_freed_at_thread_exit() {
     let before = TRACKED_FREES.load(SeqCst);
     let stats = freeq::stats();
     thread::spawn(move || {
-        let blocks: Vec<Block> = (0..n).map(|i| Block::tracked(1 + i % 40)).collect();
-        let m: &'static freeq::Mutex<()> = Box::leak(Box::new(freeq::Mutex::new(())));
-        std::mem::forget(m.lock().unwrap());
+        let blocks: Vec<Block> = (0..n).map(|i| Block::tracked(16 + i % 40)).collect();
+        static M: freeq::Mutex<()> = freeq::Mutex::new(());
+        std::mem::forget(M.lock().unwrap());
         drop(blocks);
         assert_eq!(TRACKED_FREES.load(SeqCst), before, "freed in the section");
     })
