@@ -395,7 +395,7 @@ fn threshold() {
     }
 }
 
-fn main() {
+pub fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -28,5 +28,5 @@ mod bench;
 mod workload;
 
 fn main() {
-    bench::main("system (glibc)", System);
+    bench::main("system (glibc)", || System);
 }

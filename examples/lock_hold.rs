@@ -963,7 +963,7 @@ fn parse_args() -> Config {
     cfg
 }
 
-fn main() {
+pub fn main() {
     let cfg = parse_args();
     let strategies = &cfg.strategies;
     let runs = cfg.threads.len() * strategies.len() * cfg.rounds;

@@ -289,8 +289,9 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs both parts and prints their tables.
-pub fn main<A: GlobalAlloc + Copy + Send + Sync + 'static>(allocator: &'static str, inner: A) {
+/// Runs both parts and prints their tables; `make` makes the inner
+/// allocator (two of them: one called directly, one wrapped).
+pub fn main<A: GlobalAlloc + 'static>(allocator: &'static str, make: fn() -> A) {
     let cli = Cli {
         program: "defer_frees",
         about: "Lock hold with DeferFrees as the global allocator: the same drop-under-lock\n\
@@ -362,7 +363,8 @@ pub fn main<A: GlobalAlloc + Copy + Send + Sync + 'static>(allocator: &'static s
         "| block | A ns/free | DeferFrees<A> ns/free | ratio (median of rounds) | held in a section, ns/free |"
     );
     println!("|---|---|---|---|---|");
-    let wrapped = DeferFrees::new(inner);
+    let inner = make();
+    let wrapped = DeferFrees::new(make());
     for size in [16usize, 64, 512] {
         let layout = Layout::from_size_align(size, 8).unwrap();
         // SAFETY: (2) non-zero size; every block is freed once, by the
