@@ -326,10 +326,16 @@ unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
         return false;
     };
     let held = HELD.try_with(|h| {
-        // By type: one function's address may differ from place to place.
-        let first = h.id.get() != Some(id);
-        if first && h.frees.get() != 0 {
-            // Another allocator's blocks are held here.
+        if h.frees.get() == 0 {
+            // The first: the queue is told (or says no).
+            if !raw::first_held(run_held) {
+                return false;
+            }
+            h.id.set(Some(id));
+            h.free.set(Some(free));
+        } else if h.id.get() != Some(id) {
+            // Another allocator's blocks are held here. (By type: one
+            // function's address may differ from place to place.)
             return false;
         }
         let (small, large) = (h.small.get(), h.large.get());
@@ -367,17 +373,9 @@ unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
         }
         h.frees.set(h.frees.get().wrapping_add(1));
         h.bytes.set(h.bytes.get().wrapping_add(layout.size()));
-        if first {
-            h.id.set(Some(id));
-            h.free.set(Some(free));
-        }
         true
     });
-    if held == Ok(true) {
-        raw::held(run_held);
-        return true;
-    }
-    false
+    held == Ok(true)
 }
 
 /// Frees everything this thread holds; how many blocks. Called by the

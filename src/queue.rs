@@ -765,25 +765,33 @@ pub(crate) mod raw {
     }
 
     /// Whether a free made now on this thread may wait: the thread is in a
-    /// section, its state is live, and its exit path is registered (so a
-    /// leaked section cannot strand the free). Reads destructor-less
-    /// thread-locals only: it never allocates, registers nothing, and
-    /// never unwinds. Under loom, never: its thread-locals exist only
-    /// inside a model, and an allocator runs outside them too.
-    #[inline]
+    /// section and its state is live. Reads a destructor-less thread-local
+    /// only: it never allocates, registers nothing, and never unwinds.
+    /// Under loom, never: its thread-locals exist only inside a model, and
+    /// an allocator runs outside them too.
+    #[inline(always)]
     pub(crate) fn may_wait() -> bool {
         !cfg!(loom)
             && LOCAL
                 .try_with(|l| l.depth() > 0 && !l.gone.get())
                 .unwrap_or(false)
-            && RAW.try_with(|r| r.exit_hooked.get()).unwrap_or(false)
     }
 
-    /// Frees wait: `run` frees them when the outermost section closes.
-    /// Allocation-free, as [`may_wait`].
+    /// Frees are about to wait, where none did: `run` frees them when the
+    /// outermost section closes. False where they cannot wait after all:
+    /// the thread's exit path is not registered, so a leaked section could
+    /// strand them (registering it may allocate). Allocation-free, as
+    /// [`may_wait`].
     #[inline]
-    pub(crate) fn held(run: fn() -> usize) {
-        let _ = RAW.try_with(|r| r.run.set(Some(run)));
+    pub(crate) fn first_held(run: fn() -> usize) -> bool {
+        RAW.try_with(|r| {
+            let hooked = r.exit_hooked.get();
+            if hooked {
+                r.run.set(Some(run));
+            }
+            hooked
+        })
+        .unwrap_or(false)
     }
 
     /// Whether frees wait.
