@@ -375,7 +375,7 @@ unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
         h.bytes.set(h.bytes.get().wrapping_add(layout.size()));
         true
     });
-    held == Ok(true)
+    matches!(held, Ok(true))
 }
 
 /// Frees everything this thread holds; how many blocks. Called by the
