@@ -1,7 +1,8 @@
 //! The `defer_frees` example with jemalloc as the global allocator.
 
 #[global_allocator]
-static ALLOC: freeq::alloc::DeferFrees<tikv_jemallocator::Jemalloc> = freeq::alloc::DeferFrees::new(tikv_jemallocator::Jemalloc);
+static ALLOC: freeq::alloc::DeferFrees<tikv_jemallocator::Jemalloc> =
+    freeq::alloc::DeferFrees::new(tikv_jemallocator::Jemalloc);
 
 #[path = "../../../examples/common/args.rs"]
 mod args;

@@ -1,7 +1,8 @@
 //! The `defer_frees` example with mimalloc as the global allocator.
 
 #[global_allocator]
-static ALLOC: freeq::alloc::DeferFrees<mimalloc::MiMalloc> = freeq::alloc::DeferFrees::new(mimalloc::MiMalloc);
+static ALLOC: freeq::alloc::DeferFrees<mimalloc::MiMalloc> =
+    freeq::alloc::DeferFrees::new(mimalloc::MiMalloc);
 
 #[path = "../../../examples/common/args.rs"]
 mod args;
