@@ -75,7 +75,10 @@
 //! frees of one long section accumulate: a section that drops a 1 GiB map
 //! holds that gigabyte until it ends. freeq's retention cap
 //! ([`set_max_retained`](crate::set_max_retained)) does not apply: holding
-//! a block costs freeq no memory of its own (the block carries its link).
+//! a block costs freeq no memory of its own beyond the fixed per-thread
+//! array ([`RESERVE_SLOTS`] entries of two words: 4 KiB on 64-bit
+//! targets, part of every thread's static thread-local block); past it,
+//! the block carries its own link.
 //! [`held`] reports what the calling thread holds; a long section can
 //! release it with [`flush`](crate::flush).
 //!
@@ -88,6 +91,14 @@
 //! same arena, where under the lock that thread was blocked instead. It
 //! pays when a lock is contended and its holders free what they replace;
 //! it buys nothing for a lock nobody waits on.
+//!
+//! It pays most where `free` itself is costly under the lock. glibc's reads
+//! the header beside each block, a cache miss on cold blocks: the held free
+//! touches only the thread's array. jemalloc's touches no block and costs
+//! about what holding it does, so there the hold barely shrinks; the
+//! destructor's walk, which [`defer`](crate::defer) and
+//! [`Deferred`](crate::Deferred) also move out, is then all of it.
+//! `BENCHMARKS.md` in the repository has the figures per allocator.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::any::TypeId;
@@ -122,7 +133,9 @@ pub const RESERVE_SLOTS: usize = crate::sync::scaled(256, 8);
 /// allocators are: a held block is then freed through the type alone,
 /// whatever becomes of this instance. With a stateful inner allocator
 /// (one with fields) `dealloc` forwards at once, always; wrap the other
-/// way round, `Stateful<DeferFrees<System>>`, to hold frees under it.
+/// way round, `Stateful<DeferFrees<System>>`, to hold frees under it. The
+/// inner allocator's type must be `'static`, as a global allocator's is.
+#[derive(Debug, Default)]
 pub struct DeferFrees<A> {
     inner: A,
 }
@@ -160,7 +173,7 @@ impl<A: GlobalAlloc + 'static> DeferFrees<A> {
     }
 }
 
-// SAFETY: (5) `alloc`, `alloc_zeroed` and `realloc` forward unchanged to
+// SAFETY: (3) `alloc`, `alloc_zeroed` and `realloc` forward unchanged to
 // `A`. A block passed to `dealloc` is either freed by `A` at once or held
 // and freed by an `A` later with the same layout, exactly once, on this
 // thread; until then no one else can reach it (it was freed). The
@@ -169,26 +182,26 @@ impl<A: GlobalAlloc + 'static> DeferFrees<A> {
 unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for DeferFrees<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: (6) the caller's guarantees, passed on.
+        // SAFETY: (4) the caller's guarantees, passed on.
         unsafe { self.inner.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: (7) as in (6).
+        // SAFETY: (5) as in (4).
         unsafe { self.inner.alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: (8) as in (6).
+        // SAFETY: (6) as in (4).
         unsafe { self.inner.realloc(ptr, layout, new_size) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if Self::STATELESS && raw::may_wait() {
-            // SAFETY: (9) `ptr` is a block this allocator (hence `A`)
+            // SAFETY: (7) `ptr` is a block this allocator (hence `A`)
             // allocated with `layout`, now freed by the caller;
             // `free_held` frees such a block, `A` being stateless, and so
             // does any function held with `A`'s `TypeId`.
@@ -196,7 +209,7 @@ unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for DeferFrees<A> {
                 return;
             }
         }
-        // SAFETY: (10) the caller's guarantees, passed on.
+        // SAFETY: (8) the caller's guarantees, passed on.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 }
@@ -256,7 +269,7 @@ fn pack(layout: Layout) -> Option<usize> {
 fn unpack(word: usize) -> Layout {
     let size = word >> ALIGN_BITS;
     let align = 1usize << (word & ((1 << ALIGN_BITS) - 1));
-    // SAFETY: (11) `word` came from `pack` of a valid layout.
+    // SAFETY: (9) `word` came from `pack` of a valid layout.
     unsafe { Layout::from_size_align_unchecked(size, align) }
 }
 
@@ -307,7 +320,7 @@ impl HeldFrees {
             next: self.head.get(),
             layout,
         };
-        // SAFETY: (12b) the caller's guarantee; the block may be less
+        // SAFETY: (10) the caller's guarantee; the block may be less
         // aligned than `Link`, hence unaligned.
         unsafe { block.cast::<Link>().write_unaligned(link) };
         self.head.set(block);
@@ -355,7 +368,7 @@ unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
             h.small.set(small);
             h.large.set(large);
         } else if !is_small {
-            // SAFETY: (12) the block is at least two words, freed and
+            // SAFETY: (11) the block is at least two words, freed and
             // unreachable by anyone else.
             unsafe { h.link(ptr, word) };
         } else {
@@ -364,7 +377,7 @@ unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
                 return false; // only small blocks: free at once
             };
             let (moved, moved_word) = slot.get();
-            // SAFETY: (12a) a larger block, freed and unreachable by anyone
+            // SAFETY: (12) a larger block, freed and unreachable by anyone
             // else.
             unsafe { h.link(moved, moved_word) };
             slot.set((ptr, word));
