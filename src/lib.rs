@@ -136,6 +136,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod alloc;
 mod condvar;
 mod defer;
 mod deferred;

@@ -137,7 +137,9 @@ fn hook_exit(l: &Local) {
     l.hooked.set(true);
     #[cfg(unix)]
     l.keyed.set(exit_key::register());
-    let _ = EXIT_HOOK.try_with(|_| ());
+    if EXIT_HOOK.try_with(|_| ()).is_ok() {
+        raw::exit_hooked();
+    }
 }
 
 /// The pthread key whose destructor runs a thread's exit path (unix).
@@ -194,7 +196,9 @@ mod exit_key {
 
 /// Under loom, `Local` runs its exit path as its own destructor.
 #[cfg(loom)]
-fn hook_exit(_: &Local) {}
+fn hook_exit(_: &Local) {
+    raw::exit_hooked();
+}
 
 #[cfg(loom)]
 impl Drop for Local {
@@ -302,10 +306,11 @@ impl Local {
         unsafe { (*self.queue()).is_ready() && (*self.retired()).is_ready() }
     }
 
-    /// Whether a drain would find anything: deferred or retired items.
+    /// Whether a drain would find anything: deferred or retired items, or
+    /// raw frees held back (see [`raw`]).
     #[inline(always)]
     fn has_work(&self) -> bool {
-        !self.queue_empty() || !self.retired_empty()
+        !self.queue_empty() || !self.retired_empty() || raw::pending()
     }
 
     /// Bytes held by the thread's buffers.
@@ -345,7 +350,12 @@ impl Local {
                 }
             }
             if self.queue_empty() {
-                break;
+                // Raw frees last, after the queue's own items.
+                match raw::run() {
+                    0 => break,
+                    n => LocalCounts::add(&self.counts.deferred_frees, n),
+                }
+                continue;
             }
             // SAFETY: (5) a momentary borrow; O(1), runs nothing.
             let mut batch = unsafe { (*self.queue()).take_items() };
@@ -444,6 +454,7 @@ impl Local {
         self.counts.publish_at_exit();
         retire_late(retired);
         run_late(queue);
+        stats::count_late_frees(raw::run());
     }
 }
 
@@ -819,6 +830,80 @@ pub fn in_section() -> bool {
 #[doc(hidden)]
 pub fn queue_bytes() -> usize {
     LOCAL.try_with(|l| l.held_bytes()).unwrap_or(0)
+}
+
+/// Raw frees: frees of memory (not queue items) that a layer above the
+/// queue, the allocator's [`DeferFrees`](crate::alloc::DeferFrees), holds
+/// back while this thread is in a section. The queue knows one function to
+/// call, which frees them and says how many: the drain of the outermost
+/// section calls it after the queue's own items (as does
+/// [`flush`]), and so does the thread's exit path.
+pub(crate) mod raw {
+    use super::LOCAL;
+    use crate::sync::{Cell, freeq_thread_local};
+
+    /// This thread's part: what to call, and whether the exit path that
+    /// calls it is registered.
+    struct RawFrees {
+        run: Cell<Option<fn() -> usize>>,
+        exit_hooked: Cell<bool>,
+    }
+
+    freeq_thread_local! {
+        static RAW: RawFrees = RawFrees {
+            run: Cell::new(None),
+            exit_hooked: Cell::new(false),
+        };
+    }
+
+    /// Whether a free made now on this thread may wait: the thread is in a
+    /// section and its state is live. Reads a destructor-less thread-local
+    /// only: it never allocates, registers nothing, and never unwinds.
+    /// Under loom, never: its thread-locals exist only inside a model, and
+    /// an allocator runs outside them too.
+    #[inline(always)]
+    pub(crate) fn may_wait() -> bool {
+        !cfg!(loom)
+            && LOCAL
+                .try_with(|l| l.depth() > 0 && !l.gone.get())
+                .unwrap_or(false)
+    }
+
+    /// Frees are about to wait, where none did: `run` frees them when the
+    /// outermost section closes. False where they cannot wait after all:
+    /// the thread's exit path is not registered, so a leaked section could
+    /// strand them (registering it may allocate). Allocation-free, as
+    /// [`may_wait`].
+    #[inline]
+    pub(crate) fn first_held(run: fn() -> usize) -> bool {
+        RAW.try_with(|r| {
+            let hooked = r.exit_hooked.get();
+            if hooked {
+                r.run.set(Some(run));
+            }
+            hooked
+        })
+        .unwrap_or(false)
+    }
+
+    /// Whether frees wait.
+    #[inline(always)]
+    pub(super) fn pending() -> bool {
+        RAW.try_with(|r| r.run.get().is_some()).unwrap_or(false)
+    }
+
+    /// Runs the waiting frees; how many there were.
+    pub(super) fn run() -> usize {
+        match RAW.try_with(|r| r.run.take()) {
+            Ok(Some(run)) => run(),
+            _ => 0,
+        }
+    }
+
+    /// The exit path is registered.
+    pub(super) fn exit_hooked() {
+        let _ = RAW.try_with(|r| r.exit_hooked.set(true));
+    }
 }
 
 #[cfg(test)]
