@@ -15,6 +15,10 @@
 //! `freeq::DEFAULT_OFFLOAD_THRESHOLD_NS`.
 //!
 //! `cargo bench --bench heavy_drop` (both), `-- heavy` or `-- threshold`.
+//!
+//! With `FREEQ_HEAVY_STRINGS=N` set, a heavy value owns N heap strings
+//! instead, and its drop frees them rather than spinning: the allocator's
+//! share of a heavy drop, for the per-allocator runs (`alloc-bench`).
 
 use std::hint::black_box;
 use std::sync::Mutex as StdMutex;
@@ -46,15 +50,51 @@ struct HeavyLog {
 
 static HEAVY: StdMutex<Vec<HeavyLog>> = StdMutex::new(Vec::new());
 
-/// Takes [`HEAVY_DROP`] to drop.
+/// Takes [`HEAVY_DROP`] to drop, or frees its strings.
 struct Heavy {
     handed: Option<Instant>,
+    strings: Vec<String>,
+}
+
+/// `FREEQ_HEAVY_STRINGS`, or 0 (spin instead).
+fn heavy_strings() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("FREEQ_HEAVY_STRINGS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+impl Heavy {
+    /// A placeholder, cheap to drop.
+    fn idle() -> Heavy {
+        Heavy {
+            handed: None,
+            strings: Vec::new(),
+        }
+    }
+
+    /// A heavy value, built outside the timed part.
+    fn new() -> Heavy {
+        Heavy {
+            handed: None,
+            strings: (0..heavy_strings())
+                .map(|i| format!("heavy string {i:08}"))
+                .collect(),
+        }
+    }
 }
 
 impl Drop for Heavy {
     fn drop(&mut self) {
         let started = Instant::now();
-        spin(HEAVY_DROP);
+        if self.strings.is_empty() {
+            spin(HEAVY_DROP);
+        } else {
+            drop(std::mem::take(&mut self.strings));
+        }
         let ended = Instant::now();
         if let Some(handed) = self.handed {
             HEAVY.lock().unwrap().push(HeavyLog {
@@ -155,11 +195,11 @@ fn run(strategy: Strategy) -> Row {
     freeq::set_policy(policy);
     let fq = freeq::Mutex::new(State {
         record: record(0),
-        heavy: Heavy { handed: None },
+        heavy: Heavy::idle(),
     });
     let std_lock = StdMutex::new(State {
         record: record(0),
-        heavy: Heavy { handed: None },
+        heavy: Heavy::idle(),
     });
     let mut lat = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
     let mut fresh: Vec<Vec<String>> = (0..OPS).map(|i| record(i + 1)).collect();
@@ -167,7 +207,7 @@ fn run(strategy: Strategy) -> Row {
     let started = Instant::now();
     for (i, new) in fresh.drain(..).enumerate() {
         let heavy = i % HEAVY_EVERY == HEAVY_EVERY - 1;
-        let new_heavy = heavy.then(|| Heavy { handed: None });
+        let new_heavy = heavy.then(Heavy::new);
         let t0 = Instant::now();
         match strategy {
             Strategy::Hand => {
@@ -285,8 +325,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn heavy() {
     println!(
-        "heavy drops: {OPS} ops, one in {HEAVY_EVERY} also replaces a value taking {HEAVY_DROP:?} to drop; \
-         {THINK:?} of work outside the lock per op; one producer"
+        "heavy drops: {OPS} ops, one in {HEAVY_EVERY} also replaces a value taking {HEAVY_DROP:?} to drop \
+         (or owning FREEQ_HEAVY_STRINGS={} strings); \
+         {THINK:?} of work outside the lock per op; one producer",
+        heavy_strings()
     );
     println!(
         "per-op latency (lock -> guard dropped, drain included), µs; heavy value freed at (end of drop - hand-off) / its drop time"
@@ -395,7 +437,7 @@ fn threshold() {
     }
 }
 
-fn main() {
+pub fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

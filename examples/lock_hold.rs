@@ -51,7 +51,7 @@
 use std::fmt::Write as _;
 use std::mem;
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -62,82 +62,9 @@ use hdrhistogram::Histogram;
 #[path = "common/args.rs"]
 mod args;
 
-// ---------------------------------------------------------------------------
-// The workload
-// ---------------------------------------------------------------------------
-
-/// A cache entry whose destructor costs `strings + 1` calls to `free`.
-struct Record {
-    #[allow(dead_code)] // never read: records exist to be freed
-    fields: Vec<String>,
-}
-
-const TEXT: &str = "the quick brown fox jumps over the lazy dog, then naps for a while";
-
-impl Record {
-    fn new(strings: usize, rng: &mut Rng) -> Record {
-        let fields = (0..strings)
-            .map(|_| TEXT[..16 + rng.below(48)].to_owned())
-            .collect();
-        Record { fields }
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        freed::count_one();
-    }
-}
-
-/// Counts freed records, so a run can wait until every replaced record is
-/// really gone. One cache-padded counter per thread slot keeps the count from
-/// adding contention of its own.
-mod freed {
-    use super::*;
-
-    #[repr(align(128))]
-    struct Padded(AtomicU64);
-
-    const SLOTS: usize = 64;
-    static COUNTS: [Padded; SLOTS] = [const { Padded(AtomicU64::new(0)) }; SLOTS];
-    static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-    thread_local! {
-        static SLOT: usize = NEXT_SLOT.fetch_add(1, Relaxed) % SLOTS;
-    }
-
-    pub fn count_one() {
-        let slot = SLOT.try_with(|s| *s).unwrap_or(0);
-        COUNTS[slot].0.fetch_add(1, Relaxed);
-    }
-
-    pub fn total() -> u64 {
-        COUNTS.iter().map(|c| c.0.load(Relaxed)).sum()
-    }
-
-    pub fn reset() {
-        COUNTS.iter().for_each(|c| c.0.store(0, Relaxed));
-    }
-}
-
-/// A small, fast pseudo-random generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % n
-    }
-}
-
-/// Replacements for one critical section: (slot in the cache, new record).
-type Fresh = Vec<(usize, Record)>;
+#[path = "common/workload.rs"]
+mod workload;
+use workload::{Fresh, Record, Rng, freed};
 
 // ---------------------------------------------------------------------------
 // The strategies: one critical section each, returning the lock hold time
@@ -1036,7 +963,7 @@ fn parse_args() -> Config {
     cfg
 }
 
-fn main() {
+pub fn main() {
     let cfg = parse_args();
     let strategies = &cfg.strategies;
     let runs = cfg.threads.len() * strategies.len() * cfg.rounds;

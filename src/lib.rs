@@ -140,6 +140,7 @@
 // it, lock above that, the rest at the top level) and re-exports the
 // public API. Inside src/ nothing reaches an item through the root: each
 // file names the module that defines it (scripts/layers.py checks).
+pub mod alloc;
 mod defer;
 mod deferred;
 mod free_queue;

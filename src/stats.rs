@@ -53,6 +53,11 @@ pub struct Stats {
     /// Batches an offloading thread freed itself because the reclaimers were
     /// past their backlog bound.
     pub inline_fallbacks: u64,
+    /// Frees of memory that [`DeferFrees`](crate::alloc::DeferFrees), the
+    /// global allocator wrapper, held back inside a section and made after
+    /// it closed (always on the thread that held them). Zero unless it is
+    /// the global allocator.
+    pub deferred_frees: u64,
 }
 
 pub(crate) struct Slot {
@@ -63,6 +68,7 @@ pub(crate) struct Slot {
     offloaded: AtomicU64,
     retired: AtomicU64,
     inline_fallbacks: AtomicU64,
+    deferred_frees: AtomicU64,
 }
 
 impl Slot {
@@ -77,6 +83,7 @@ impl Slot {
         add(&self.offloaded, &other.offloaded);
         add(&self.retired, &other.retired);
         add(&self.inline_fallbacks, &other.inline_fallbacks);
+        add(&self.deferred_frees, &other.deferred_frees);
         self.max_pending
             .fetch_max(other.max_pending.load(Relaxed), Relaxed);
     }
@@ -90,6 +97,7 @@ impl Slot {
             offloaded: AtomicU64::new(0),
             retired: AtomicU64::new(0),
             inline_fallbacks: AtomicU64::new(0),
+            deferred_frees: AtomicU64::new(0),
         }
     }
 }
@@ -115,6 +123,7 @@ impl Stats {
             inline_fallbacks: self
                 .inline_fallbacks
                 .saturating_sub(earlier.inline_fallbacks),
+            deferred_frees: self.deferred_frees.saturating_sub(earlier.deferred_frees),
         }
     }
 }
@@ -197,6 +206,14 @@ pub(crate) fn count_late(deferred: usize, freed: usize, retired: usize) {
     add(&EXITED.retired, retired);
 }
 
+/// Counts frees held back by the allocator and made by a thread's exit
+/// path (its state is gone by then).
+pub(crate) fn count_late_frees(n: usize) {
+    if n != 0 {
+        EXITED.deferred_frees.fetch_add(n as u64, Relaxed);
+    }
+}
+
 /// Reads the counters of every thread and sums them.
 pub fn stats() -> Stats {
     let mut s = Stats::default();
@@ -209,6 +226,7 @@ pub fn stats() -> Stats {
         s.offloaded += slot.offloaded.load(Relaxed);
         s.retired += slot.retired.load(Relaxed);
         s.inline_fallbacks += slot.inline_fallbacks.load(Relaxed);
+        s.deferred_frees += slot.deferred_frees.load(Relaxed);
     }
     s
 }
@@ -222,6 +240,7 @@ pub(crate) struct LocalCounts {
     pub(crate) offloaded: Cell<u64>,
     pub(crate) retired: Cell<u64>,
     pub(crate) inline_fallbacks: Cell<u64>,
+    pub(crate) deferred_frees: Cell<u64>,
     /// This thread's slot, registered on its first publish. A `Cell`, so
     /// that the exit path can take it through a shared reference (the
     /// thread's state has no destructor of its own).
@@ -238,6 +257,7 @@ impl LocalCounts {
             offloaded: Cell::new(0),
             retired: Cell::new(0),
             inline_fallbacks: Cell::new(0),
+            deferred_frees: Cell::new(0),
             slot: Cell::new(None),
         }
     }
@@ -296,6 +316,7 @@ impl LocalCounts {
         flush(&self.offloaded, &slot.offloaded);
         flush(&self.retired, &slot.retired);
         flush(&self.inline_fallbacks, &slot.inline_fallbacks);
+        flush(&self.deferred_frees, &slot.deferred_frees);
         let max = self.max_pending.get();
         if max > slot.max_pending.load(Relaxed) {
             slot.max_pending.fetch_max(max, Relaxed);

@@ -78,26 +78,27 @@ fn run_forking_process(test: &str) {
 /// Forks; the child runs `child` and exits with its outcome. Fails if the
 /// child fails or does not exit within [`PATIENCE`].
 fn fork_and_check(child: fn()) {
-    // SAFETY: (5) the child only runs freeq and std code and leaves with
+    // SAFETY: (1) the child only runs freeq and std code and leaves with
     // `_exit`, never returning into the test harness.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         let code = std::panic::catch_unwind(child).map_or(1, |()| 0);
-        // SAFETY: (6) as in (2).
+        // SAFETY: (2) ends the child without running the parent's exit
+        // handlers twice over its copy of the harness state.
         unsafe { libc::_exit(code) };
     }
     let deadline = Instant::now() + PATIENCE;
     let mut status = 0;
     loop {
-        // SAFETY: (7) as in (3).
+        // SAFETY: (3) `pid` is our child; `status` is a valid out-pointer.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
             break;
         }
         assert!(r == 0, "waitpid failed");
         if Instant::now() > deadline {
-            // SAFETY: (8) as in (4).
+            // SAFETY: (4) `pid` is our child, not yet reaped.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             panic!("the forked child hung (no exit within {PATIENCE:?})");
         }
@@ -112,7 +113,7 @@ fn fork_and_check(child: fn()) {
 /// Pins this process's main thread and the calling thread to one CPU, so
 /// that freeq runs one reclaimer.
 fn one_cpu() {
-    // SAFETY: (9) a zeroed set is a valid empty set; the calls read and
+    // SAFETY: (5) a zeroed set is a valid empty set; the calls read and
     // write sets of the size passed; `getpid()` names the main thread.
     unsafe {
         let size = std::mem::size_of::<libc::cpu_set_t>();
@@ -272,36 +273,7 @@ fn forking_process() {
     assert_eq!(freed.load(SeqCst), 100);
     assert!(freeq::stats().offloaded >= 100);
 
-    // SAFETY: (1) the child only runs freeq and std code and leaves with
-    // `_exit`, never returning into the test harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(in_child).map_or(1, |()| 0);
-        // SAFETY: (2) ends the child without running the parent's exit
-        // handlers twice over its copy of the harness state.
-        unsafe { libc::_exit(code) };
-    }
-    let deadline = Instant::now() + PATIENCE;
-    let mut status = 0;
-    loop {
-        // SAFETY: (3) `pid` is our child; `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            break;
-        }
-        assert!(r == 0, "waitpid failed");
-        if Instant::now() > deadline {
-            // SAFETY: (4) `pid` is our child, not yet reaped.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("the forked child hung (no exit within {PATIENCE:?})");
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "forked child failed: status {status:#x}"
-    );
+    fork_and_check(in_child);
     // The parent's reclaimers still serve it.
     let freed = offload_some(50);
     freeq::quiesce();

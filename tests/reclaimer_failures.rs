@@ -1,7 +1,7 @@
 //! Failure paths of freeq's reclaimers: frees that panic with payloads that
 //! panic again, frees that set `Policy::Offload` or call `quiesce()` on a
-//! reclaimer, a narrow CPU mask on the first offloading thread, and normal
-//! process exit with handed-off values still queued.
+//! reclaimer, and a narrow CPU mask on the first offloading thread. (Normal
+//! process exit with handed-off values still queued: tests/platform.rs.)
 //!
 //! Scenarios that need a fresh process (the reclaimers are started once per
 //! process) or could hang run in a child process: this test binary runs
@@ -9,7 +9,6 @@
 //! fails the test if the child does not exit in time.
 #![cfg(not(miri))]
 
-use std::io::Write;
 use std::panic;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -74,7 +73,6 @@ fn child() {
     };
     match name.as_str() {
         "pinned_first" => child_pinned_first(),
-        "exit" => child_exit(),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -272,67 +270,6 @@ fn child_pinned_first() {
     assert!(seen.0.starts_with("freeq-reclaim"), "freed on {}", seen.0);
     assert_eq!(seen.1, n, "the reclaimer inherited a narrow CPU mask");
     println!("pinned_first ok");
-}
-
-// ---------------------------------------------------------------------------
-// Issue 12, part 3: handed-off values are freed at normal process exit
-// ---------------------------------------------------------------------------
-
-#[test]
-fn handed_off_values_are_freed_at_normal_exit() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("freed");
-    run_child("exit", &[("FREEQ_EXIT_LOG", path.to_str().unwrap())]);
-    let log = std::fs::read_to_string(&path).unwrap_or_default();
-    let lines = log.lines().filter(|l| l.starts_with("freed ")).count();
-    assert_eq!(lines, 20, "freed at exit:\n{log}");
-}
-
-/// Appends a line to the log file when dropped.
-struct Logged(usize);
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let path = std::env::var("FREEQ_EXIT_LOG").unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        writeln!(f, "freed {}", self.0).unwrap();
-    }
-}
-
-/// Keeps a reclaimer busy for a while.
-struct Slow(mpsc::Sender<()>);
-
-impl Drop for Slow {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-        thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn child_exit() {
-    // Every batch, however cheap, is worth offloading here.
-    freeq::set_offload_threshold_ns(0);
-    freeq::set_policy(Policy::Offload);
-    // Keep every reclaimer busy, so that what follows is still queued
-    // when the process exits.
-    for _ in 0..freeq::__reclaimer_count() {
-        let (tx, rx) = mpsc::channel();
-        {
-            let _s = freeq::section();
-            freeq::defer(Slow(tx));
-        }
-        let _ = rx.recv_timeout(PATIENCE);
-    }
-    for i in 0..20 {
-        let _s = freeq::section();
-        freeq::defer(Logged(i));
-    }
-    // No quiesce: the process exits with the values handed off.
 }
 
 /// Leaks a section when freed, and defers a value that counts.

@@ -19,6 +19,7 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::queue::buffer::Buffer;
 use crate::queue::hooks::DropTimer;
 use crate::queue::panic::drop_quietly;
+use crate::queue::raw;
 use crate::queue::sink::Sink;
 use crate::stats::{self, LocalCounts};
 use crate::sync::{Cell, UnsafeCell, freeq_thread_local};
@@ -121,7 +122,9 @@ fn register_exit(l: &Local) {
     // Off unix there is no thread-end hook: `keyed` stays false.
     l.keyed
         .set(crate::platform::on_thread_end(exit_at_thread_end));
-    let _ = EXIT_HOOK.try_with(|_| ());
+    if EXIT_HOOK.try_with(|_| ()).is_ok() {
+        raw::exit_hooked();
+    }
 }
 
 /// The thread-end hook (a pthread key on unix): runs the exit path of a
@@ -133,7 +136,9 @@ fn exit_at_thread_end() {
 
 /// Under loom, `Local` runs its exit path as its own destructor.
 #[cfg(loom)]
-fn register_exit(_: &Local) {}
+fn register_exit(_: &Local) {
+    raw::exit_hooked();
+}
 
 #[cfg(loom)]
 impl Drop for Local {
@@ -238,10 +243,11 @@ impl Local {
         unsafe { (*self.queue()).is_ready() && (*self.retired()).is_ready() }
     }
 
-    /// Whether a drain would find anything: deferred or retired items.
+    /// Whether a drain would find anything: deferred or retired items, or
+    /// raw frees held back (see `raw.rs`).
     #[inline(always)]
     pub(crate) fn has_work(&self) -> bool {
-        !self.queue_empty() || !self.retired_empty()
+        !self.queue_empty() || !self.retired_empty() || raw::pending()
     }
 
     /// Bytes held by the thread's buffers.
@@ -288,6 +294,7 @@ impl Local {
         self.counts.publish_at_exit();
         retire_late::<S>(retired);
         run_late::<S::Timer>(queue);
+        stats::count_late_frees(raw::run());
     }
 }
 

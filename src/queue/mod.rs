@@ -8,7 +8,8 @@
 //! `section.rs` the entries (push, enter, leave, flush, and the "free
 //! this batch here" calls the layer above uses); `sink.rs` the trait
 //! through which the queue calls up; `panic.rs` the panic bookkeeping of a
-//! drain. Nothing here imports the reclaim or lock layers: what the queue
+//! drain; `raw.rs` the raw frees (memory, not items) that the allocator
+//! holds back until the outermost section closes. Nothing here imports the reclaim or lock layers: what the queue
 //! needs from above, the caller supplies as a `Sink`.
 
 pub(crate) mod block;
@@ -16,5 +17,6 @@ pub(crate) mod buffer;
 pub(crate) mod hooks;
 pub(crate) mod local;
 pub(crate) mod panic;
+pub(crate) mod raw;
 pub(crate) mod section;
 pub(crate) mod sink;

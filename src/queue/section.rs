@@ -22,6 +22,7 @@ use crate::queue::buffer::Buffer;
 use crate::queue::hooks::{DropTimer, Watch};
 use crate::queue::local::{Draining, LOCAL, Local, SECTION, hook_exit, push_exiting, run_late};
 use crate::queue::panic::{Panic, keep_first, resume};
+use crate::queue::raw;
 use crate::queue::sink::{Offer, Sink};
 use crate::stats::{self, LocalCounts};
 use crate::sync::StaticAtomicUsize;
@@ -84,7 +85,12 @@ impl Local {
                 }
             }
             if self.queue_empty() {
-                break;
+                // Raw frees last, after the queue's own items.
+                match raw::run() {
+                    0 => break,
+                    n => LocalCounts::add(&self.counts.deferred_frees, n),
+                }
+                continue;
             }
             // SAFETY: (5) a momentary borrow; O(1), runs nothing.
             let batch = unsafe { (*self.queue()).take_items() };
@@ -357,6 +363,19 @@ pub(crate) fn flush<S: Sink>() {
 /// ```
 pub fn pending() -> usize {
     LOCAL.try_with(Local::len).unwrap_or(0)
+}
+
+/// Whether a free made now on this thread may wait: the thread is in a
+/// section and its state is live. Reads a destructor-less thread-local
+/// only: it never allocates, registers nothing, and never unwinds.
+/// Under loom, never: its thread-locals exist only inside a model, and
+/// an allocator runs outside them too.
+#[inline(always)]
+pub(crate) fn may_hold_frees() -> bool {
+    !cfg!(loom)
+        && LOCAL
+            .try_with(|l| l.depth() > 0 && !l.gone.get())
+            .unwrap_or(false)
 }
 
 /// How many sections this thread is inside.
