@@ -78,7 +78,7 @@ fn child() {
 }
 
 // ---------------------------------------------------------------------------
-// Issue 14, finding 5: a panic payload whose destructor panics
+// A panic payload whose destructor panics
 // ---------------------------------------------------------------------------
 
 /// A panic payload whose own destructor panics.
@@ -136,7 +136,7 @@ fn a_panic_payload_that_panics_when_dropped_does_not_kill_a_reclaimer() {
 }
 
 // ---------------------------------------------------------------------------
-// Issue 14, finding 6: set_policy(Offload) inside a free on a reclaimer
+// `set_policy(Offload)` inside a free on a reclaimer
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -174,7 +174,7 @@ fn a_reclaimer_frees_inline_whatever_a_free_sets() {
 }
 
 // ---------------------------------------------------------------------------
-// Issue 14, finding 7: quiesce() from inside a free on a reclaimer
+// `quiesce()` from inside a free on a reclaimer
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -231,7 +231,7 @@ fn quiesce_inside_a_section_frees_what_it_takes_at_once() {
 }
 
 // ---------------------------------------------------------------------------
-// Issue 14, finding 8: the first offloading thread is pinned to one CPU
+// The first offloading thread is pinned to one CPU
 // ---------------------------------------------------------------------------
 
 #[test]

@@ -46,7 +46,7 @@ pub fn offload_bound() -> usize {
 /// type is timed on its first free.
 ///
 /// Measured with `cargo bench --bench heavy_drop -- threshold` (see
-/// BENCHMARKS.md, "Offload (issue 10)"): moving a batch to a reclaimer and
+/// BENCHMARKS.md, "Offload"): moving a batch to a reclaimer and
 /// freeing it there costs the producer little, but the whole process pays
 /// the hand-off, the wake-up and the cache misses of freeing memory
 /// another core touched last, about as much as freeing a few hundred small
