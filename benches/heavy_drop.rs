@@ -14,7 +14,11 @@
 //! under Inline and Offload, for the default of
 //! `freeq::DEFAULT_OFFLOAD_THRESHOLD_NS`.
 //!
-//! `cargo bench --bench heavy_drop` (both), `-- heavy` or `-- threshold`.
+//! `pairs`: Offload and Inline alone, run alternately, with the ratios of
+//! each pair (the paired comparison behind the per-allocator figures).
+//!
+//! `cargo bench --bench heavy_drop` (heavy and threshold), `-- heavy`,
+//! `-- threshold` or `-- pairs`.
 //!
 //! With `FREEQ_HEAVY_STRINGS=N` set, a heavy value owns N heap strings
 //! instead, and its drop frees them rather than spinning: the allocator's
@@ -437,6 +441,38 @@ fn threshold() {
     }
 }
 
+/// Offload and Inline run alternately, Offload first, so that neither
+/// always follows the same row: a row's latencies depend on the heap the
+/// rows before it left (the order in `heavy` put Inline after the
+/// hand-written row every time).
+fn pairs() {
+    const PAIRS: usize = 3;
+    println!(
+        "Offload against Inline, run alternately (Offload first), {PAIRS} pairs; heavy values own \
+         FREEQ_HEAVY_STRINGS={} strings (0: spin); ratios Offload / Inline per pair",
+        heavy_strings()
+    );
+    println!(
+        "{:<6} {:>8} {:>8} {:>8} {:>12} {:>10}",
+        "pair", "p50", "p99.9", "max", "drop time", "off-thread"
+    );
+    for k in 0..PAIRS {
+        let off = run(Strategy::Offload);
+        let inl = run(Strategy::Inline);
+        let q = |r: &Row, p: f64| r.lat.value_at_quantile(p) as f64;
+        println!(
+            "{:<6} {:>7.2}x {:>7.3}x {:>7.3}x {:>11.2}x {:>5}/{:<4}",
+            k + 1,
+            q(&off, 0.5) / q(&inl, 0.5),
+            q(&off, 0.999) / q(&inl, 0.999),
+            off.lat.max() as f64 / inl.lat.max() as f64,
+            off.drop_ms / inl.drop_ms,
+            off.on_other,
+            off.heavies,
+        );
+    }
+}
+
 pub fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -448,5 +484,8 @@ pub fn main() {
     }
     if all || args.iter().any(|a| a == "threshold") {
         threshold();
+    }
+    if args.iter().any(|a| a == "pairs") {
+        pairs();
     }
 }
