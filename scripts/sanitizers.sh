@@ -27,6 +27,9 @@ for san in "${@:-thread address}"; do
             --skip a_child_forked_while_quiesce_frees_does_not_hang
             --skip children_forked_while_threads_use_freeq_do_not_hang
         )
+        # LeakSanitizer (with ASan): payloads forgotten on purpose, see
+        # scripts/lsan.supp.
+        LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}" \
         RUSTFLAGS="-Zsanitizer=$s" \
         RUSTDOCFLAGS="-Zsanitizer=$s" \
         CARGO_TARGET_DIR="target/san-$s" \

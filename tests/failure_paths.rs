@@ -40,6 +40,13 @@ impl Drop for RetireOnDrop {
 
 /// Flushes the epoch until `freed` is set; each pass pins, so garbage
 /// ages. Returns whether it was freed.
+/// Taken by every test here that pins a reader or waits for the epoch: a
+/// reader pinned by one test stops the epoch that another waits on.
+fn epoch_alone() -> std::sync::MutexGuard<'static, ()> {
+    static EPOCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    EPOCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn collect_until(freed: &AtomicBool) -> bool {
     for _ in 0..if cfg!(miri) { 1_000 } else { 1_000_000 } {
         if freed.load(SeqCst) {
@@ -53,6 +60,7 @@ fn collect_until(freed: &AtomicBool) -> bool {
 #[test]
 #[cfg_attr(miri, ignore = "crossbeam-epoch: run in the Tree Borrows pass")]
 fn retire_from_the_exit_drain_waits_for_readers() {
+    let _epoch = epoch_alone();
     let freed = Arc::new(AtomicBool::new(false));
     let reader = epoch::pin();
     let flag = Flag(freed.clone());
@@ -83,6 +91,7 @@ thread_local! {
 #[test]
 #[cfg_attr(miri, ignore = "crossbeam-epoch: run in the Tree Borrows pass")]
 fn retire_from_a_late_thread_local_destructor_waits_for_readers() {
+    let _epoch = epoch_alone();
     let freed = Arc::new(AtomicBool::new(false));
     let reader = epoch::pin();
     let flag = Flag(freed.clone());
@@ -227,6 +236,7 @@ impl Drop for Bomb {
 #[test]
 #[cfg_attr(miri, ignore = "crossbeam-epoch: run in the Tree Borrows pass")]
 fn a_retired_value_that_panics_does_not_escape_from_pin() {
+    let _epoch = epoch_alone();
     let dropped = Arc::new(AtomicBool::new(false));
     let handed = std::panic::catch_unwind(|| {
         let _s = freeq::section();

@@ -304,7 +304,7 @@ fn retire_late<S: Sink>(batch: Buffer) {
     if batch.is_empty() {
         return;
     }
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| S::retire(batch))) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| S::retire(batch, true))) {
         drop_quietly(payload);
     }
 }

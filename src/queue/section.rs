@@ -79,7 +79,7 @@ impl Local {
                 LocalCounts::add(&self.counts.retired, r);
                 // May run epoch garbage (which lands in this queue), or
                 // anyone's: a panic from it is kept like a free's.
-                let handed = panic::catch_unwind(AssertUnwindSafe(|| S::retire(retired)));
+                let handed = panic::catch_unwind(AssertUnwindSafe(|| S::retire(retired, false)));
                 if let Err(payload) = handed {
                     keep_first(&mut first, payload);
                 }

@@ -17,8 +17,11 @@ pub(crate) trait Sink: 'static {
     /// Times the runs the queue frees here, for the cost model.
     type Timer: DropTimer;
 
-    /// Takes a batch of retired items (for the epoch).
-    fn retire(batch: Buffer);
+    /// Takes a batch of retired items (for the epoch). `exiting`: the
+    /// thread's state is gone (its exit path, or a late thread-local
+    /// destructor), and thread-locals with destructors registered now
+    /// might never be destroyed.
+    fn retire(batch: Buffer, exiting: bool);
 
     /// Offered each batch of deferred items before the queue frees it
     /// here; `policy` is the thread's own setting (0: the default). A

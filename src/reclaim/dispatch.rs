@@ -32,8 +32,8 @@ pub(crate) struct Dispatch;
 impl Sink for Dispatch {
     type Timer = Learn;
 
-    fn retire(batch: Buffer) {
-        defer_batch(batch, FREES);
+    fn retire(batch: Buffer, exiting: bool) {
+        defer_batch(batch, FREES, exiting);
     }
 
     #[inline]

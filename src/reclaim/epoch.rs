@@ -16,8 +16,19 @@ use crate::reclaim::inline::Frees;
 /// deferred call, and pushes it on to the global queue at once (with a
 /// collection attempt), so that a thread that retires rarely does not keep
 /// its batch in crossbeam's per-thread bag indefinitely.
-pub(crate) fn defer_batch(batch: Buffer, frees: Frees) {
-    let guard = crossbeam_epoch::pin();
+///
+/// On a thread that is `exiting`, the batch goes through a participant
+/// registered for this call alone, not crossbeam's thread-local one: that
+/// thread-local may be created only now, after the thread's thread-local
+/// destructors ran (freeq's exit path can run from a pthread key
+/// destructor), and would then never be destroyed (its participant never
+/// unregistered).
+pub(crate) fn defer_batch(batch: Buffer, frees: Frees, exiting: bool) {
+    let handle = exiting.then(|| crossbeam_epoch::default_collector().register());
+    let guard = match &handle {
+        Some(handle) => handle.pin(),
+        None => crossbeam_epoch::pin(),
+    };
     guard.defer(move || {
         // Runs inside whatever pin or flush collected it: contained.
         let freed = panic::catch_unwind(AssertUnwindSafe(move || {
