@@ -105,7 +105,7 @@ use std::any::TypeId;
 use std::mem::{align_of, needs_drop, size_of};
 use std::ptr::{self, NonNull};
 
-use crate::queue::{raw, section};
+use crate::queue::section;
 use crate::sync::{Cell, freeq_thread_local};
 
 /// How many frees a thread holds in its fixed array, without touching the
@@ -341,7 +341,7 @@ unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
     let held = HELD.try_with(|h| {
         if h.frees.get() == 0 {
             // The first: the queue is told (or says no).
-            if !raw::first_held(run_held) {
+            if !section::hold_frees_with(run_held) {
                 return false;
             }
             h.id.set(Some(id));

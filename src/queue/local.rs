@@ -19,7 +19,6 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::queue::buffer::Buffer;
 use crate::queue::hooks::DropTimer;
 use crate::queue::panic::drop_quietly;
-use crate::queue::raw;
 use crate::queue::sink::Sink;
 use crate::stats::{self, LocalCounts};
 use crate::sync::{Cell, UnsafeCell, freeq_thread_local};
@@ -49,8 +48,11 @@ pub(crate) struct Local {
     pub(crate) policy: Cell<u8>,
     /// The thread has run its exit path: its buffers are gone for good.
     pub(crate) gone: Cell<bool>,
-    /// The thread's exit path is registered.
+    /// [`hook_exit`] ran: the exit path is chosen and its registration
+    /// tried.
     pub(crate) hooked: Cell<bool>,
+    /// The exit path will run when the thread ends: a registration took.
+    pub(crate) exit_ready: Cell<bool>,
     /// The thread's pthread key is set (unix): thread exit, not process
     /// exit, will run the exit path even if `ExitHook` leaves it.
     pub(crate) keyed: Cell<bool>,
@@ -58,6 +60,11 @@ pub(crate) struct Local {
     pub(crate) counts: ManuallyDrop<LocalCounts>,
     /// The thread's exit path, with the sink of the entry that hooked it.
     exit_path: Cell<Option<fn(&Local)>>,
+    /// Frees of memory (not items) that the allocator holds back while
+    /// the thread is in a section: what frees them and says how many. The
+    /// drain of the outermost section runs it after the queue's own items
+    /// (as does `flush`), and so does the exit path.
+    pub(crate) raw_frees: Cell<Option<fn() -> usize>>,
 }
 
 freeq_thread_local! {
@@ -122,9 +129,8 @@ fn register_exit(l: &Local) {
     // Off unix there is no thread-end hook: `keyed` stays false.
     l.keyed
         .set(crate::platform::on_thread_end(exit_at_thread_end));
-    if EXIT_HOOK.try_with(|_| ()).is_ok() {
-        raw::exit_hooked();
-    }
+    let hooked = EXIT_HOOK.try_with(|_| ()).is_ok();
+    l.exit_ready.set(hooked || l.keyed.get());
 }
 
 /// The thread-end hook (a pthread key on unix): runs the exit path of a
@@ -136,8 +142,8 @@ fn exit_at_thread_end() {
 
 /// Under loom, `Local` runs its exit path as its own destructor.
 #[cfg(loom)]
-fn register_exit(_: &Local) {
-    raw::exit_hooked();
+fn register_exit(l: &Local) {
+    l.exit_ready.set(true);
 }
 
 #[cfg(loom)]
@@ -181,9 +187,11 @@ impl Local {
             policy: Cell::new(0),
             gone: Cell::new(false),
             hooked: Cell::new(false),
+            exit_ready: Cell::new(false),
             keyed: Cell::new(false),
             counts: ManuallyDrop::new(LocalCounts::new()),
             exit_path: Cell::new(None),
+            raw_frees: Cell::new(None),
         }
     }
 
@@ -244,10 +252,15 @@ impl Local {
     }
 
     /// Whether a drain would find anything: deferred or retired items, or
-    /// raw frees held back (see `raw.rs`).
+    /// raw frees held back.
     #[inline(always)]
     pub(crate) fn has_work(&self) -> bool {
-        !self.queue_empty() || !self.retired_empty() || raw::pending()
+        !self.queue_empty() || !self.retired_empty() || self.raw_frees.get().is_some()
+    }
+
+    /// Runs the raw frees held back; how many there were.
+    pub(crate) fn run_raw_frees(&self) -> usize {
+        self.raw_frees.take().map_or(0, |run| run())
     }
 
     /// Bytes held by the thread's buffers.
@@ -294,7 +307,7 @@ impl Local {
         self.counts.publish_at_exit();
         retire_late::<S>(retired);
         run_late::<S::Timer>(queue);
-        stats::count_late_frees(raw::run());
+        stats::count_late_frees(self.run_raw_frees());
     }
 }
 

@@ -4,19 +4,20 @@
 //! outermost one yields a batch, which a drain offers to the caller's
 //! [`Sink`](sink::Sink) and otherwise frees here. `block.rs` and
 //! `buffer.rs` hold the only serious `unsafe` (type-erased items in chains
-//! of blocks), and `hooks.rs` what a run of items is handed from outside; `local.rs` the thread's state and its exit path;
-//! `section.rs` the entries (push, enter, leave, flush, and the "free
-//! this batch here" calls the layer above uses); `sink.rs` the trait
+//! of blocks), and `hooks.rs` what a run of items is handed from outside;
+//! `local.rs` the thread's state and its exit path; `section.rs` the
+//! entries (push, enter, leave, flush, the "free this batch here" calls
+//! the layer above uses, and the hook through which the allocator's held
+//! frees run when the outermost section closes); `sink.rs` the trait
 //! through which the queue calls up; `panic.rs` the panic bookkeeping of a
-//! drain; `raw.rs` the raw frees (memory, not items) that the allocator
-//! holds back until the outermost section closes. Nothing here imports the reclaim or lock layers: what the queue
-//! needs from above, the caller supplies as a `Sink`.
+//! drain. Nothing here imports the reclaim or lock layers: what the queue
+//! needs from above, the caller supplies as a `Sink` (or, for held frees,
+//! a function).
 
 pub(crate) mod block;
 pub(crate) mod buffer;
 pub(crate) mod hooks;
 pub(crate) mod local;
 pub(crate) mod panic;
-pub(crate) mod raw;
 pub(crate) mod section;
 pub(crate) mod sink;

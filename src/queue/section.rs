@@ -22,7 +22,6 @@ use crate::queue::buffer::Buffer;
 use crate::queue::hooks::{DropTimer, Watch};
 use crate::queue::local::{Draining, LOCAL, Local, SECTION, hook_exit, push_exiting, run_late};
 use crate::queue::panic::{Panic, keep_first, resume};
-use crate::queue::raw;
 use crate::queue::sink::{Offer, Sink};
 use crate::stats::{self, LocalCounts};
 use crate::sync::StaticAtomicUsize;
@@ -86,7 +85,7 @@ impl Local {
             }
             if self.queue_empty() {
                 // Raw frees last, after the queue's own items.
-                match raw::run() {
+                match self.run_raw_frees() {
                     0 => break,
                     n => LocalCounts::add(&self.counts.deferred_frees, n),
                 }
@@ -376,6 +375,24 @@ pub(crate) fn may_hold_frees() -> bool {
         && LOCAL
             .try_with(|l| l.depth() > 0 && !l.gone.get())
             .unwrap_or(false)
+}
+
+/// Frees are about to wait, where none did: `run` frees them when the
+/// outermost section closes (and at thread exit). False where they cannot
+/// wait after all: the thread's exit path is not registered, so a leaked
+/// section could strand them (registering it may allocate). Allocation-free,
+/// as [`may_hold_frees`].
+#[inline]
+pub(crate) fn hold_frees_with(run: fn() -> usize) -> bool {
+    LOCAL
+        .try_with(|l| {
+            let ready = l.exit_ready.get();
+            if ready {
+                l.raw_frees.set(Some(run));
+            }
+            ready
+        })
+        .unwrap_or(false)
 }
 
 /// How many sections this thread is inside.
