@@ -48,9 +48,6 @@ pub(crate) struct Local {
     pub(crate) policy: Cell<u8>,
     /// The thread has run its exit path: its buffers are gone for good.
     pub(crate) gone: Cell<bool>,
-    /// [`hook_exit`] ran: the exit path is chosen and its registration
-    /// tried.
-    pub(crate) hooked: Cell<bool>,
     /// The exit path will run when the thread ends: a registration took.
     pub(crate) exit_ready: Cell<bool>,
     /// The thread's pthread key is set (unix): thread exit, not process
@@ -58,7 +55,8 @@ pub(crate) struct Local {
     pub(crate) keyed: Cell<bool>,
     /// Counts not yet published to `stats`.
     pub(crate) counts: ManuallyDrop<LocalCounts>,
-    /// The thread's exit path, with the sink of the entry that hooked it.
+    /// The thread's exit path, with the sink of the entry that hooked it;
+    /// set once, by [`hook_exit`].
     exit_path: Cell<Option<fn(&Local)>>,
     /// Frees of memory (not items) that the allocator holds back while
     /// the thread is in a section: what frees them and says how many. The
@@ -116,10 +114,9 @@ freeq_thread_local! {
 /// The exit path runs with `S`, the sink of the entry that hooks the
 /// thread first (there is one in freeq).
 pub(crate) fn hook_exit<S: Sink>(l: &Local) {
-    if l.hooked.get() {
+    if l.exit_path.get().is_some() {
         return;
     }
-    l.hooked.set(true);
     l.exit_path.set(Some(Local::exit::<S> as fn(&Local)));
     register_exit(l);
 }
@@ -186,7 +183,6 @@ impl Local {
             retired: UnsafeCell::new(ManuallyDrop::new(Buffer::new())),
             policy: Cell::new(0),
             gone: Cell::new(false),
-            hooked: Cell::new(false),
             exit_ready: Cell::new(false),
             keyed: Cell::new(false),
             counts: ManuallyDrop::new(LocalCounts::new()),
