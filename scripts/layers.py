@@ -11,7 +11,10 @@ defines its module, and fails on:
   (c) a src/ file over 700 lines outside its `#[cfg(test)]` modules;
   (d) a path that reaches an item through the crate root (`crate::defer`
       for the re-export of `defer::defer`): inside src/, name the module
-      that defines it.
+      that defines it;
+  (e) code in src/guide/, the documentation-only module: its files hold
+      only attributes and empty `pub mod name {}` (or `pub mod name;`)
+      chapters, import nothing, and nothing imports them.
 
 `super::` and `self::` paths stay inside a file's own module and are not
 followed. Prints the import graph's summary; exits 1 on any failure.
@@ -26,6 +29,9 @@ import sys
 MAX_LINES = 700
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SRC = os.path.normpath(os.path.join(ROOT, "src"))
+
+# The documentation-only layer: chapters of the guide, no code.
+DOC_ONLY = "guide"
 
 # Lower layers may not import from the folders listed for them.
 FORBIDDEN = {
@@ -189,6 +195,12 @@ def main():
             last = end
         kept.append(code[last:])
         code = "".join(kept)
+        if rel.split("/")[0] == DOC_ONLY:
+            rest = re.sub(r"#!?\[[^\]]*\]", " ", code)
+            rest = re.sub(r"\bpub\s+mod\s+\w+\s*(\{\s*\}|;)", " ", rest)
+            if rest.strip():
+                errors.append(f"src/{rel}: the {DOC_ONLY} module is documentation only: "
+                              f"attributes and empty `pub mod name {{}}` chapters, no code")
         lines = text.count("\n") + (0 if text.endswith("\n") else 1)
         if lines - test_lines > MAX_LINES:
             errors.append(f"src/{rel}: {lines - test_lines} lines outside tests (at most {MAX_LINES})")
@@ -219,6 +231,9 @@ def main():
 
     for rel, targets in sorted(edges.items()):
         for t in sorted(targets):
+            if DOC_ONLY in (layer(rel), layer(t)) and layer(rel) != layer(t):
+                errors.append(f"src/{rel} imports src/{t}: the {DOC_ONLY} module is documentation "
+                              f"only; it neither imports nor is imported")
             if layer(t) in FORBIDDEN.get(layer(rel), ()):
                 errors.append(f"src/{rel} imports src/{t}: the {layer(rel)} layer may not import the {layer(t)} layer")
 

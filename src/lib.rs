@@ -28,7 +28,8 @@
 //!   and every value displaced under a lock waits for the unlock.
 //! - **Locks.** [`Mutex`] and [`RwLock`] are `std`'s with the same API;
 //!   [`parking_lot`] has parking_lot's locks; [`RawDeferred`] makes any
-//!   lock_api raw lock deferring; [`LockGuard::new`] wraps any guard.
+//!   lock_api raw lock deferring; [`LockGuard::new`] wraps any guard
+//!   ([which to use](guide::locks)).
 //! - **Condition variables.** [`Condvar`] (for [`Mutex`]) and
 //!   `freeq::parking_lot::Condvar` release the lock while waiting and, if
 //!   it was the thread's only section, free its queue before blocking.
@@ -42,97 +43,35 @@
 //!   learned drop cost is at least [`offload_threshold_ns`], or it holds a
 //!   type not timed yet, timed where it is freed), in O(1), to its CPU's
 //!   inbox, freed by idle-priority reclaimer threads wherever a CPU has
-//!   time ([`set_policy`], [`quiesce`]); cheap batches stay inline. [`defer_heavy`] sends one value off the thread whatever the
-//!   policy, and [`set_offload_executor`] routes batches to your own
-//!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux,
-//!   background QoS on macOS, idle thread priority on Windows) so
-//!   they never preempt a producer; when they fall behind, the backlog
-//!   bound ([`set_offload_bound`]) sends producers back to inline frees.
+//!   time ([`set_policy`], [`quiesce`]); cheap batches stay inline.
+//!   [`defer_heavy`] sends one value off the thread whatever the policy,
+//!   and [`set_offload_executor`] routes batches to your own threads.
+//!   Reclaimers run at idle priority, so they never preempt a producer;
+//!   when they fall behind, the backlog bound ([`set_offload_bound`])
+//!   sends producers back to inline frees. See [`guide::offload`].
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
 //!   [`epoch::pin`](https://docs.rs/crossbeam-epoch/0.9/crossbeam_epoch/fn.pin.html).
 //! - **Stats.** [`stats`] sums counters over all threads.
 //! - **Memory.** Each thread's queue reuses its buffer; what it keeps after
 //!   a spike is capped ([`set_max_retained`], 64 KiB by default).
+//! - **Allocator.** [`alloc::DeferFrees`] as the global allocator holds
+//!   every `free` made inside a section until the unlock, whatever code
+//!   dropped the value.
 //!
-//! ## Which lock do I use
+//! ## The guide
 //!
-//! | you have | use | notes |
-//! | --- | --- | --- |
-//! | `std::sync::Mutex` / `RwLock` | [`Mutex`] / [`RwLock`] | std's API, poisoning kept; [`Condvar`] pairs with [`Mutex`] |
-//! | parking_lot's `Mutex`, `RwLock`, `ReentrantMutex`, `FairMutex` | the types in [`parking_lot`] | same API: timed, fair, upgradable, mapped and `Arc` guards; a `Condvar` too |
-//! | another lock_api lock (spin, custom) | `lock_api::Mutex<freeq::RawDeferred<R>, T>` | [`RawDeferred`] forwards every raw trait `R` implements |
-//! | any other guard | [`LockGuard::new`] | releases the guard, then drains; call [`prepare_thread`] before taking the lock |
-//! | no lock, just a scope | [`section`] | RAII section |
-//! | an explicit batch to free later, maybe elsewhere | [`FreeQueue`] | owned, `Send`; `drain()` or drop |
-//!
-//! ## When not to use it
-//!
-//! - **Cheap drops.** A `u64` or a small `Copy` struct costs nothing to
-//!   drop; deferring it costs a few nanoseconds and saves nothing.
-//! - **Uncontended locks nobody waits on.** freeq moves the frees out of
-//!   the critical section; if no other thread ever waits for the lock, that
-//!   only moves latency around.
-//! - **Frees that must happen before the unlock**, because another thread
-//!   checks for them while the lock is held: keep those drops in place.
-//! - **`Policy::Offload` on busy cores.** Reclaimers run only where a CPU
-//!   is idle; when every core is busy with producers, the frees wait or
-//!   fall back inline. Offload pays off with spare cores or single values
-//!   that are heavy to drop.
-//!
-//! ## Why `defer` needs `T: Send + 'static`, even under `Policy::Inline`
-//!
-//! - **`Send`: the batch may be freed on another thread.** The policy is
-//!   read when the batch drains, not when a value is deferred: a
-//!   [`set_policy`] or [`set_default_policy`] (from any thread) in between
-//!   sends values deferred under `Inline` to a reclaimer thread.
-//!   [`FreeQueue`]s are `Send` and may be drained anywhere.
-//! - **`'static`: a queued value outlives the scope that deferred it.** It
-//!   is freed when the *outermost* section closes, which may be in a
-//!   caller's frame long after the deferring function returned, or, if a
-//!   guard is leaked, at thread exit. A borrow inside it could dangle by
-//!   then. Defer an owned value (clone it, or wrap it in an `Arc`).
-//!
-//! ## Async code
-//!
-//! freeq's guards are `!Send`, so a future that holds one across an
-//! `.await` is `!Send` too: a multi-threaded runtime (`tokio::spawn`)
-//! refuses it at compile time, which is what you want, since the guard
-//! must be released on the thread that took it.
-//!
-//! A current-thread runtime or a `LocalSet` accepts such a future, and
-//! then all tasks on that thread share one section: while one task holds a
-//! guard (or a [`Section`]) over an `.await`, every other task's `defer`
-//! on that thread is queued behind it and nothing is freed until that task
-//! releases its guard. Release guards before awaiting (scope them in a
-//! block), as you would a `std` mutex guard.
-//!
-//! ## Large values
-//!
-//! `defer` takes its value by value, and the value travels through a few
-//! calls before it lands in the queue. In debug builds each of those calls
-//! may keep its own copy on the stack, so deferring a very large value
-//! (a 1 MiB array, say) can overflow a thread's stack where the same code in
-//! release does not. Box large values first, before taking the lock: the
-//! queue then carries a pointer. (The queue stores values up to 256 bytes
-//! in place and boxes larger ones itself, which is an allocation under the
-//! lock; boxing them beforehand keeps that out of the critical section.)
-//!
-//! ```
-//! let table = freeq::Mutex::new(vec![0u8; 16]);
-//! // Built on the heap, never on the stack:
-//! let big: Box<[u8]> = vec![7u8; 1 << 20].into_boxed_slice();
-//! {
-//!     let _guard = table.lock().unwrap();
-//!     freeq::defer(big); // the queue holds a pointer and a length
-//! }
-//! // An array already on the stack: one move into a Box, then defer the Box.
-//! let array = [0u64; 4096];
-//! {
-//!     let _guard = table.lock().unwrap();
-//!     freeq::defer(Box::new(array));
-//! }
-//! assert_eq!(freeq::pending(), 0);
-//! ```
+//! [`guide`] carries the depth, every example a doctest:
+//! [the contract](guide::contract) point by point,
+//! [which lock to use](guide::locks), [things users trip
+//! on](guide::pitfalls) (`T: Send + 'static`, async code, large values),
+//! [edges to know](guide::edges) (leaked guards, thread-locals, exit,
+//! `fork`, condvars), [Offload](guide::offload) and its physics per
+//! allocator, [`DeferFrees`](guide::allocator),
+//! [the alternatives](guide::comparison), [platforms](guide::platforms),
+//! [loom](guide::loom), [examples](guide::examples) and [the source
+//! tree](guide::layout). [When freeq does not
+//! help](guide#when-to-use-freeq-and-when-not): cheap drops, locks nobody
+//! waits on, frees that must happen under the lock.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -144,6 +83,7 @@ pub mod alloc;
 mod defer;
 mod deferred;
 mod free_queue;
+pub mod guide;
 mod lock;
 // Under loom, freeq registers no process hooks and sets no priorities.
 #[cfg_attr(loom, allow(dead_code))]

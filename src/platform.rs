@@ -96,7 +96,7 @@ impl Instant {
 ///
 /// On Windows, `main` returning runs the C runtime's `exit`, which calls
 /// the hook; `std::process::exit` calls `ExitProcess` instead, which skips
-/// destructors in general (README, "Platforms").
+/// destructors in general (`freeq::guide::platforms`).
 pub(crate) fn at_exit(hook: extern "C" fn()) {
     #[cfg(all(any(unix, windows), not(miri)))]
     // SAFETY: (1) `hook` is an `extern "C" fn()`, the signature `atexit`

@@ -1,4 +1,4 @@
-//! The model from freeq's README, section "Testing your code with loom",
+//! The model from freeq's guide, chapter `freeq::guide::loom`,
 //! kept here so that it compiles and passes.
 #![cfg(loom)]
 
