@@ -101,21 +101,12 @@
 //! `BENCHMARKS.md` in the repository has the figures per allocator.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::any::TypeId;
-use std::mem::{align_of, needs_drop, size_of};
-use std::ptr::{self, NonNull};
+use std::mem::{needs_drop, size_of};
+use std::ptr::NonNull;
 
 use crate::queue::section;
-use crate::sync::{Cell, freeq_thread_local};
 
-/// How many frees a thread holds in its fixed array, without touching the
-/// freed blocks. Past that, a block of at least two words carries its own
-/// link (a write into the block, often a cache miss, made under the lock),
-/// without limit; a smaller block takes the array slot of a larger one,
-/// which moves to the list, and once the array holds only small blocks,
-/// small blocks are freed at once. (8 under Miri, to reach the list in
-/// tests.)
-pub const RESERVE_SLOTS: usize = crate::sync::scaled(256, 8);
+pub use crate::queue::held::RESERVE_SLOTS;
 
 /// A global allocator that holds back every free made inside a freeq
 /// section until the outermost section closes. See the [module
@@ -200,22 +191,18 @@ unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for DeferFrees<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if Self::STATELESS && section::may_hold_frees() {
+        if Self::STATELESS {
             // SAFETY: (7) `ptr` is a block this allocator (hence `A`)
             // allocated with `layout`, now freed by the caller;
             // `free_held` frees such a block, `A` being stateless, and so
-            // does any function held with `A`'s `TypeId`.
-            if unsafe { hold(TypeId::of::<A>(), Self::free_held, ptr, layout) } {
-                return;
-            }
+            // does any function given with the type `A`.
+            unsafe { section::hold_or_free::<A>(Self::free_held, ptr, layout) }
+        } else {
+            // SAFETY: (8) the caller's guarantees, passed on.
+            unsafe { self.inner.dealloc(ptr, layout) }
         }
-        // SAFETY: (8) the caller's guarantees, passed on.
-        unsafe { self.inner.dealloc(ptr, layout) }
     }
 }
-
-/// What frees a held block.
-type FreeFn = unsafe fn(*mut u8, Layout);
 
 /// What the calling thread holds right now: frees waiting for its
 /// outermost section to close.
@@ -235,229 +222,6 @@ pub struct Held {
 /// assert_eq!(freeq::alloc::held().frees, 0);
 /// ```
 pub fn held() -> Held {
-    HELD.try_with(|h| Held {
-        frees: h.frees.get(),
-        bytes: h.bytes.get(),
-    })
-    .unwrap_or_default()
-}
-
-/// The header a held block of at least two words carries at its start.
-#[derive(Clone, Copy)]
-struct Link {
-    next: *mut u8,
-    /// The layout, packed by [`pack`].
-    layout: usize,
-}
-
-/// Bits that hold the log2 of an alignment (below `usize::BITS`).
-const ALIGN_BITS: u32 = usize::BITS.trailing_zeros();
-
-/// `layout` in one word: its size above, its alignment's log2 below. None
-/// for sizes too large to fit (at least 2^58 bytes on 64-bit targets,
-/// 128 MiB on 32-bit ones).
-#[inline(always)]
-fn pack(layout: Layout) -> Option<usize> {
-    let size = layout.size();
-    if size >> (usize::BITS - ALIGN_BITS) != 0 {
-        return None;
-    }
-    Some(size << ALIGN_BITS | layout.align().trailing_zeros() as usize)
-}
-
-#[inline(always)]
-fn unpack(word: usize) -> Layout {
-    let size = word >> ALIGN_BITS;
-    let align = 1usize << (word & ((1 << ALIGN_BITS) - 1));
-    // SAFETY: (9) `word` came from `pack` of a valid layout.
-    unsafe { Layout::from_size_align_unchecked(size, align) }
-}
-
-/// One held block in the array: its address and packed layout.
-type Slot = (*mut u8, usize);
-
-/// The calling thread's held frees. All of its blocks belong to one
-/// allocator type, `id`, freed through `free`.
-struct HeldFrees {
-    /// Blocks of at least two words, linked through their [`Link`]s.
-    head: Cell<*mut u8>,
-    /// Small blocks in `reserve[..small]`, larger ones in
-    /// `reserve[large..]`.
-    reserve: [Cell<Slot>; RESERVE_SLOTS],
-    small: Cell<usize>,
-    large: Cell<usize>,
-    id: Cell<Option<TypeId>>,
-    free: Cell<Option<FreeFn>>,
-    frees: Cell<usize>,
-    bytes: Cell<usize>,
-}
-
-freeq_thread_local! {
-    static HELD: HeldFrees = HeldFrees {
-        head: Cell::new(ptr::null_mut()),
-        reserve: [const { Cell::new((ptr::null_mut(), 0)) }; RESERVE_SLOTS],
-        small: Cell::new(0),
-        large: Cell::new(RESERVE_SLOTS),
-        id: Cell::new(None),
-        free: Cell::new(None),
-        frees: Cell::new(0),
-        bytes: Cell::new(0),
-    };
-}
-
-// No destructor: reaching it never registers one (which may allocate).
-const _: () = assert!(!needs_drop::<HeldFrees>());
-
-impl HeldFrees {
-    /// Puts a block on the list.
-    ///
-    /// # Safety
-    /// `block` is freed, unreachable by anyone else, and at least
-    /// `size_of::<Link>()` bytes.
-    #[inline(always)]
-    unsafe fn link(&self, block: *mut u8, layout: usize) {
-        let link = Link {
-            next: self.head.get(),
-            layout,
-        };
-        // SAFETY: (10) the caller's guarantee; the block may be less
-        // aligned than `Link`, hence unaligned.
-        unsafe { block.cast::<Link>().write_unaligned(link) };
-        self.head.set(block);
-    }
-}
-
-/// Holds the freed block `ptr` until the outermost section closes, if this
-/// thread can; whether it did. Allocates nothing and cannot panic.
-///
-/// # Safety
-/// `ptr` is a freed block of `layout`, owned by nobody now, that
-/// `free(ptr, layout)` frees, and so does any `FreeFn` given with `id`.
-#[inline]
-unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
-    let Some(word) = pack(layout) else {
-        return false;
-    };
-    let held = HELD.try_with(|h| {
-        if h.frees.get() == 0 {
-            // The first: the queue is told (or says no).
-            if !section::hold_frees_with(run_held) {
-                return false;
-            }
-            h.id.set(Some(id));
-            h.free.set(Some(free));
-        } else if h.id.get() != Some(id) {
-            // Another allocator's blocks are held here. (By type: one
-            // function's address may differ from place to place.)
-            return false;
-        }
-        let (small, large) = (h.small.get(), h.large.get());
-        let is_small = layout.size() < size_of::<Link>();
-        if small < large {
-            // Room in the array. (Indexing is checked; `get` keeps panics
-            // out of `dealloc`.)
-            let (at, small, large) = if is_small {
-                (small, small + 1, large)
-            } else {
-                (large - 1, small, large - 1)
-            };
-            let Some(slot) = h.reserve.get(at) else {
-                return false;
-            };
-            slot.set((ptr, word));
-            h.small.set(small);
-            h.large.set(large);
-        } else if !is_small {
-            // SAFETY: (11) the block is at least two words, freed and
-            // unreachable by anyone else.
-            unsafe { h.link(ptr, word) };
-        } else {
-            // The first larger block in the array moves to the list.
-            let Some(slot) = h.reserve.get(large) else {
-                return false; // only small blocks: free at once
-            };
-            let (moved, moved_word) = slot.get();
-            // SAFETY: (12) a larger block, freed and unreachable by anyone
-            // else.
-            unsafe { h.link(moved, moved_word) };
-            slot.set((ptr, word));
-            h.small.set(small + 1);
-            h.large.set(large + 1);
-        }
-        h.frees.set(h.frees.get().wrapping_add(1));
-        h.bytes.set(h.bytes.get().wrapping_add(layout.size()));
-        true
-    });
-    matches!(held, Ok(true))
-}
-
-/// Frees everything this thread holds; how many blocks. Called by the
-/// queue when the outermost section closes, by `flush`, and at thread
-/// exit. Frees made meanwhile (by the inner
-/// allocator, inside a flush) join the run.
-fn run_held() -> usize {
-    HELD.try_with(|h| {
-        let Some(free) = h.free.get() else {
-            return 0;
-        };
-        let mut n = 0;
-        loop {
-            let mut block = h.head.replace(ptr::null_mut());
-            let had_list = !block.is_null();
-            while !block.is_null() {
-                // SAFETY: (13) every block on the list got its `Link` in
-                // `hold` and has not been freed since.
-                let link = unsafe { block.cast::<Link>().read_unaligned() };
-                // SAFETY: (14) `hold`'s caller guaranteed that `free`
-                // frees this block.
-                unsafe { free(block, unpack(link.layout)) };
-                n += 1;
-                block = link.next;
-            }
-            let (small, large) = (h.small.get(), h.large.get());
-            let (at, small, large) = if small > 0 {
-                (small - 1, small - 1, large)
-            } else if large < RESERVE_SLOTS {
-                (large, small, large + 1)
-            } else if had_list {
-                continue;
-            } else {
-                break;
-            };
-            h.small.set(small);
-            h.large.set(large);
-            let (block, word) = h.reserve[at].get();
-            // SAFETY: (15) as in (14).
-            unsafe { free(block, unpack(word)) };
-            n += 1;
-        }
-        h.frees.set(0);
-        h.bytes.set(0);
-        h.id.set(None);
-        h.free.set(None);
-        n
-    })
-    .unwrap_or(0)
-}
-
-// The header fits in the smallest block it is written to.
-const _: () = assert!(size_of::<Link>() == 2 * size_of::<usize>());
-const _: () = assert!(align_of::<Link>() <= 2 * size_of::<usize>());
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layouts_pack_and_unpack() {
-        // Half the largest size that packs on this target (2^57 bytes on
-        // 64-bit, 64 MiB on 32-bit), at a large alignment.
-        let half = 1usize << (usize::BITS - ALIGN_BITS - 1);
-        for (size, align) in [(1, 1), (16, 8), (17, 1), (4096, 4096), (half, 1 << 20)] {
-            let layout = Layout::from_size_align(size, align).unwrap();
-            assert_eq!(unpack(pack(layout).unwrap()), layout);
-        }
-        let huge = Layout::from_size_align(usize::MAX >> 2, 1).unwrap();
-        assert_eq!(pack(huge), None);
-    }
+    let (frees, bytes) = section::held_totals();
+    Held { frees, bytes }
 }
