@@ -32,17 +32,125 @@
 //! It composes with any allocator: `DeferFrees<tikv_jemallocator::Jemalloc>`,
 //! `DeferFrees<mimalloc::MiMalloc>`.
 //!
+//! # A section around a library you don't own
+//!
+//! Many crates free memory while their own locks are held: a concurrent
+//! map's `retain` or `clear` erases entries under its shard lock, a cache's
+//! `put` drops the evicted entry inside the crate, a table that grows frees
+//! its old allocation under the write lock. No `defer` reaches those drop
+//! sites. With `DeferFrees` installed, wrap the call in a section,
+//! [`frees_after`] (or a [`section`](crate::section) kept around it): the
+//! crate locks, frees, and unlocks inside the call, and the section closes
+//! after the call returns, so after the crate's own unlock. Every `free()`
+//! the call made on this thread runs then, with no patch to the crate.
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOC: freeq::alloc::DeferFrees<std::alloc::System> =
+//!     freeq::alloc::DeferFrees::new(std::alloc::System);
+//!
+//! /// Stands in for a crate you do not own: it locks inside its methods
+//! /// and drops values while the lock is held.
+//! mod registry {
+//!     use std::collections::HashMap;
+//!     use std::sync::Mutex;
+//!
+//!     #[derive(Default)]
+//!     pub struct Registry(Mutex<HashMap<u64, String>>);
+//!
+//!     impl Registry {
+//!         pub fn insert(&self, key: u64, value: String) {
+//!             self.0.lock().unwrap().insert(key, value);
+//!         }
+//!
+//!         /// Keeps the even keys; the rest are dropped under the lock.
+//!         pub fn retain_even(&self) -> usize {
+//!             let mut map = self.0.lock().unwrap();
+//!             map.retain(|key, _| key % 2 == 0);
+//!             map.len()
+//!         }
+//!     }
+//! }
+//!
+//! fn main() {
+//!     let registry = registry::Registry::default();
+//!     for key in 0..100 {
+//!         registry.insert(key, format!("value number {key}, on the heap"));
+//!     }
+//!     let left = freeq::alloc::frees_after(|| {
+//!         let left = registry.retain_even(); // locks, drops 50 strings, unlocks
+//!         assert_eq!(freeq::alloc::held().frees, 50); // their frees wait...
+//!         left
+//!     }); // ...until here, after the registry's unlock
+//!     assert_eq!(left, 50);
+//!     assert_eq!(freeq::alloc::held().frees, 0);
+//! }
+//! ```
+//!
+//! What moves, and what does not:
+//!
+//! - **Moves:** every `dealloc` the call makes on the calling thread,
+//!   wherever in the crate it happens: dropped values, replaced values,
+//!   evicted entries, a table's old allocation after it grows. They run
+//!   when the section closes, after the crate released its lock, on this
+//!   thread. (If the caller is already inside a section, a freeq lock's,
+//!   they wait for that one to close.)
+//! - **Does not move:** the destructor's walk (reading each dropped value
+//!   to find what it owns: every string's pointer, a map's buckets) still
+//!   runs under the crate's lock, and so does everything a destructor does
+//!   besides freeing memory: closing a file or a socket, joining a thread,
+//!   sending on a channel. Frees the crate makes on its own threads (a
+//!   background housekeeper) are outside your section, and a `realloc`
+//!   that moves a block frees the old one inside the allocator, at once.
+//! - **Held until the section ends.** The blocks the call frees stay
+//!   allocated until it returns, so its memory peaks higher: a `clear()`
+//!   of a map of 1 GiB holds that gigabyte until the call returns, and a
+//!   call that frees and allocates in turn (replacing values one by one)
+//!   cannot reuse what it freed earlier in the same call. Where the crate
+//!   takes no lock at all, or nobody waits on it, that is all the section
+//!   buys: the same frees, later, and a higher peak.
+//! - **When the array fills.** A thread holds [`RESERVE_SLOTS`] frees in
+//!   its fixed array (256, part of its thread-local block). Past that, a
+//!   block of at least two words is still held, linked through its own
+//!   first bytes (a write into the freed block, often a cache miss, made
+//!   under the crate's lock), without limit; a smaller block (under 16
+//!   bytes on 64-bit targets) takes the array slot of a larger one, which
+//!   moves to the list, and once the array holds only such small blocks,
+//!   further small blocks are freed at once, under the crate's lock.
+//!   Nothing is ever allocated to hold a free, and nothing is lost.
+//!
+//! **When to swap the crate's lock type instead.** Where the crate names
+//! its lock through `lock_api` aliases (dashmap's `src/lock.rs`, a
+//! re-exported `parking_lot::RwLock`), making the alias
+//! `lock_api::RwLock<freeq::RawDeferred<parking_lot::RawRwLock>, T>` (a
+//! one-line patch) turns every one of the crate's critical sections into a
+//! freeq section. Then the frees are held for each critical section only,
+//! and freed at each of its unlocks, not at the end of your whole call;
+//! and values the crate drops under its lock may be stored as
+//! [`Deferred<V>`](crate::Deferred), whose whole drop (the walk, file
+//! handles included) then waits for the unlock too. Swap the lock when
+//! you can patch the crate, the walk or non-memory resources are what
+//! costs, or one call spans many critical sections; wrap the call when you
+//! cannot patch it and what costs under its lock is `free()` itself (glibc
+//! with cold blocks, large blocks that reach `munmap`).
+//!
 //! # How it works, and its rules
 //!
-//! - **Nothing is allocated or registered on the deferral path.** A held
-//!   free goes to a fixed per-thread array of [`RESERVE_SLOTS`] entries
-//!   (address and layout), which touches nothing but the array. Past
-//!   that, a block of at least two words carries its own link and layout
-//!   (written unaligned: a block is only as aligned as its layout asks),
-//!   as the kernel's `kmem_free_q` did; smaller blocks, which cannot, keep
-//!   the array's slots for themselves, and once it holds only small
-//!   blocks, they are freed at once. The per-thread state is a
-//!   `const`-initialised thread-local without a destructor.
+//! - **A held free is one thread-local access and a store.** The array
+//!   of [`RESERVE_SLOTS`] held frees lives in the thread's freeq state,
+//!   beside its section depth, a `const`-initialised thread-local without
+//!   a destructor. `dealloc` reads the depth, checks that the thread is
+//!   armed for this allocator type and that the array has room, and
+//!   stores the block's address, size and alignment: no call, no stack
+//!   frame. Everything else (the first held free of a thread or of another
+//!   allocator type, a full array) is an out-of-line cold path.
+//! - **Nothing is allocated or registered on the deferral path.** The
+//!   array touches nothing but itself. Past it, a block of at least two
+//!   words carries its own link and layout (written unaligned: a block is
+//!   only as aligned as its layout asks), as the kernel's `kmem_free_q`
+//!   did; smaller blocks, which cannot, keep the array's slots for
+//!   themselves, and once it holds only small blocks, they are freed at
+//!   once.
 //! - **Where it cannot hold a free, it frees at once:** outside a section,
 //!   where thread-local state is unavailable (late in thread teardown,
 //!   after freeq's exit path ran), on a thread whose exit path freeq has
@@ -76,9 +184,9 @@
 //! holds that gigabyte until it ends. freeq's retention cap
 //! ([`set_max_retained`](crate::set_max_retained)) does not apply: holding
 //! a block costs freeq no memory of its own beyond the fixed per-thread
-//! array ([`RESERVE_SLOTS`] entries of two words: 4 KiB on 64-bit
-//! targets, part of every thread's static thread-local block); past it,
-//! the block carries its own link.
+//! array ([`RESERVE_SLOTS`] entries of two words and a byte: 4.25 KiB on
+//! 64-bit targets, part of every thread's static thread-local block);
+//! past it, the block carries its own link.
 //! [`held`] reports what the calling thread holds; a long section can
 //! release it with [`flush`](crate::flush).
 //!
@@ -104,6 +212,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::mem::{needs_drop, size_of};
 use std::ptr::NonNull;
 
+use crate::lock::guard::section as open_section;
 use crate::queue::section;
 
 pub use crate::queue::held::RESERVE_SLOTS;
@@ -216,7 +325,8 @@ pub struct Held {
 }
 
 /// The frees the calling thread holds (see [`Held`]): all zero outside a
-/// section, or when [`DeferFrees`] is not the global allocator.
+/// section, or when [`DeferFrees`] is not the global allocator. It walks
+/// what is held: O(frees held), for tests and diagnostics.
 ///
 /// ```
 /// assert_eq!(freeq::alloc::held().frees, 0);
@@ -224,4 +334,34 @@ pub struct Held {
 pub fn held() -> Held {
     let (frees, bytes) = section::held_totals();
     Held { frees, bytes }
+}
+
+/// Runs `f` inside a section, so that with [`DeferFrees`] as the global
+/// allocator every free `f` makes on this thread waits until `f` has
+/// returned: after the unlocks of any locks taken and released inside it,
+/// a library's own included. Returns what `f` returns. See [the module
+/// docs](self#a-section-around-a-library-you-dont-own) for what moves and
+/// what does not.
+///
+/// It is [`section`](crate::section) kept around one call: values
+/// [`defer`](crate::defer)red inside `f` are freed at the same point. If
+/// `f` panics, the section still closes and frees while the panic
+/// unwinds. Inside another section, the frees wait for the outermost one.
+/// Never hold it across `.await`: `f` is synchronous.
+///
+/// ```
+/// let cache = std::sync::Mutex::new(vec![String::from("evicted"); 8]);
+/// // Without `DeferFrees` installed (as here) it is a plain section: the
+/// // frees happen at once, inside `clear`.
+/// let n = freeq::alloc::frees_after(|| {
+///     let mut c = cache.lock().unwrap();
+///     c.clear();
+///     c.capacity()
+/// });
+/// assert!(n >= 8);
+/// ```
+#[inline]
+pub fn frees_after<R>(f: impl FnOnce() -> R) -> R {
+    let _section = open_section();
+    f()
 }
