@@ -156,9 +156,10 @@
 //!   after freeq's exit path ran), on a thread whose exit path freeq has
 //!   not registered (every section readies its thread, so this is a
 //!   safeguard: registering it may allocate), for a block of another inner
-//!   allocator type while this thread holds blocks of a
-//!   first one, and always with a stateful inner allocator (see
-//!   [`DeferFrees`]).
+//!   allocator type while this thread holds blocks of a first one, for a
+//!   block whose layout does not fit a link once the array is full (128
+//!   MiB or more on 32-bit targets), and always with a stateful inner
+//!   allocator (see [`DeferFrees`]).
 //! - **`dealloc` never unwinds.** The deferral path has no panicking
 //!   operation.
 //! - **Held frees run on the thread that made them,** whatever its

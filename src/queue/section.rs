@@ -12,8 +12,11 @@
 //!
 //! Every entry that may drain takes the caller's [`Sink`], which the drain
 //! offers each batch and hands retired items to; [`run_here`] and
-//! [`free_here`] are the "free this batch here" calls the sinks use. This
-//! file calls the rest of the queue layer, `stats` and the `sync` shim.
+//! [`free_here`] are the "free this batch here" calls the sinks use.
+//! [`hold_or_free`] is the allocator's entry: inside a section it holds a
+//! freed block in the thread's state until the drain of the outermost
+//! section frees it, after the queue's own items. This file calls the rest
+//! of the queue layer, `stats` and the `sync` shim.
 
 use std::alloc::Layout;
 use std::any::TypeId;
