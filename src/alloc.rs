@@ -32,25 +32,134 @@
 //! It composes with any allocator: `DeferFrees<tikv_jemallocator::Jemalloc>`,
 //! `DeferFrees<mimalloc::MiMalloc>`.
 //!
+//! # A section around a library you don't own
+//!
+//! Many crates free memory while their own locks are held: a concurrent
+//! map's `retain` or `clear` erases entries under its shard lock, a cache's
+//! `put` drops the evicted entry inside the crate, a table that grows frees
+//! its old allocation under the write lock. No `defer` reaches those drop
+//! sites. With `DeferFrees` installed, wrap the call in a section,
+//! [`frees_after`] (or a [`section`](crate::section) kept around it): the
+//! crate locks, frees, and unlocks inside the call, and the section closes
+//! after the call returns, so after the crate's own unlock. Every `free()`
+//! the call made on this thread runs then, with no patch to the crate.
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOC: freeq::alloc::DeferFrees<std::alloc::System> =
+//!     freeq::alloc::DeferFrees::new(std::alloc::System);
+//!
+//! /// Stands in for a crate you do not own: it locks inside its methods
+//! /// and drops values while the lock is held.
+//! mod registry {
+//!     use std::collections::HashMap;
+//!     use std::sync::Mutex;
+//!
+//!     #[derive(Default)]
+//!     pub struct Registry(Mutex<HashMap<u64, String>>);
+//!
+//!     impl Registry {
+//!         pub fn insert(&self, key: u64, value: String) {
+//!             self.0.lock().unwrap().insert(key, value);
+//!         }
+//!
+//!         /// Keeps the even keys; the rest are dropped under the lock.
+//!         pub fn retain_even(&self) -> usize {
+//!             let mut map = self.0.lock().unwrap();
+//!             map.retain(|key, _| key % 2 == 0);
+//!             map.len()
+//!         }
+//!     }
+//! }
+//!
+//! fn main() {
+//!     let registry = registry::Registry::default();
+//!     for key in 0..100 {
+//!         registry.insert(key, format!("value number {key}, on the heap"));
+//!     }
+//!     let left = freeq::alloc::frees_after(|| {
+//!         let left = registry.retain_even(); // locks, drops 50 strings, unlocks
+//!         assert_eq!(freeq::alloc::held().frees, 50); // their frees wait...
+//!         left
+//!     }); // ...until here, after the registry's unlock
+//!     assert_eq!(left, 50);
+//!     assert_eq!(freeq::alloc::held().frees, 0);
+//! }
+//! ```
+//!
+//! What moves, and what does not:
+//!
+//! - **Moves:** every `dealloc` the call makes on the calling thread,
+//!   wherever in the crate it happens: dropped values, replaced values,
+//!   evicted entries, a table's old allocation after it grows. They run
+//!   when the section closes, after the crate released its lock, on this
+//!   thread. (If the caller is already inside a section, a freeq lock's,
+//!   they wait for that one to close.)
+//! - **Does not move:** the destructor's walk (reading each dropped value
+//!   to find what it owns: every string's pointer, a map's buckets) still
+//!   runs under the crate's lock, and so does everything a destructor does
+//!   besides freeing memory: closing a file or a socket, joining a thread,
+//!   sending on a channel. Frees the crate makes on its own threads (a
+//!   background housekeeper) are outside your section, and a `realloc`
+//!   that moves a block frees the old one inside the allocator, at once.
+//! - **Held until the section ends.** The blocks the call frees stay
+//!   allocated until it returns, so its memory peaks higher: a `clear()`
+//!   of a map of 1 GiB holds that gigabyte until the call returns, and a
+//!   call that frees and allocates in turn (replacing values one by one)
+//!   cannot reuse what it freed earlier in the same call. Where the crate
+//!   takes no lock at all, or nobody waits on it, that is all the section
+//!   buys: the same frees, later, and a higher peak.
+//! - **When the array fills.** A thread holds [`RESERVE_SLOTS`] frees in
+//!   its fixed array (256, part of its thread-local block). Past that, a
+//!   block of at least two words is still held, linked through its own
+//!   first bytes (a write into the freed block, often a cache miss, made
+//!   under the crate's lock), without limit; a smaller block (under 16
+//!   bytes on 64-bit targets) takes the array slot of a larger one, which
+//!   moves to the list, and once the array holds only such small blocks,
+//!   further small blocks are freed at once, under the crate's lock.
+//!   Nothing is ever allocated to hold a free, and nothing is lost.
+//!
+//! **When to swap the crate's lock type instead.** Where the crate names
+//! its lock through `lock_api` aliases (dashmap's `src/lock.rs`, a
+//! re-exported `parking_lot::RwLock`), making the alias
+//! `lock_api::RwLock<freeq::RawDeferred<parking_lot::RawRwLock>, T>` (a
+//! one-line patch) turns every one of the crate's critical sections into a
+//! freeq section. Then the frees are held for each critical section only,
+//! and freed at each of its unlocks, not at the end of your whole call;
+//! and values the crate drops under its lock may be stored as
+//! [`Deferred<V>`](crate::Deferred), whose whole drop (the walk, file
+//! handles included) then waits for the unlock too. Swap the lock when
+//! you can patch the crate, the walk or non-memory resources are what
+//! costs, or one call spans many critical sections; wrap the call when you
+//! cannot patch it and what costs under its lock is `free()` itself (glibc
+//! with cold blocks, large blocks that reach `munmap`).
+//!
 //! # How it works, and its rules
 //!
-//! - **Nothing is allocated or registered on the deferral path.** A held
-//!   free goes to a fixed per-thread array of [`RESERVE_SLOTS`] entries
-//!   (address and layout), which touches nothing but the array. Past
-//!   that, a block of at least two words carries its own link and layout
-//!   (written unaligned: a block is only as aligned as its layout asks),
-//!   as the kernel's `kmem_free_q` did; smaller blocks, which cannot, keep
-//!   the array's slots for themselves, and once it holds only small
-//!   blocks, they are freed at once. The per-thread state is a
-//!   `const`-initialised thread-local without a destructor.
+//! - **A held free is one thread-local access and a store.** The array
+//!   of [`RESERVE_SLOTS`] held frees lives in the thread's freeq state,
+//!   beside its section depth, a `const`-initialised thread-local without
+//!   a destructor. `dealloc` reads the depth, checks that the thread is
+//!   armed for this allocator type and that the array has room, and
+//!   stores the block's address, size and alignment: no call, no stack
+//!   frame. Everything else (the first held free of a thread or of another
+//!   allocator type, a full array) is an out-of-line cold path.
+//! - **Nothing is allocated or registered on the deferral path.** The
+//!   array touches nothing but itself. Past it, a block of at least two
+//!   words carries its own link and layout (written unaligned: a block is
+//!   only as aligned as its layout asks), as the kernel's `kmem_free_q`
+//!   did; smaller blocks, which cannot, keep the array's slots for
+//!   themselves, and once it holds only small blocks, they are freed at
+//!   once.
 //! - **Where it cannot hold a free, it frees at once:** outside a section,
 //!   where thread-local state is unavailable (late in thread teardown,
 //!   after freeq's exit path ran), on a thread whose exit path freeq has
 //!   not registered (every section readies its thread, so this is a
 //!   safeguard: registering it may allocate), for a block of another inner
-//!   allocator type while this thread holds blocks of a
-//!   first one, and always with a stateful inner allocator (see
-//!   [`DeferFrees`]).
+//!   allocator type while this thread holds blocks of a first one, for a
+//!   block whose layout does not fit a link once the array is full (128
+//!   MiB or more on 32-bit targets), and always with a stateful inner
+//!   allocator (see [`DeferFrees`]).
 //! - **`dealloc` never unwinds.** The deferral path has no panicking
 //!   operation.
 //! - **Held frees run on the thread that made them,** whatever its
@@ -76,9 +185,9 @@
 //! holds that gigabyte until it ends. freeq's retention cap
 //! ([`set_max_retained`](crate::set_max_retained)) does not apply: holding
 //! a block costs freeq no memory of its own beyond the fixed per-thread
-//! array ([`RESERVE_SLOTS`] entries of two words: 4 KiB on 64-bit
-//! targets, part of every thread's static thread-local block); past it,
-//! the block carries its own link.
+//! array ([`RESERVE_SLOTS`] entries of two words and a byte: 4.25 KiB on
+//! 64-bit targets, part of every thread's static thread-local block);
+//! past it, the block carries its own link.
 //! [`held`] reports what the calling thread holds; a long section can
 //! release it with [`flush`](crate::flush).
 //!
@@ -101,21 +210,13 @@
 //! `BENCHMARKS.md` in the repository has the figures per allocator.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::any::TypeId;
-use std::mem::{align_of, needs_drop, size_of};
-use std::ptr::{self, NonNull};
+use std::mem::{needs_drop, size_of};
+use std::ptr::NonNull;
 
+use crate::lock::guard::section as open_section;
 use crate::queue::section;
-use crate::sync::{Cell, freeq_thread_local};
 
-/// How many frees a thread holds in its fixed array, without touching the
-/// freed blocks. Past that, a block of at least two words carries its own
-/// link (a write into the block, often a cache miss, made under the lock),
-/// without limit; a smaller block takes the array slot of a larger one,
-/// which moves to the list, and once the array holds only small blocks,
-/// small blocks are freed at once. (8 under Miri, to reach the list in
-/// tests.)
-pub const RESERVE_SLOTS: usize = crate::sync::scaled(256, 8);
+pub use crate::queue::held::RESERVE_SLOTS;
 
 /// A global allocator that holds back every free made inside a freeq
 /// section until the outermost section closes. See the [module
@@ -200,22 +301,18 @@ unsafe impl<A: GlobalAlloc + 'static> GlobalAlloc for DeferFrees<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if Self::STATELESS && section::may_hold_frees() {
+        if Self::STATELESS {
             // SAFETY: (7) `ptr` is a block this allocator (hence `A`)
             // allocated with `layout`, now freed by the caller;
             // `free_held` frees such a block, `A` being stateless, and so
-            // does any function held with `A`'s `TypeId`.
-            if unsafe { hold(TypeId::of::<A>(), Self::free_held, ptr, layout) } {
-                return;
-            }
+            // does any function given with the type `A`.
+            unsafe { section::hold_or_free::<A>(Self::free_held, ptr, layout) }
+        } else {
+            // SAFETY: (8) the caller's guarantees, passed on.
+            unsafe { self.inner.dealloc(ptr, layout) }
         }
-        // SAFETY: (8) the caller's guarantees, passed on.
-        unsafe { self.inner.dealloc(ptr, layout) }
     }
 }
-
-/// What frees a held block.
-type FreeFn = unsafe fn(*mut u8, Layout);
 
 /// What the calling thread holds right now: frees waiting for its
 /// outermost section to close.
@@ -229,235 +326,43 @@ pub struct Held {
 }
 
 /// The frees the calling thread holds (see [`Held`]): all zero outside a
-/// section, or when [`DeferFrees`] is not the global allocator.
+/// section, or when [`DeferFrees`] is not the global allocator. It walks
+/// what is held: O(frees held), for tests and diagnostics.
 ///
 /// ```
 /// assert_eq!(freeq::alloc::held().frees, 0);
 /// ```
 pub fn held() -> Held {
-    HELD.try_with(|h| Held {
-        frees: h.frees.get(),
-        bytes: h.bytes.get(),
-    })
-    .unwrap_or_default()
+    let (frees, bytes) = section::held_totals();
+    Held { frees, bytes }
 }
 
-/// The header a held block of at least two words carries at its start.
-#[derive(Clone, Copy)]
-struct Link {
-    next: *mut u8,
-    /// The layout, packed by [`pack`].
-    layout: usize,
-}
-
-/// Bits that hold the log2 of an alignment (below `usize::BITS`).
-const ALIGN_BITS: u32 = usize::BITS.trailing_zeros();
-
-/// `layout` in one word: its size above, its alignment's log2 below. None
-/// for sizes too large to fit (at least 2^58 bytes on 64-bit targets,
-/// 128 MiB on 32-bit ones).
-#[inline(always)]
-fn pack(layout: Layout) -> Option<usize> {
-    let size = layout.size();
-    if size >> (usize::BITS - ALIGN_BITS) != 0 {
-        return None;
-    }
-    Some(size << ALIGN_BITS | layout.align().trailing_zeros() as usize)
-}
-
-#[inline(always)]
-fn unpack(word: usize) -> Layout {
-    let size = word >> ALIGN_BITS;
-    let align = 1usize << (word & ((1 << ALIGN_BITS) - 1));
-    // SAFETY: (9) `word` came from `pack` of a valid layout.
-    unsafe { Layout::from_size_align_unchecked(size, align) }
-}
-
-/// One held block in the array: its address and packed layout.
-type Slot = (*mut u8, usize);
-
-/// The calling thread's held frees. All of its blocks belong to one
-/// allocator type, `id`, freed through `free`.
-struct HeldFrees {
-    /// Blocks of at least two words, linked through their [`Link`]s.
-    head: Cell<*mut u8>,
-    /// Small blocks in `reserve[..small]`, larger ones in
-    /// `reserve[large..]`.
-    reserve: [Cell<Slot>; RESERVE_SLOTS],
-    small: Cell<usize>,
-    large: Cell<usize>,
-    id: Cell<Option<TypeId>>,
-    free: Cell<Option<FreeFn>>,
-    frees: Cell<usize>,
-    bytes: Cell<usize>,
-}
-
-freeq_thread_local! {
-    static HELD: HeldFrees = HeldFrees {
-        head: Cell::new(ptr::null_mut()),
-        reserve: [const { Cell::new((ptr::null_mut(), 0)) }; RESERVE_SLOTS],
-        small: Cell::new(0),
-        large: Cell::new(RESERVE_SLOTS),
-        id: Cell::new(None),
-        free: Cell::new(None),
-        frees: Cell::new(0),
-        bytes: Cell::new(0),
-    };
-}
-
-// No destructor: reaching it never registers one (which may allocate).
-const _: () = assert!(!needs_drop::<HeldFrees>());
-
-impl HeldFrees {
-    /// Puts a block on the list.
-    ///
-    /// # Safety
-    /// `block` is freed, unreachable by anyone else, and at least
-    /// `size_of::<Link>()` bytes.
-    #[inline(always)]
-    unsafe fn link(&self, block: *mut u8, layout: usize) {
-        let link = Link {
-            next: self.head.get(),
-            layout,
-        };
-        // SAFETY: (10) the caller's guarantee; the block may be less
-        // aligned than `Link`, hence unaligned.
-        unsafe { block.cast::<Link>().write_unaligned(link) };
-        self.head.set(block);
-    }
-}
-
-/// Holds the freed block `ptr` until the outermost section closes, if this
-/// thread can; whether it did. Allocates nothing and cannot panic.
+/// Runs `f` inside a section, so that with [`DeferFrees`] as the global
+/// allocator every free `f` makes on this thread waits until `f` has
+/// returned: after the unlocks of any locks taken and released inside it,
+/// a library's own included. Returns what `f` returns. See [the module
+/// docs](self#a-section-around-a-library-you-dont-own) for what moves and
+/// what does not.
 ///
-/// # Safety
-/// `ptr` is a freed block of `layout`, owned by nobody now, that
-/// `free(ptr, layout)` frees, and so does any `FreeFn` given with `id`.
+/// It is [`section`](crate::section) kept around one call: values
+/// [`defer`](crate::defer)red inside `f` are freed at the same point. If
+/// `f` panics, the section still closes and frees while the panic
+/// unwinds. Inside another section, the frees wait for the outermost one.
+/// Never hold it across `.await`: `f` is synchronous.
+///
+/// ```
+/// let cache = std::sync::Mutex::new(vec![String::from("evicted"); 8]);
+/// // Without `DeferFrees` installed (as here) it is a plain section: the
+/// // frees happen at once, inside `clear`.
+/// let n = freeq::alloc::frees_after(|| {
+///     let mut c = cache.lock().unwrap();
+///     c.clear();
+///     c.capacity()
+/// });
+/// assert!(n >= 8);
+/// ```
 #[inline]
-unsafe fn hold(id: TypeId, free: FreeFn, ptr: *mut u8, layout: Layout) -> bool {
-    let Some(word) = pack(layout) else {
-        return false;
-    };
-    let held = HELD.try_with(|h| {
-        if h.frees.get() == 0 {
-            // The first: the queue is told (or says no).
-            if !section::hold_frees_with(run_held) {
-                return false;
-            }
-            h.id.set(Some(id));
-            h.free.set(Some(free));
-        } else if h.id.get() != Some(id) {
-            // Another allocator's blocks are held here. (By type: one
-            // function's address may differ from place to place.)
-            return false;
-        }
-        let (small, large) = (h.small.get(), h.large.get());
-        let is_small = layout.size() < size_of::<Link>();
-        if small < large {
-            // Room in the array. (Indexing is checked; `get` keeps panics
-            // out of `dealloc`.)
-            let (at, small, large) = if is_small {
-                (small, small + 1, large)
-            } else {
-                (large - 1, small, large - 1)
-            };
-            let Some(slot) = h.reserve.get(at) else {
-                return false;
-            };
-            slot.set((ptr, word));
-            h.small.set(small);
-            h.large.set(large);
-        } else if !is_small {
-            // SAFETY: (11) the block is at least two words, freed and
-            // unreachable by anyone else.
-            unsafe { h.link(ptr, word) };
-        } else {
-            // The first larger block in the array moves to the list.
-            let Some(slot) = h.reserve.get(large) else {
-                return false; // only small blocks: free at once
-            };
-            let (moved, moved_word) = slot.get();
-            // SAFETY: (12) a larger block, freed and unreachable by anyone
-            // else.
-            unsafe { h.link(moved, moved_word) };
-            slot.set((ptr, word));
-            h.small.set(small + 1);
-            h.large.set(large + 1);
-        }
-        h.frees.set(h.frees.get().wrapping_add(1));
-        h.bytes.set(h.bytes.get().wrapping_add(layout.size()));
-        true
-    });
-    matches!(held, Ok(true))
-}
-
-/// Frees everything this thread holds; how many blocks. Called by the
-/// queue when the outermost section closes, by `flush`, and at thread
-/// exit. Frees made meanwhile (by the inner
-/// allocator, inside a flush) join the run.
-fn run_held() -> usize {
-    HELD.try_with(|h| {
-        let Some(free) = h.free.get() else {
-            return 0;
-        };
-        let mut n = 0;
-        loop {
-            let mut block = h.head.replace(ptr::null_mut());
-            let had_list = !block.is_null();
-            while !block.is_null() {
-                // SAFETY: (13) every block on the list got its `Link` in
-                // `hold` and has not been freed since.
-                let link = unsafe { block.cast::<Link>().read_unaligned() };
-                // SAFETY: (14) `hold`'s caller guaranteed that `free`
-                // frees this block.
-                unsafe { free(block, unpack(link.layout)) };
-                n += 1;
-                block = link.next;
-            }
-            let (small, large) = (h.small.get(), h.large.get());
-            let (at, small, large) = if small > 0 {
-                (small - 1, small - 1, large)
-            } else if large < RESERVE_SLOTS {
-                (large, small, large + 1)
-            } else if had_list {
-                continue;
-            } else {
-                break;
-            };
-            h.small.set(small);
-            h.large.set(large);
-            let (block, word) = h.reserve[at].get();
-            // SAFETY: (15) as in (14).
-            unsafe { free(block, unpack(word)) };
-            n += 1;
-        }
-        h.frees.set(0);
-        h.bytes.set(0);
-        h.id.set(None);
-        h.free.set(None);
-        n
-    })
-    .unwrap_or(0)
-}
-
-// The header fits in the smallest block it is written to.
-const _: () = assert!(size_of::<Link>() == 2 * size_of::<usize>());
-const _: () = assert!(align_of::<Link>() <= 2 * size_of::<usize>());
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layouts_pack_and_unpack() {
-        // Half the largest size that packs on this target (2^57 bytes on
-        // 64-bit, 64 MiB on 32-bit), at a large alignment.
-        let half = 1usize << (usize::BITS - ALIGN_BITS - 1);
-        for (size, align) in [(1, 1), (16, 8), (17, 1), (4096, 4096), (half, 1 << 20)] {
-            let layout = Layout::from_size_align(size, align).unwrap();
-            assert_eq!(unpack(pack(layout).unwrap()), layout);
-        }
-        let huge = Layout::from_size_align(usize::MAX >> 2, 1).unwrap();
-        assert_eq!(pack(huge), None);
-    }
+pub fn frees_after<R>(f: impl FnOnce() -> R) -> R {
+    let _section = open_section();
+    f()
 }

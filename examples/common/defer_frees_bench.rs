@@ -14,9 +14,18 @@
 //!    `freeq::defer`, `freeq::Deferred` and the hand-written pattern.
 //! 2. **`dealloc` outside a section**: freeing blocks through
 //!    `DeferFrees<A>` against `A` called directly.
+//! 3. **A held free against a bare thread-local store**: a `dealloc`
+//!    through the global allocator inside a section (which only records
+//!    the block) against an out-of-line function that stores the same
+//!    block's address and size into a thread-local array and bumps its
+//!    index, the floor for recording a free. Both timed loops are
+//!    `#[inline(never)]` functions (`free_all_held`, `store_all_bare`), so
+//!    `valgrind --tool=callgrind` can count their instructions.
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
+use std::hint::black_box;
 use std::mem;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -64,7 +73,13 @@ const OPTS: &[Opt] = &[
     Opt {
         name: "dealloc-rounds",
         value: "N",
-        help: "rounds of the dealloc microbenchmark (default 301)",
+        help: "rounds of the dealloc microbenchmarks (default 301)",
+    },
+    Opt {
+        name: "part",
+        value: "PART",
+        help: "all (default), hold (the lock hold tables) or dealloc (the dealloc \
+               microbenchmarks: outside a section, and a held free against a bare store)",
     },
 ];
 
@@ -310,6 +325,13 @@ pub fn main<A: GlobalAlloc + 'static>(allocator: &'static str, make: fn() -> A) 
         cache: args.count("cache", 4096),
     };
     let dealloc_rounds = args.count("dealloc-rounds", 301);
+    let part = args.text("part").unwrap_or_else(|| "all".into());
+    let (hold_part, dealloc_part) = match part.as_str() {
+        "all" => (true, true),
+        "hold" => (true, false),
+        "dealloc" => (false, true),
+        _ => args.bad("part", "expected all, hold or dealloc"),
+    };
     let slice = Duration::from_secs_f64(seconds / rounds as f64);
     println!(
         "defer_frees, allocator {allocator}: {} records of {} strings replaced per section, \
@@ -322,6 +344,7 @@ pub fn main<A: GlobalAlloc + 'static>(allocator: &'static str, make: fn() -> A) 
         "hold: lock held per section (ns). ops/s: sections per second, all threads. \
          CPU/op: the threads' CPU time per section, frees after the unlock included."
     );
+    let threads = if hold_part { threads } else { Vec::new() };
     for &t in &threads {
         let mut outcomes: Vec<Option<Outcome>> = Strategy::ALL.iter().map(|_| None).collect();
         for _ in 0..rounds {
@@ -357,12 +380,13 @@ pub fn main<A: GlobalAlloc + 'static>(allocator: &'static str, make: fn() -> A) 
         }
     }
 
+    if !dealloc_part {
+        return;
+    }
     println!("\ndealloc outside a section, {allocator}: DeferFrees<A> vs A called directly");
     println!("(median over {dealloc_rounds} rounds of 1024 frees each, the two in turn)\n");
-    println!(
-        "| block | A ns/free | DeferFrees<A> ns/free | ratio (median of rounds) | held in a section, ns/free |"
-    );
-    println!("|---|---|---|---|---|");
+    println!("| block | A ns/free | DeferFrees<A> ns/free | ratio (median of rounds) |");
+    println!("|---|---|---|---|");
     let inner = make();
     let wrapped = DeferFrees::new(make());
     for size in [16usize, 64, 512] {
@@ -374,7 +398,7 @@ pub fn main<A: GlobalAlloc + 'static>(allocator: &'static str, make: fn() -> A) 
         let direct = |p: *mut u8| unsafe { inner.dealloc(p, layout) };
         // SAFETY: (4) as in (2).
         let via = |p: *mut u8| unsafe { wrapped.dealloc(p, layout) };
-        let (mut a_ns, mut b_ns, mut ratio, mut held_ns) = (vec![], vec![], vec![], vec![]);
+        let (mut a_ns, mut b_ns, mut ratio) = (vec![], vec![], vec![]);
         for r in 0..dealloc_rounds {
             let (a, b) = if r % 2 == 0 {
                 let a = time_deallocs(&direct, &alloc, 1024);
@@ -386,20 +410,149 @@ pub fn main<A: GlobalAlloc + 'static>(allocator: &'static str, make: fn() -> A) 
             a_ns.push(a);
             b_ns.push(b);
             ratio.push(b / a);
-            // Inside a section: what a held free costs under the lock (the
-            // frees themselves run when the section closes, untimed). Only
-            // the array's worth, as a critical section of that many frees.
-            let n = freeq::alloc::RESERVE_SLOTS;
-            let s = freeq::section();
-            held_ns.push(time_deallocs(&via, &alloc, n));
-            drop(s);
         }
         println!(
-            "| {size} B | {:.2} | {:.2} | {:.3} | {:.2} |",
+            "| {size} B | {:.2} | {:.2} | {:.3} |",
             median(&mut a_ns),
             median(&mut b_ns),
             median(&mut ratio),
-            median(&mut held_ns)
+        );
+    }
+    held_vs_bare(allocator, dealloc_rounds);
+}
+
+/// The floor for recording a free: a thread-local array of addresses and
+/// sizes, and its length.
+struct Bare {
+    len: Cell<usize>,
+    slots: [Cell<(*mut u8, usize)>; freeq::alloc::RESERVE_SLOTS],
+}
+
+thread_local! {
+    static BARE: Bare = const {
+        Bare {
+            len: Cell::new(0),
+            slots: [const { Cell::new((std::ptr::null_mut(), 0)) }; freeq::alloc::RESERVE_SLOTS],
+        }
+    };
+}
+
+/// Records a block in [`BARE`]: one thread-local access, a bounds check,
+/// a store and the index bumped. Out of line, as the global allocator's
+/// `dealloc` is.
+#[inline(never)]
+fn bare_store(ptr: *mut u8, layout: Layout) {
+    BARE.with(|b| {
+        let n = b.len.get();
+        if let Some(slot) = b.slots.get(n) {
+            slot.set((ptr, layout.size()));
+            b.len.set(n + 1);
+        }
+    })
+}
+
+/// A `dealloc` through the global allocator, out of line as it is for
+/// every caller outside the crate that installs it (here it would be
+/// inlined into the loop, and [`bare_store`] is not).
+///
+/// # Safety
+/// `ptr` came from the global allocator with `layout` and is freed once.
+#[inline(never)]
+unsafe fn held_free(ptr: *mut u8, layout: Layout) {
+    // SAFETY: (5) the caller's guarantee.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+}
+
+/// Frees `blocks` through the global allocator (inside a section: holds
+/// them).
+#[inline(never)]
+fn free_all_held(blocks: &[*mut u8], layout: Layout) {
+    for &b in blocks {
+        // SAFETY: (5b) each block came from the global allocator with
+        // `layout` and is freed once.
+        unsafe { held_free(black_box(b), layout) };
+    }
+}
+
+/// Records `blocks` with [`bare_store`].
+#[inline(never)]
+fn store_all_bare(blocks: &[*mut u8], layout: Layout) {
+    for &b in blocks {
+        bare_store(black_box(b), layout);
+    }
+}
+
+/// Blocks of `layout` from the global allocator, written to.
+fn fresh_blocks(n: usize, layout: Layout) -> Vec<*mut u8> {
+    (0..n)
+        .map(|_| {
+            // SAFETY: (6) non-zero size; the caller frees each block once.
+            let p = unsafe { std::alloc::alloc(layout) };
+            assert!(!p.is_null());
+            // SAFETY: (7) `p` is valid for `layout.size()` bytes.
+            unsafe { p.write_bytes(1, layout.size()) };
+            p
+        })
+        .collect()
+}
+
+/// Nanoseconds per held free: `RESERVE_SLOTS` frees inside a section
+/// (the frees themselves run when the section closes, untimed).
+fn time_held(layout: Layout) -> f64 {
+    let blocks = fresh_blocks(freeq::alloc::RESERVE_SLOTS, layout);
+    let s = freeq::section();
+    let t = Instant::now();
+    free_all_held(&blocks, layout);
+    let ns = t.elapsed().as_nanos() as f64;
+    assert_eq!(freeq::alloc::held().frees, blocks.len(), "not all held");
+    drop(s);
+    ns / blocks.len() as f64
+}
+
+/// Nanoseconds per bare store of as many blocks (then freed untimed).
+fn time_bare(layout: Layout) -> f64 {
+    let blocks = fresh_blocks(freeq::alloc::RESERVE_SLOTS, layout);
+    let t = Instant::now();
+    store_all_bare(&blocks, layout);
+    let ns = t.elapsed().as_nanos() as f64;
+    BARE.with(|b| b.len.set(0));
+    for &p in &blocks {
+        // SAFETY: (8) as in (5).
+        unsafe { std::alloc::dealloc(p, layout) };
+    }
+    ns / blocks.len() as f64
+}
+
+/// A held free (a `dealloc` inside a section) against a bare thread-local
+/// store, in turn, `rounds` times per block size.
+fn held_vs_bare(allocator: &str, rounds: usize) {
+    println!(
+        "\nheld free vs bare thread-local store, {allocator} (median over {rounds} rounds of \
+         {} frees, the two in turn)\n",
+        freeq::alloc::RESERVE_SLOTS
+    );
+    println!("| block | bare store ns | held free ns | held / bare (median of rounds) |");
+    println!("|---|---|---|---|");
+    for size in [16usize, 64, 512] {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let (mut bare, mut held, mut ratio) = (vec![], vec![], vec![]);
+        for r in 0..rounds {
+            let (b, h) = if r % 2 == 0 {
+                let b = time_bare(layout);
+                (b, time_held(layout))
+            } else {
+                let h = time_held(layout);
+                (time_bare(layout), h)
+            };
+            bare.push(b);
+            held.push(h);
+            ratio.push(h / b);
+        }
+        println!(
+            "| {size} B | {:.2} | {:.2} | {:.2}x |",
+            median(&mut bare),
+            median(&mut held),
+            median(&mut ratio),
         );
     }
 }

@@ -9,14 +9,15 @@
 //! Thread exit frees what is left through the exit loop here, in constant
 //! stack. Where retired items go and how frees are timed is the caller's
 //! [`Sink`], whose exit path the thread remembers the first time it is
-//! hooked. This file calls the buffer, `stats` (counters), `platform` (the
-//! thread-end key) and the `sync` shim; `section.rs` builds the
-//! section and drain entries on it.
+//! hooked. This file calls the buffer, the held frees' storage, `stats`
+//! (counters), `platform` (the thread-end key) and the `sync` shim;
+//! `section.rs` builds the section and drain entries on it.
 
 use std::mem::{self, ManuallyDrop};
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::queue::buffer::Buffer;
+use crate::queue::held::HeldFrees;
 use crate::queue::hooks::DropTimer;
 use crate::queue::panic::drop_quietly;
 use crate::queue::sink::Sink;
@@ -59,10 +60,11 @@ pub(crate) struct Local {
     /// set once, by [`hook_exit`].
     exit_path: Cell<Option<fn(&Local)>>,
     /// Frees of memory (not items) that the allocator holds back while
-    /// the thread is in a section: what frees them and says how many. The
-    /// drain of the outermost section runs it after the queue's own items
-    /// (as does `flush`), and so does the exit path.
-    pub(crate) raw_frees: Cell<Option<fn() -> usize>>,
+    /// the thread is in a section. Here, beside `state`, so that a held
+    /// free reaches both through one thread-local access. The drain of the
+    /// outermost section frees them after the queue's own items (as does
+    /// `flush`), and so does the exit path.
+    pub(crate) held: HeldFrees,
 }
 
 freeq_thread_local! {
@@ -187,7 +189,7 @@ impl Local {
             keyed: Cell::new(false),
             counts: ManuallyDrop::new(LocalCounts::new()),
             exit_path: Cell::new(None),
-            raw_frees: Cell::new(None),
+            held: HeldFrees::new(),
         }
     }
 
@@ -251,12 +253,7 @@ impl Local {
     /// raw frees held back.
     #[inline(always)]
     pub(crate) fn has_work(&self) -> bool {
-        !self.queue_empty() || !self.retired_empty() || self.raw_frees.get().is_some()
-    }
-
-    /// Runs the raw frees held back; how many there were.
-    pub(crate) fn run_raw_frees(&self) -> usize {
-        self.raw_frees.take().map_or(0, |run| run())
+        !self.queue_empty() || !self.retired_empty() || !self.held.is_empty()
     }
 
     /// Bytes held by the thread's buffers.
@@ -303,7 +300,10 @@ impl Local {
         self.counts.publish_at_exit();
         retire_late::<S>(retired);
         run_late::<S::Timer>(queue);
-        stats::count_late_frees(self.run_raw_frees());
+        // Frees held by the sections those frees opened too; from here on
+        // none is held (`gone`).
+        stats::count_late_frees(self.held.run());
+        self.held.disarm();
     }
 }
 

@@ -12,13 +12,19 @@
 //!
 //! Every entry that may drain takes the caller's [`Sink`], which the drain
 //! offers each batch and hands retired items to; [`run_here`] and
-//! [`free_here`] are the "free this batch here" calls the sinks use. This
-//! file calls the rest of the queue layer, `stats` and the `sync` shim.
+//! [`free_here`] are the "free this batch here" calls the sinks use.
+//! [`hold_or_free`] is the allocator's entry: inside a section it holds a
+//! freed block in the thread's state until the drain of the outermost
+//! section frees it, after the queue's own items. This file calls the rest
+//! of the queue layer, `stats` and the `sync` shim.
 
+use std::alloc::Layout;
+use std::any::TypeId;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::queue::buffer::Buffer;
+use crate::queue::held::FreeFn;
 use crate::queue::hooks::{DropTimer, Watch};
 use crate::queue::local::{Draining, LOCAL, Local, SECTION, hook_exit, push_exiting, run_late};
 use crate::queue::panic::{Panic, keep_first, resume};
@@ -85,7 +91,7 @@ impl Local {
             }
             if self.queue_empty() {
                 // Raw frees last, after the queue's own items.
-                match self.run_raw_frees() {
+                match self.held.run() {
                     0 => break,
                     n => LocalCounts::add(&self.counts.deferred_frees, n),
                 }
@@ -364,35 +370,68 @@ pub fn pending() -> usize {
     LOCAL.try_with(Local::len).unwrap_or(0)
 }
 
-/// Whether a free made now on this thread may wait: the thread is in a
-/// section and its state is live. Reads a destructor-less thread-local
-/// only: it never allocates, registers nothing, and never unwinds.
-/// Under loom, never: its thread-locals exist only inside a model, and
-/// an allocator runs outside them too.
+/// Frees the block `ptr` with `free`, or, inside a section, holds it
+/// until the outermost section closes. `K` is the allocator type `free`
+/// belongs to.
+///
+/// Inside a section the hot path is one access to a destructor-less
+/// thread-local: the section depth, then
+/// [`HeldFrees::push`](crate::queue::held::HeldFrees::push) beside it, a
+/// store into a fixed array. Outside a section it is that read and a
+/// compare, then `free`. It never allocates, registers nothing, and never
+/// unwinds. Under loom, it never holds: its thread-locals exist only
+/// inside a model, and an allocator runs outside them too.
+///
+/// # Safety
+/// `ptr` is a freed block of `layout`, owned by nobody now, that
+/// `free(ptr, layout)` frees, and so does any function given with the
+/// same `K`.
 #[inline(always)]
-pub(crate) fn may_hold_frees() -> bool {
-    !cfg!(loom)
-        && LOCAL
-            .try_with(|l| l.depth() > 0 && !l.gone.get())
-            .unwrap_or(false)
+pub(crate) unsafe fn hold_or_free<K: 'static>(free: FreeFn, ptr: *mut u8, layout: Layout) {
+    if !cfg!(loom)
+        && let Ok(local) = LOCAL.try_with(|l| l as *const Local)
+    {
+        // SAFETY: (19) as in (13).
+        let l = unsafe { &*local };
+        if l.state.get() >= SECTION {
+            // SAFETY: (20) the caller's guarantee.
+            if unsafe { !l.held.push(free, ptr, layout) } {
+                // SAFETY: (20b) as in (20).
+                unsafe { hold_cold::<K>(ptr, layout, l, free) };
+            }
+            return;
+        }
+    }
+    // SAFETY: (20c) as in (20).
+    unsafe { free(ptr, layout) }
 }
 
-/// Frees are about to wait, where none did: `run` frees them when the
-/// outermost section closes (and at thread exit). False where they cannot
-/// wait after all: the thread's exit path is not registered, so a leaked
-/// section could strand them (registering it may allocate). Allocation-free,
-/// as [`may_hold_frees`].
-#[inline]
-pub(crate) fn hold_frees_with(run: fn() -> usize) -> bool {
-    LOCAL
-        .try_with(|l| {
-            let ready = l.exit_ready.get();
-            if ready {
-                l.raw_frees.set(Some(run));
-            }
-            ready
-        })
-        .unwrap_or(false)
+/// [`hold_or_free`] inside a section, past the array's fast path: the
+/// thread's first held free (or the first of another allocator type), a
+/// full array, a layout too large to pack. Frees cannot wait on a thread
+/// whose exit path has run or is not registered (a leaked section could
+/// strand them, and registering it may allocate); every section readies
+/// its thread, so that is a safeguard. What cannot wait is freed at once.
+///
+/// # Safety
+/// As for [`hold_or_free`].
+#[cold]
+#[inline(never)]
+unsafe fn hold_cold<K: 'static>(ptr: *mut u8, layout: Layout, l: &Local, free: FreeFn) {
+    let held = !l.gone.get()
+        && l.exit_ready.get()
+        && l.held.arm(free, TypeId::of::<K>())
+        // SAFETY: (21) the caller's guarantee; the thread is armed for `K`.
+        && unsafe { l.held.push_cold(ptr, layout) };
+    if !held {
+        // SAFETY: (21b) the caller's guarantee.
+        unsafe { free(ptr, layout) }
+    }
+}
+
+/// How many frees the calling thread holds, and their bytes.
+pub(crate) fn held_totals() -> (usize, usize) {
+    LOCAL.try_with(|l| l.held.totals()).unwrap_or((0, 0))
 }
 
 /// How many sections this thread is inside.
