@@ -927,3 +927,92 @@ fn shutdown_before_run_returns_once_the_inbox_is_empty() {
     assert_eq!(log.freed(), 2);
     assert_eq!(r.outstanding(), 0);
 }
+
+/// Whether thread `tid` of this process is asleep in the kernel (a parked
+/// runner), where `/proc` tells; `None` elsewhere.
+fn asleep(tid: i64) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The state follows the parenthesised name, which may hold spaces.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some(state == "S")
+}
+
+/// The kernel's id of the calling thread, where there is one.
+fn tid() -> i64 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` takes no arguments and cannot fail.
+    return unsafe { libc::gettid() } as i64;
+    #[cfg(not(target_os = "linux"))]
+    return -1;
+}
+
+/// Waits until runners whose kernel thread ids are in `tids` are all
+/// parked: asleep where `/proc` tells, else marked as parking and given a
+/// moment to get there.
+fn wait_parked(r: &freeq::__Reclaimer, tids: &[Arc<std::sync::atomic::AtomicI64>]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let marked = r.parked_runners() == tids.len();
+        let asleep: Option<Vec<bool>> = tids
+            .iter()
+            .map(|t| match t.load(SeqCst) {
+                0 => Some(false),
+                t => asleep(t),
+            })
+            .collect();
+        match asleep {
+            Some(a) if marked && a.iter().all(|&s| s) => return,
+            None if marked => {
+                thread::sleep(Duration::from_millis(50));
+                return;
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the runners never parked");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Inbox `i` takes the batches drained on CPU `i`, whose runner freeq pins
+/// to CPU `i`: that runner is the one that cannot run while the producer
+/// keeps CPU `i` busy (it has idle priority). A hand-off wakes another
+/// CPU's runner first, so that an idle CPU frees the batch at once.
+#[test]
+fn a_hand_off_wakes_another_cpus_runner_before_its_own() {
+    let _serial = serial();
+    let r = Arc::new(freeq::__Reclaimer::with_shape(2, 2));
+    let tids: Vec<_> = (0..2)
+        .map(|_| Arc::new(std::sync::atomic::AtomicI64::new(0)))
+        .collect();
+    let runners: Vec<_> = (0..2)
+        .map(|i| {
+            let (r, tid_slot) = (r.clone(), tids[i].clone());
+            thread::Builder::new()
+                .name(format!("runner-{i}"))
+                .spawn(move || {
+                    tid_slot.store(tid(), SeqCst);
+                    r.run_as(i)
+                })
+                .unwrap()
+        })
+        .collect();
+    let log = Log::new();
+    for (inbox, expect) in [(0, "runner-1"), (1, "runner-0"), (0, "runner-1")] {
+        wait_parked(&r, &tids);
+        let before = log.freed();
+        r.hand_off_queue_to(inbox, queue_of(&log, 1));
+        let deadline = Instant::now() + PATIENCE;
+        while log.freed() == before {
+            assert!(Instant::now() < deadline, "nobody freed the batch");
+            thread::sleep(Duration::from_millis(1));
+        }
+        let by = log.threads().last().cloned().unwrap();
+        assert_eq!(by, expect, "a batch drained on CPU {inbox}");
+    }
+    r.shutdown();
+    for runner in runners {
+        within("Reclaimer::run_as after shutdown", move || {
+            runner.join().unwrap()
+        });
+    }
+}

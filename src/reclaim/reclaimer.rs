@@ -1,10 +1,13 @@
 //! Reclaimers: inboxes and the threads that free what lands in them.
 //!
-//! Reclaimer threads are not pinned: they run at idle priority wherever
-//! the scheduler finds a CPU with time, each empties its own inbox first
-//! and then takes work from every other one. Idle reclaimers park; a
-//! producer wakes its inbox's reclaimer if it sleeps, or another sleeping
-//! one if that one is busy.
+//! Inbox `i` takes the batches drained on CPU `i`, and freeq's pool pins
+//! runner `i` to CPU `i` ([`pool`](crate::reclaim::pool)); each runner
+//! empties its own inbox first and then takes work from every other one.
+//! Idle runners park. A producer wakes the runner of another CPU first
+//! (the next one after its own, if it sleeps) and its own CPU's runner
+//! last: at idle priority, that one cannot run while the producer keeps
+//! its CPU busy. If the runner it tried is awake but has not come for
+//! what already waits, or is busy freeing, it wakes another sleeping one.
 //!
 //! [`Reclaimer::quiesce`] does not depend on how much CPU the reclaimers
 //! get: the caller takes every batch still waiting in an inbox and frees
@@ -181,6 +184,15 @@ impl Reclaimer {
         }
     }
 
+    /// How many runners are parked (or about to park), for tests that
+    /// drive runners by hand.
+    pub fn parked_runners(&self) -> usize {
+        self.runners
+            .iter()
+            .filter(|r| r.sleeping.load(SeqCst))
+            .count()
+    }
+
     /// Items handed over and not yet freed, over all inboxes.
     pub fn outstanding(&self) -> usize {
         self.inboxes
@@ -251,21 +263,32 @@ impl Reclaimer {
         // Pairs with the fence in `sleep`: either a runner sees the node,
         // or this thread sees it going to sleep.
         fence(SeqCst);
-        let home = &self.runners[index % self.runners.len()];
-        if home.wake() {
+        let n = self.runners.len();
+        let first = &self.runners[Self::wake_order(index, n, 0)];
+        if first.wake() {
             return;
         }
-        // The home runner is awake. If it is busy freeing, or has not yet
-        // come for what was already waiting, another sleeping runner takes
-        // this batch from wherever it runs.
-        if !was_empty || home.busy() {
-            let n = self.runners.len();
+        // The first runner is awake. If it is busy freeing, or has not yet
+        // come for what was already waiting (its CPU may have no time),
+        // another sleeping runner takes this batch from wherever it runs.
+        if !was_empty || first.busy() {
             for k in 1..n {
-                if self.runners[(index + k) % n].wake() {
+                if self.runners[Self::wake_order(index, n, k)].wake() {
                     return;
                 }
             }
         }
+    }
+
+    /// The `k`-th runner a hand-off to inbox `index` tries to wake, of `n`:
+    /// the runners of the other CPUs first, in turn from the next one, and
+    /// the inbox's own runner last. Inbox `index` is the CPU the producer
+    /// drains on, and freeq's pool pins runner `i` to CPU `i`: the runner
+    /// of the producer's own CPU is the one runner that cannot run while
+    /// the producer is busy (it has idle priority there), so waking it
+    /// first would leave the batch waiting while another CPU is idle.
+    pub(crate) fn wake_order(index: usize, n: usize, k: usize) -> usize {
+        (index + 1 + k) % n
     }
 
     /// Runner 0's loop; see [`Reclaimer::run_as`].
