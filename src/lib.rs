@@ -41,8 +41,9 @@
 //!   thread; [`Policy::Offload`] hands a batch that is worth moving (its
 //!   learned drop cost is at least [`offload_threshold_ns`], or it holds a
 //!   type not timed yet, timed where it is freed), in O(1), to its CPU's
-//!   inbox, freed by idle-priority reclaimer threads wherever a CPU has
-//!   time ([`set_policy`], [`quiesce`]); cheap batches stay inline. [`defer_heavy`] sends one value off the thread whatever the
+//!   inbox, freed by idle-priority reclaimer threads, one pinned to each
+//!   CPU, the producer waking another CPU's first ([`set_policy`],
+//!   [`quiesce`]); cheap batches stay inline. [`defer_heavy`] sends one value off the thread whatever the
 //!   policy, and [`set_offload_executor`] routes batches to your own
 //!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux,
 //!   background QoS on macOS, idle thread priority on Windows) so
@@ -75,9 +76,12 @@
 //! - **Frees that must happen before the unlock**, because another thread
 //!   checks for them while the lock is held: keep those drops in place.
 //! - **`Policy::Offload` on busy cores.** Reclaimers run only where a CPU
-//!   is idle; when every core is busy with producers, the frees wait or
-//!   fall back inline. Offload pays off with spare cores or single values
-//!   that are heavy to drop.
+//!   is idle; when every core is busy (with producers or other
+//!   processes), handed-off values wait, for [`quiesce`] or for the backlog
+//!   bound, which counts items, not their cost. Offload pays off with spare
+//!   cores or single values that are heavy to drop; check
+//!   [`Stats::offloaded`] against reclaimers' progress before trusting a
+//!   latency figure.
 //!
 //! ## Why `defer` needs `T: Send + 'static`, even under `Policy::Inline`
 //!

@@ -26,8 +26,12 @@ pub enum Policy {
     Inline,
     /// The whole batch is handed, in O(1) and lock-free, to the inbox of
     /// the CPU this thread runs on, where an idle-priority reclaimer thread
-    /// running on any CPU with time to spare frees it (or to the executor
-    /// set with [`set_offload_executor`](crate::set_offload_executor)).
+    /// frees it (or to the executor set with
+    /// [`set_offload_executor`](crate::set_offload_executor)). freeq runs
+    /// one reclaimer pinned to each CPU of the process and wakes another
+    /// CPU's first: a reclaimer on the producer's own CPU could run only
+    /// when the producer leaves it idle. Any reclaimer takes work from any
+    /// inbox.
     /// Only batches worth moving leave: those whose learned drop cost
     /// reaches [`offload_threshold_ns`](crate::offload_threshold_ns), and
     /// those holding a type not timed yet, which is timed on the reclaimer
