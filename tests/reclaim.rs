@@ -931,6 +931,9 @@ fn shutdown_before_run_returns_once_the_inbox_is_empty() {
 /// Whether thread `tid` of this process is asleep in the kernel (a parked
 /// runner), where `/proc` tells; `None` elsewhere.
 fn asleep(tid: i64) -> Option<bool> {
+    if tid < 0 {
+        return None;
+    }
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     // The state follows the parenthesised name, which may hold spaces.
     let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
@@ -939,10 +942,10 @@ fn asleep(tid: i64) -> Option<bool> {
 
 /// The kernel's id of the calling thread, where there is one.
 fn tid() -> i64 {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(miri)))]
     // SAFETY: `gettid` takes no arguments and cannot fail.
     return unsafe { libc::gettid() } as i64;
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", not(miri))))]
     return -1;
 }
 
