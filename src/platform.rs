@@ -436,7 +436,11 @@ mod tests {
             let cpus = set.cpus();
             assert_eq!(cpus.len(), set.count());
             let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let thread = Builder::new().spawn(move || drop(rx.recv())).unwrap();
+            let thread = Builder::new()
+                .spawn(move || {
+                    let _ = rx.recv();
+                })
+                .unwrap();
             assert!(set.pin_thread(&thread, cpus.first().copied()));
             assert!(!set.pin_thread(&thread, None), "to the whole set");
             drop(tx);

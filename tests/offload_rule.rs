@@ -251,9 +251,12 @@ fn allowed(status: &str) -> Option<Vec<usize>> {
     Some(cpu_list(line))
 }
 
-/// Each reclaimer thread's index (from its name) and allowed CPUs, and the
-/// process's CPUs (the main thread's and this one's), where `/proc` tells.
-fn reclaimer_cpus() -> Option<(Vec<(usize, Vec<usize>)>, Vec<usize>)> {
+/// Each reclaimer thread's index (from its name) and its allowed CPUs.
+type RunnerCpus = Vec<(usize, Vec<usize>)>;
+
+/// The reclaimers' [`RunnerCpus`], and the process's CPUs (the main
+/// thread's and this one's), where `/proc` tells.
+fn reclaimer_cpus() -> Option<(RunnerCpus, Vec<usize>)> {
     if cfg!(miri) {
         return None;
     }
