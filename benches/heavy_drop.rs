@@ -491,6 +491,13 @@ fn heavy() {
             );
         }
         println!("{:<26} {}", "", describe(&r));
+        if r.freed.producer_in == 0 && !reclaimers_freed(&r) {
+            println!(
+                "{:<26} left out: its heavy values were not freed off the producer inside the \
+                 window, so its tail latency is not what handing them off costs",
+                ""
+            );
+        }
     }
 }
 
@@ -564,8 +571,8 @@ fn describe(r: &Row) -> String {
         })
         .unwrap_or_else(|| "reclaimers: no schedstat".into());
     format!(
-        "heavy freed: {} by a reclaimer in the window, {} inline on the producer, \
-         {} by quiesce after it, {} by a reclaimer after it; \
+        "heavy freed: {} off the producer in the window, {} on the producer in it, \
+         {} on the producer after it (quiesce), {} off the producer after it; \
          {} items offloaded, {} inline fallbacks; {sched}",
         f.off_in,
         f.producer_in,

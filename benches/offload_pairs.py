@@ -61,7 +61,7 @@ def main():
     pairs = {name: [] for name, _ in bins}
     print(
         f"{'round':<6} {'binary':<12} {'load':>5} {'p50':>7} {'p99.9':>8} {'max':>8} "
-        f"{'drop':>7}  heavy values: reclaimer in window / inline / quiesce / reclaimer after; "
+        f"{'drop':>7}  heavy values: off the producer in the window / on it in the window / on it after (quiesce) / off it after; "
         "reclaimers ran / waited (ms)"
     )
     for r in range(rounds):
