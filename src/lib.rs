@@ -48,7 +48,9 @@
 //!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux,
 //!   background QoS on macOS, idle thread priority on Windows) so
 //!   they never preempt a producer; when they fall behind, the backlog
-//!   bound ([`set_offload_bound`]) sends producers back to inline frees.
+//!   bounds send producers back to inline frees: too many items waiting
+//!   ([`set_offload_bound`]), or a batch waiting too long with no reclaimer
+//!   taking it ([`set_offload_max_wait`], 10 ms by default).
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
 //!   [`epoch::pin`](https://docs.rs/crossbeam-epoch/0.9/crossbeam_epoch/fn.pin.html).
 //! - **Stats.** [`stats`] sums counters over all threads.
@@ -77,11 +79,12 @@
 //!   checks for them while the lock is held: keep those drops in place.
 //! - **`Policy::Offload` on busy cores.** Reclaimers run only where a CPU
 //!   is idle; when every core is busy (with producers or other
-//!   processes), handed-off values wait, for [`quiesce`] or for the backlog
-//!   bound, which counts items, not their cost. Offload pays off with spare
-//!   cores or single values that are heavy to drop; check
-//!   [`Stats::offloaded`] against reclaimers' progress before trusting a
-//!   latency figure.
+//!   processes), a handed-off batch waits until [`offload_max_wait`] has
+//!   passed, and the producer then frees its later batches itself, paying
+//!   what `Inline` pays. Offload pays off with spare cores or single
+//!   values that are heavy to drop; before trusting a latency figure,
+//!   check that reclaimers freed the values while it was measured
+//!   ([`Stats::offloaded`], [`Stats::inline_fallbacks`]).
 //! - **`Policy::Offload` under glibc's malloc, for values whose drop is
 //!   mostly `free`.** A block goes back to its arena under that arena's
 //!   lock, so the producer's own frees wait while a reclaimer frees its
@@ -190,8 +193,9 @@ pub use reclaim::executor::{Batch, clear_offload_executor, set_offload_executor}
 pub use reclaim::policy::{Policy, default_policy};
 pub use reclaim::priority::{ReclaimerPriority, reclaimer_priority, set_reclaimer_priority};
 pub use reclaim::thresholds::{
-    DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, offload_bound, offload_threshold_ns,
-    set_offload_bound, set_offload_threshold_ns,
+    DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_MAX_WAIT, DEFAULT_OFFLOAD_THRESHOLD_NS, offload_bound,
+    offload_max_wait, offload_threshold_ns, set_offload_bound, set_offload_max_wait,
+    set_offload_threshold_ns,
 };
 pub use stats::{Stats, stats};
 

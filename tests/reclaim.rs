@@ -138,6 +138,7 @@ struct RestoreDefaults;
 impl Drop for RestoreDefaults {
     fn drop(&mut self) {
         freeq::set_offload_bound(freeq::DEFAULT_OFFLOAD_BOUND);
+        freeq::set_offload_max_wait(freeq::DEFAULT_OFFLOAD_MAX_WAIT);
         freeq::set_default_policy(Policy::Inline);
     }
 }
@@ -1018,4 +1019,91 @@ fn a_hand_off_wakes_another_cpus_runner_before_its_own() {
             runner.join().unwrap()
         });
     }
+}
+
+/// The item bound counts items, not what they cost: a heavy value is one
+/// item. When no reclaimer comes for what waits in an inbox (every CPU
+/// busy, so idle-priority reclaimers get no time), a batch that has
+/// waited longer than `offload_max_wait()` sends later batches back to
+/// their producer, instead of piling up for `quiesce`.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
+fn a_batch_nobody_comes_for_sends_later_ones_inline_after_the_max_wait() {
+    let _serial = serial();
+    let _restore = RestoreDefaults;
+
+    let producer = thread::Builder::new()
+        .name("max-wait-producer".into())
+        .spawn(|| {
+            if !pin_to_one_core() {
+                eprintln!("max-wait test skipped: cannot pin a thread to a core");
+                return;
+            }
+            freeq::set_offload_threshold_ns(0);
+            freeq::set_policy(Policy::Offload);
+            let me = thread_name();
+            // Keep every reclaimer busy, as in the backpressure test: no
+            // reclaimer comes for what lands in this CPU's inbox.
+            let gate = Gate::default();
+            let open = OpenOnDrop(gate.clone());
+            for _ in 0..freeq::__reclaimer_count() {
+                let (started_tx, started_rx) = mpsc::channel();
+                {
+                    let _s = freeq::section();
+                    freeq::defer(Blocker {
+                        gate: gate.clone(),
+                        started: started_tx,
+                    });
+                }
+                let blocked = started_rx
+                    .recv_timeout(PATIENCE)
+                    .expect("the blocker was never freed");
+                assert!(is_reclaimer(&blocked), "blocker freed on {blocked}");
+            }
+            let one = |log: &Arc<Log>| {
+                let _s = freeq::section();
+                freeq::defer(probe(log));
+            };
+            let log = Log::new();
+            let before = freeq::stats();
+
+            // Far below the item bound, and the wait check off: every batch
+            // is handed off, however long the first has waited.
+            freeq::set_offload_max_wait(Duration::ZERO);
+            one(&log);
+            thread::sleep(Duration::from_millis(5));
+            one(&log);
+            assert_eq!(log.freed(), 0, "handed off: {:?}", log.threads());
+
+            // With a 1 ms bound, the batches waiting for 5 ms and more send
+            // the next one inline.
+            freeq::set_offload_max_wait(Duration::from_millis(1));
+            one(&log);
+            assert_eq!(log.freed(), 1, "freed inline past the wait bound");
+            assert_eq!(log.threads(), [me]);
+            let after = freeq::stats();
+            assert!(
+                after.inline_fallbacks > before.inline_fallbacks,
+                "{before:?} -> {after:?}"
+            );
+
+            // The reclaimers come back and empty the inbox: batches leave
+            // again.
+            drop(open);
+            quiesce();
+            assert_eq!(log.freed(), 3);
+            let again = Log::new();
+            one(&again);
+            quiesce();
+            assert!(
+                freed_elsewhere(&again.threads()[0]),
+                "{:?}",
+                again.threads()
+            );
+        })
+        .unwrap();
+    producer.join().unwrap();
 }

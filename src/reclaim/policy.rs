@@ -37,8 +37,10 @@ pub enum Policy {
     /// those holding a type not timed yet, which is timed on the reclaimer
     /// that frees it; cheaper batches are freed inline.
     /// When that inbox is past its backlog bound
-    /// ([`set_offload_bound`](crate::set_offload_bound)), the thread frees
-    /// inline instead. Reclaimers themselves always free inline, whatever
+    /// ([`set_offload_bound`](crate::set_offload_bound)), or its oldest
+    /// batch has waited longer than
+    /// [`offload_max_wait`](crate::offload_max_wait) with no reclaimer
+    /// taking it, the thread frees inline instead. Reclaimers themselves always free inline, whatever
     /// policy a free sets on them.
     ///
     /// On a target without threads (`wasm32-unknown-unknown`,

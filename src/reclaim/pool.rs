@@ -29,7 +29,7 @@ use crate::queue::section::in_section;
 use crate::reclaim::inline::{Frees, inline_only};
 use crate::reclaim::priority::become_reclaimer;
 use crate::reclaim::reclaimer::{FORKS, NOT_STARTED, RUNNING, Reclaimer, Runner, STARTING};
-use crate::reclaim::thresholds::offload_bound;
+use crate::reclaim::thresholds::{offload_bound, offload_max_wait};
 use crate::reclaim::timing::leave_out_cpu_waits;
 use crate::sync::{Ordering::*, StaticAtomicUsize};
 
@@ -234,7 +234,8 @@ impl Pool {
         if !self.all_started.load(StaticRelaxed) && !self.start_all(index) {
             return Err(batch);
         }
-        self.reclaimer.try_hand_off(index, batch, offload_bound())
+        self.reclaimer
+            .try_hand_off(index, batch, offload_bound(), offload_max_wait())
     }
 
     fn quiesce(&self) {

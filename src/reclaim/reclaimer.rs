@@ -167,6 +167,8 @@ pub struct Reclaimer {
     /// Yield the CPU after each batch (freeq's own reclaimers, which may
     /// share a CPU with producers).
     pub(crate) courteous: bool,
+    /// The origin of the inboxes' `since` clocks.
+    born: Instant,
 }
 
 impl Reclaimer {
@@ -181,6 +183,7 @@ impl Reclaimer {
             help_in_hand: AtomicUsize::new(0),
             help_inbox: AtomicUsize::new(0),
             courteous: false,
+            born: Instant::now(),
         }
     }
 
@@ -201,16 +204,38 @@ impl Reclaimer {
             .sum()
     }
 
-    /// Hands `batch` to inbox `index` unless its backlog is past `bound`.
-    /// On success, returns an emptied buffer from an earlier batch, if one
-    /// is free, for the producer's next queue.
+    /// Microseconds since the reclaimer was built, plus one (never 0).
+    fn clock_us(&self) -> usize {
+        (self.born.elapsed().as_micros() as usize).saturating_add(1)
+    }
+
+    /// Whether the oldest batch waiting in inbox `index` has waited longer
+    /// than `max_wait` with no reclaimer taking it.
+    pub(crate) fn stalled(&self, index: usize, max_wait: Duration) -> bool {
+        let inbox = &self.inboxes[index % self.inboxes.len()];
+        if max_wait.is_zero() || inbox.head.load(Relaxed).is_null() {
+            return false;
+        }
+        let since = inbox.since.load(Relaxed);
+        since != 0 && self.clock_us().saturating_sub(since) as u128 > max_wait.as_micros()
+    }
+
+    /// Hands `batch` to inbox `index` unless its backlog is past `bound`
+    /// items, or its oldest batch has waited longer than `max_wait` with
+    /// no reclaimer coming for it. On success, returns an emptied buffer
+    /// from an earlier batch, if one is free, for the producer's next
+    /// queue.
     pub(crate) fn try_hand_off(
         &self,
         index: usize,
         batch: Buffer,
         bound: usize,
+        max_wait: Duration,
     ) -> Result<Option<Buffer>, Buffer> {
         let inbox = &self.inboxes[index % self.inboxes.len()];
+        if self.stalled(index, max_wait) {
+            return Err(batch);
+        }
         let n = batch.len();
         let mut now = inbox.outstanding.load(Relaxed);
         loop {
@@ -260,6 +285,9 @@ impl Reclaimer {
     fn push(&self, index: usize, node: Box<Node>) {
         let index = index % self.inboxes.len();
         let was_empty = Inbox::push_on(&self.inboxes[index].head, node);
+        if was_empty {
+            self.inboxes[index].since.store(self.clock_us(), Relaxed);
+        }
         // Pairs with the fence in `sleep`: either a runner sees the node,
         // or this thread sees it going to sleep.
         fence(SeqCst);
