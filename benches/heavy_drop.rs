@@ -17,8 +17,18 @@
 //! `pairs`: Offload and Inline alone, run alternately, with the ratios of
 //! each pair (the paired comparison behind the per-allocator figures).
 //!
+//! Every window says where its heavy values were freed: by a reclaimer
+//! while the producer was still timed, inline on the producer, or after the
+//! window (by the final `quiesce()`, on the producer, or by a reclaimer
+//! finishing late). `pairs` quotes Offload's tail latency only over windows
+//! in which reclaimers freed them, and shows the others apart.
+//!
+//! `window offload` / `window inline`: one strategy's window, one line of
+//! `key=value` fields, for `benches/offload_pairs.py`, which alternates
+//! them in fresh processes.
+//!
 //! `cargo bench --bench heavy_drop` (heavy and threshold), `-- heavy`,
-//! `-- threshold` or `-- pairs`.
+//! `-- threshold`, `-- pairs` or `-- window offload|inline`.
 //!
 //! With `FREEQ_HEAVY_STRINGS=N` set, a heavy value owns N heap strings
 //! instead, and its drop frees them rather than spinning: the allocator's
@@ -26,6 +36,7 @@
 
 use std::hint::black_box;
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -44,15 +55,21 @@ fn spin(d: Duration) {
 }
 
 /// What each heavy drop reports: when it was handed off, when its drop
-/// started and ended, on which thread.
+/// started and ended, on which thread, and whether the timed window was
+/// still open when the drop ended.
 struct HeavyLog {
     handed: Instant,
     started: Instant,
     ended: Instant,
     thread: String,
+    in_window: bool,
 }
 
 static HEAVY: StdMutex<Vec<HeavyLog>> = StdMutex::new(Vec::new());
+
+/// Open while the producer's operations are timed; closed before the final
+/// `quiesce()` (which frees on the producer whatever no reclaimer took).
+static WINDOW: AtomicBool = AtomicBool::new(false);
 
 /// Takes [`HEAVY_DROP`] to drop, or frees its strings.
 struct Heavy {
@@ -100,6 +117,7 @@ impl Drop for Heavy {
             drop(std::mem::take(&mut self.strings));
         }
         let ended = Instant::now();
+        let in_window = WINDOW.load(Ordering::SeqCst);
         if let Some(handed) = self.handed {
             HEAVY.lock().unwrap().push(HeavyLog {
                 handed,
@@ -109,6 +127,7 @@ impl Drop for Heavy {
                     .name()
                     .unwrap_or("<unnamed>")
                     .to_owned(),
+                in_window,
             });
         }
     }
@@ -171,6 +190,73 @@ struct Row {
     wall: Duration,
     /// Host steal during the run (ms), where the machine reports it.
     steal_ms: Option<f64>,
+    /// Where the heavy values were freed.
+    freed: Freed,
+    /// freeq's counters over the timed window.
+    stats: freeq::Stats,
+    /// The reclaimer threads' CPU time and waits over the timed window.
+    sched: Option<Sched>,
+}
+
+/// Where each heavy value was freed, counted by its own `Drop`.
+#[derive(Clone, Copy, Default)]
+struct Freed {
+    /// On another thread (a reclaimer), the drop ending inside the window.
+    off_in: usize,
+    /// On the producer inside the window (an inline free).
+    producer_in: usize,
+    /// After the window, on the producer (the final `quiesce()`).
+    producer_after: usize,
+    /// After the window, on another thread (a reclaimer finishing late).
+    off_after: usize,
+}
+
+impl Freed {
+    fn total(&self) -> usize {
+        self.off_in + self.producer_in + self.producer_after + self.off_after
+    }
+}
+
+/// Scheduler figures of a set of threads (Linux `schedstat`): time run,
+/// time runnable but waiting for a CPU, time slices.
+#[derive(Clone, Copy, Default)]
+struct Sched {
+    run_ns: u64,
+    wait_ns: u64,
+    slices: u64,
+    threads: usize,
+}
+
+impl Sched {
+    /// The reclaimer threads' figures so far (`None` off Linux).
+    fn reclaimers() -> Option<Sched> {
+        let mut total = Sched::default();
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !comm.starts_with("freeq-reclaim") {
+                continue;
+            }
+            let text = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+            let mut f = text
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            total.run_ns += f.next()?;
+            total.wait_ns += f.next()?;
+            total.slices += f.next()?;
+            total.threads += 1;
+        }
+        Some(total)
+    }
+
+    fn since(self, earlier: Sched) -> Sched {
+        Sched {
+            run_ns: self.run_ns.saturating_sub(earlier.run_ns),
+            wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns),
+            slices: self.slices.saturating_sub(earlier.slices),
+            threads: self.threads,
+        }
+    }
 }
 
 /// CPU time the hypervisor has taken from this machine's CPUs so far, in
@@ -208,6 +294,9 @@ fn run(strategy: Strategy) -> Row {
     let mut lat = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
     let mut fresh: Vec<Vec<String>> = (0..OPS).map(|i| record(i + 1)).collect();
     let steal_before = steal_ms();
+    let stats_before = freeq::stats();
+    let sched_before = Sched::reclaimers();
+    WINDOW.store(true, Ordering::SeqCst);
     let started = Instant::now();
     for (i, new) in fresh.drain(..).enumerate() {
         let heavy = i % HEAVY_EVERY == HEAVY_EVERY - 1;
@@ -272,6 +361,11 @@ fn run(strategy: Strategy) -> Row {
         spin(THINK);
         black_box(i);
     }
+    WINDOW.store(false, Ordering::SeqCst);
+    let window_stats = freeq::stats().since(&stats_before);
+    let sched = Sched::reclaimers()
+        .zip(sched_before)
+        .map(|(after, before)| after.since(before));
     // Full reclamation.
     freeq::quiesce();
     if strategy == Strategy::Epoch {
@@ -307,9 +401,21 @@ fn run(strategy: Strategy) -> Row {
         .name()
         .unwrap_or("<unnamed>")
         .to_owned();
+    let mut freed = Freed::default();
+    for l in &logs {
+        match (l.thread == me, l.in_window) {
+            (false, true) => freed.off_in += 1,
+            (true, true) => freed.producer_in += 1,
+            (true, false) => freed.producer_after += 1,
+            (false, false) => freed.off_after += 1,
+        }
+    }
     Row {
         name: strategy.name(),
         lat,
+        freed,
+        stats: window_stats,
+        sched,
         on_other: logs.iter().filter(|l| l.thread != me).count(),
         heavies: logs.len(),
         after,
@@ -384,6 +490,14 @@ fn heavy() {
                     .unwrap_or_default()
             );
         }
+        println!("{:<26} {}", "", describe(&r));
+        if r.freed.producer_in == 0 && !reclaimers_freed(&r) {
+            println!(
+                "{:<26} left out: its heavy values were not freed off the producer inside the \
+                 window, so its tail latency is not what handing them off costs",
+                ""
+            );
+        }
     }
 }
 
@@ -441,36 +555,168 @@ fn threshold() {
     }
 }
 
+/// A window's figures, one line, for [`pairs`] and `window` (one
+/// strategy per process, for `benches/offload_pairs.py`).
+fn describe(r: &Row) -> String {
+    let f = r.freed;
+    let sched = r
+        .sched
+        .map(|s| {
+            format!(
+                "reclaimers ran {:.1} ms, waited for a CPU {:.1} ms, {} slices",
+                s.run_ns as f64 / 1e6,
+                s.wait_ns as f64 / 1e6,
+                s.slices
+            )
+        })
+        .unwrap_or_else(|| "reclaimers: no schedstat".into());
+    format!(
+        "heavy freed: {} off the producer in the window, {} on the producer in it, \
+         {} on the producer after it (quiesce), {} off the producer after it; \
+         {} items offloaded, {} inline fallbacks; {sched}",
+        f.off_in,
+        f.producer_in,
+        f.producer_after,
+        f.off_after,
+        r.stats.offloaded,
+        r.stats.inline_fallbacks,
+    )
+}
+
+/// Whether a window's tail latency may be quoted as Offload's: reclaimers
+/// freed, inside the timed window, every heavy value but at most the last
+/// (handed off at the window's final operation, so no thread can free it
+/// before the window closes).
+fn reclaimers_freed(r: &Row) -> bool {
+    r.freed.total() > 0 && r.freed.off_in + 1 >= r.freed.total()
+}
+
+/// How many pairs `pairs` runs: `FREEQ_PAIRS`, or 3.
+fn pair_count() -> usize {
+    std::env::var("FREEQ_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    pct(&mut v, 0.5)
+}
+
 /// Offload and Inline run alternately, Offload first, so that neither
 /// always follows the same row: a row's latencies depend on the heap the
 /// rows before it left (the order in `heavy` put Inline after the
 /// hand-written row every time).
+///
+/// Each Offload window says where its heavy values were freed. Its tail
+/// latency counts only if the reclaimers freed them inside the window (see
+/// [`reclaimers_freed`]): a window whose heavy values waited for the final
+/// `quiesce()` shows a producer that never paid for them, not an Offload
+/// that works.
 fn pairs() {
-    const PAIRS: usize = 3;
+    let pairs = pair_count();
     println!(
-        "Offload against Inline, run alternately (Offload first), {PAIRS} pairs; heavy values own \
+        "Offload against Inline, run alternately (Offload first), {pairs} pairs (FREEQ_PAIRS); heavy values own \
          FREEQ_HEAVY_STRINGS={} strings (0: spin); ratios Offload / Inline per pair",
         heavy_strings()
     );
     println!(
-        "{:<6} {:>8} {:>8} {:>8} {:>12} {:>10}",
-        "pair", "p50", "p99.9", "max", "drop time", "off-thread"
+        "a pair counts when reclaimers freed every heavy value but the last inside Offload's timed window"
     );
-    for k in 0..PAIRS {
+    println!(
+        "{:<6} {:>8} {:>8} {:>8} {:>12} {:>10} {:>7}",
+        "pair", "p50", "p99.9", "max", "drop time", "off-thread", "counts"
+    );
+    let mut kept: Vec<[f64; 3]> = Vec::new();
+    let mut left_out: Vec<[f64; 3]> = Vec::new();
+    for k in 0..pairs {
         let off = run(Strategy::Offload);
         let inl = run(Strategy::Inline);
         let q = |r: &Row, p: f64| r.lat.value_at_quantile(p) as f64;
-        println!(
-            "{:<6} {:>7.2}x {:>7.3}x {:>7.3}x {:>11.2}x {:>5}/{:<4}",
-            k + 1,
+        let ratios = [
             q(&off, 0.5) / q(&inl, 0.5),
             q(&off, 0.999) / q(&inl, 0.999),
             off.lat.max() as f64 / inl.lat.max() as f64,
+        ];
+        let counts = reclaimers_freed(&off);
+        println!(
+            "{:<6} {:>7.2}x {:>7.3}x {:>7.3}x {:>11.2}x {:>5}/{:<4} {:>7}",
+            k + 1,
+            ratios[0],
+            ratios[1],
+            ratios[2],
             off.drop_ms / inl.drop_ms,
             off.on_other,
             off.heavies,
+            if counts { "yes" } else { "NO" },
+        );
+        println!("       Offload: {}", describe(&off));
+        println!("       Inline:  {}", describe(&inl));
+        if counts {
+            kept.push(ratios);
+        } else {
+            left_out.push(ratios);
+        }
+    }
+    let summary = |set: &[[f64; 3]]| {
+        let col = |i: usize| median(set.iter().map(|r| r[i]).collect());
+        format!(
+            "p50 {:.2}x, p99.9 {:.3}x, max {:.3}x",
+            col(0),
+            col(1),
+            col(2)
+        )
+    };
+    println!(
+        "medians over the {} of {pairs} pairs whose heavy values reclaimers freed in the window: {}",
+        kept.len(),
+        if kept.is_empty() {
+            "none".into()
+        } else {
+            summary(&kept)
+        }
+    );
+    if !left_out.is_empty() {
+        println!(
+            "left out, {} pairs whose heavy values waited for quiesce (not Offload's figures): {}",
+            left_out.len(),
+            summary(&left_out)
         );
     }
+}
+
+/// One strategy's window alone, as one line of `key=value` fields, for a
+/// driver that runs each window in a fresh process
+/// (`benches/offload_pairs.py`).
+fn window(strategy: Strategy) {
+    let r = run(strategy);
+    let f = r.freed;
+    let s = r.sched.unwrap_or_default();
+    println!(
+        "window strategy={} p50_ns={} p999_ns={} max_ns={} drop_ms={:.4} heavies={} \
+         off_in={} producer_in={} producer_after={} off_after={} offloaded={} \
+         inline_fallbacks={} reclaim_run_ns={} reclaim_wait_ns={} reclaim_slices={} counts={}",
+        match strategy {
+            Strategy::Offload => "offload",
+            _ => "inline",
+        },
+        r.lat.value_at_quantile(0.5),
+        r.lat.value_at_quantile(0.999),
+        r.lat.max(),
+        r.drop_ms,
+        r.heavies,
+        f.off_in,
+        f.producer_in,
+        f.producer_after,
+        f.off_after,
+        r.stats.offloaded,
+        r.stats.inline_fallbacks,
+        s.run_ns,
+        s.wait_ns,
+        s.slices,
+        reclaimers_freed(&r) || strategy != Strategy::Offload,
+    );
+    println!("# {}", describe(&r));
 }
 
 pub fn main() {
@@ -487,5 +733,12 @@ pub fn main() {
     }
     if args.iter().any(|a| a == "pairs") {
         pairs();
+    }
+    if let Some(k) = args.iter().position(|a| a == "window") {
+        match args.get(k + 1).map(String::as_str) {
+            Some("offload") => window(Strategy::Offload),
+            Some("inline") => window(Strategy::Inline),
+            _ => eprintln!("usage: heavy_drop window offload|inline"),
+        }
     }
 }

@@ -388,6 +388,41 @@ fn a_runner_stealing_from_another_inbox_frees_each_batch_once() {
     });
 }
 
+// Catches a lost wake-up in the wake order of several runners: a hand-off
+// to inbox 0 tries runner 1 first (the runner of another CPU) and runner 0,
+// the inbox's own, last, and wakes a second one only if the first is busy
+// or the inbox already held a batch. If runner 1 is awake but about to
+// park, and runner 0 parked, the batch must still be freed by someone (the
+// model deadlocks otherwise).
+#[test]
+fn a_hand_off_with_two_runners_wakes_one_that_frees_it() {
+    loom::model(|| {
+        let r = Arc::new(Reclaimer::with_shape(2, 2));
+        let runners: Vec<_> = (0..2)
+            .map(|i| {
+                let r = r.clone();
+                thread::spawn(move || r.run_as(i))
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let mut q = FreeQueue::new();
+        let (flag, me) = (done.clone(), thread::current());
+        q.push_fn(move || {
+            flag.store(true, SeqCst);
+            me.unpark();
+        });
+        r.hand_off_queue_to(0, q);
+        while !done.load(SeqCst) {
+            thread::park();
+        }
+        r.shutdown();
+        for runner in runners {
+            runner.join().unwrap();
+        }
+        assert_eq!(r.outstanding(), 0);
+    });
+}
+
 // Catches quiesce returning while a runner still frees a batch it took
 // from the inbox before quiesce looked (quiesce finds the inbox empty and
 // must then wait for that runner): the runner announces the swap (`taken`)

@@ -42,13 +42,17 @@
 //!   thread; [`Policy::Offload`] hands a batch that is worth moving (its
 //!   learned drop cost is at least [`offload_threshold_ns`], or it holds a
 //!   type not timed yet, timed where it is freed), in O(1), to its CPU's
-//!   inbox, freed by idle-priority reclaimer threads wherever a CPU has
-//!   time ([`set_policy`], [`quiesce`]); cheap batches stay inline.
-//!   [`defer_heavy`] sends one value off the thread whatever the policy,
-//!   and [`set_offload_executor`] routes batches to your own threads.
-//!   Reclaimers run at idle priority, so they never preempt a producer;
-//!   when they fall behind, the backlog bound ([`set_offload_bound`])
-//!   sends producers back to inline frees. See [`guide::offload`].
+//!   inbox, freed by idle-priority reclaimer threads, one pinned to each
+//!   CPU, the producer waking another CPU's first ([`set_policy`],
+//!   [`quiesce`]); cheap batches stay inline. [`defer_heavy`] sends one value off the thread whatever the
+//!   policy, and [`set_offload_executor`] routes batches to your own
+//!   threads. Reclaimers run at idle priority (`SCHED_IDLE` on Linux,
+//!   background QoS on macOS, idle thread priority on Windows) so
+//!   they never preempt a producer; when they fall behind, the backlog
+//!   bounds send producers back to inline frees: too many items waiting
+//!   ([`set_offload_bound`]), or a batch waiting too long with no reclaimer
+//!   taking it ([`set_offload_max_wait`], 10 ms by default). See
+//!   [`guide::offload`].
 //! - **Epochs.** [`retire`] also waits for lock-free readers pinned with
 //!   [`epoch::pin`](https://docs.rs/crossbeam-epoch/0.9/crossbeam_epoch/fn.pin.html).
 //! - **Stats.** [`stats`] sums counters over all threads.
@@ -119,8 +123,9 @@ pub use reclaim::executor::{Batch, clear_offload_executor, set_offload_executor}
 pub use reclaim::policy::{Policy, default_policy};
 pub use reclaim::priority::{ReclaimerPriority, reclaimer_priority, set_reclaimer_priority};
 pub use reclaim::thresholds::{
-    DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_THRESHOLD_NS, offload_bound, offload_threshold_ns,
-    set_offload_bound, set_offload_threshold_ns,
+    DEFAULT_OFFLOAD_BOUND, DEFAULT_OFFLOAD_MAX_WAIT, DEFAULT_OFFLOAD_THRESHOLD_NS, offload_bound,
+    offload_max_wait, offload_threshold_ns, set_offload_bound, set_offload_max_wait,
+    set_offload_threshold_ns,
 };
 pub use stats::{Stats, stats};
 

@@ -6,7 +6,7 @@
 //! | fork hook ([`at_fork_child`], [`at_fork`]) | `pthread_atfork` | `pthread_atfork` | `pthread_atfork` | no fork | no fork |
 //! | thread-end hook ([`on_thread_end`]) | pthread key | pthread key | pthread key | none | none |
 //! | idle priority ([`set_idle_priority`]) | `SCHED_IDLE` | background QoS class | normal priority | `THREAD_PRIORITY_IDLE` | no threads |
-//! | CPU set, affinity, current CPU | `sched_getaffinity`, `sched_setaffinity`, `sched_getcpu` | none | none | none | none |
+//! | CPU set, affinity, current CPU | `sched_getaffinity`, `sched_setaffinity`, `pthread_setaffinity_np`, `sched_getcpu` | none | none | none | none |
 //! | CPU-wait of a thread ([`cpu_wait_ns`]) | `/proc/thread-self/schedstat` | none | none | none | none |
 //! | threads ([`Builder`]) | yes | yes | yes | yes | `wasm32-unknown-unknown` and `wasm32-wasip1`: none |
 //! | clock ([`Instant`]) | `std` | `std` | `std` | `std` | `wasm32-unknown-unknown`: none, every span reads zero |
@@ -44,13 +44,16 @@ impl Builder {
         Builder(self.0.name(name))
     }
 
-    /// Starts the thread, detached.
-    pub(crate) fn spawn(self, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    /// Starts the thread; dropping the handle detaches it.
+    pub(crate) fn spawn(
+        self,
+        f: impl FnOnce() + Send + 'static,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
         if !THREADS {
             drop(f);
             return Err(io::ErrorKind::Unsupported.into());
         }
-        self.0.spawn(f).map(drop)
+        self.0.spawn(f)
     }
 }
 
@@ -330,17 +333,57 @@ impl CpuSet {
         match *self {}
     }
 
-    /// Restricts the calling thread to the set; refusal is harmless (the
-    /// thread keeps the affinity it inherited).
-    pub(crate) fn pin_current_thread(&self) {
+    /// The CPUs in the set, lowest first.
+    pub(crate) fn cpus(&self) -> Vec<usize> {
         #[cfg(all(target_os = "linux", not(miri)))]
-        // SAFETY: (8) `self.0` is a valid CPU set of the size passed; 0
-        // names the calling thread.
-        unsafe {
-            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
-        }
+        return (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: (10) `CPU_ISSET` only reads the set, at an index
+            // below `CPU_SETSIZE`.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &self.0) })
+            .collect();
         #[cfg(not(all(target_os = "linux", not(miri))))]
         match *self {}
+    }
+
+    /// Restricts `thread` (started by [`Builder::spawn`], not joined)
+    /// to the one CPU `cpu`, or, where that is refused or `cpu` is `None`,
+    /// to this set. Whether it now runs on `cpu` alone; refusal of both is
+    /// harmless (the thread keeps the affinity it inherited).
+    pub(crate) fn pin_thread(
+        &self,
+        thread: &std::thread::JoinHandle<()>,
+        cpu: Option<usize>,
+    ) -> bool {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        {
+            use std::os::unix::thread::JoinHandleExt;
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            let handle = thread.as_pthread_t();
+            if let Some(cpu) = cpu.filter(|&c| c < libc::CPU_SETSIZE as usize) {
+                // SAFETY: (11) a zeroed `cpu_set_t` is a valid empty set and
+                // `cpu` is below `CPU_SETSIZE`; `handle` names a thread that
+                // has not been joined or detached yet (its `JoinHandle` is
+                // borrowed), so it is a live pthread; the call reads the set
+                // of the size passed.
+                let pinned = unsafe {
+                    let mut one: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut one);
+                    libc::pthread_setaffinity_np(handle, size, &one) == 0
+                };
+                if pinned {
+                    return true;
+                }
+            }
+            // SAFETY: (12) as in (11), with `self.0`, a valid set of the
+            // size passed.
+            let _ = unsafe { libc::pthread_setaffinity_np(handle, size, &self.0) };
+            false
+        }
+        #[cfg(not(all(target_os = "linux", not(miri))))]
+        {
+            let _ = (thread, cpu);
+            match *self {}
+        }
     }
 }
 
@@ -390,7 +433,18 @@ mod tests {
         assert_eq!(count.is_some_and(|n| n > 0), linux, "{count:?}");
         assert_eq!(current_cpu().is_some(), linux);
         if let Some(set) = CpuSet::of_process() {
-            set.pin_current_thread(); // to the set it already has
+            let cpus = set.cpus();
+            assert_eq!(cpus.len(), set.count());
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let thread = Builder::new()
+                .spawn(move || {
+                    let _ = rx.recv();
+                })
+                .unwrap();
+            assert!(set.pin_thread(&thread, cpus.first().copied()));
+            assert!(!set.pin_thread(&thread, None), "to the whole set");
+            drop(tx);
+            thread.join().unwrap();
         }
     }
 
@@ -415,6 +469,7 @@ mod tests {
         let spawned = Builder::new().name("freeq-test".into()).spawn(move || {
             let _ = tx.send(std::thread::current().name().map(str::to_owned));
         });
+        let spawned = spawned.map(drop);
         assert_eq!(spawned.is_ok(), THREADS);
         if THREADS {
             assert_eq!(rx.recv().unwrap().as_deref(), Some("freeq-test"));

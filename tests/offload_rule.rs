@@ -233,6 +233,52 @@ fn reclaimer_threads() -> Option<usize> {
     )
 }
 
+/// A kernel CPU list (`0-2,5`) as CPU numbers.
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(lo.parse::<usize>().unwrap()..=hi.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// The CPUs a `/proc` status file allows, if it tells.
+fn allowed(status: &str) -> Option<Vec<usize>> {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    Some(cpu_list(line))
+}
+
+/// Each reclaimer thread's index (from its name) and its allowed CPUs.
+type RunnerCpus = Vec<(usize, Vec<usize>)>;
+
+/// The reclaimers' [`RunnerCpus`], and the process's CPUs (the main
+/// thread's and this one's), where `/proc` tells.
+fn reclaimer_cpus() -> Option<(RunnerCpus, Vec<usize>)> {
+    if cfg!(miri) {
+        return None;
+    }
+    let mut process = allowed(&std::fs::read_to_string("/proc/self/status").ok()?)?;
+    process.extend(allowed(
+        &std::fs::read_to_string("/proc/thread-self/status").ok()?,
+    )?);
+    process.sort_unstable();
+    process.dedup();
+    let mut runners = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        let Some(index) = comm.trim().strip_prefix("freeq-reclaim-") else {
+            continue;
+        };
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        runners.push((index.parse().ok()?, allowed(&status)?));
+    }
+    Some((runners, process))
+}
+
 #[test]
 #[cfg_attr(
     miri,
@@ -262,6 +308,16 @@ fn untimed_types_leave_timed_cheap_batches_stay_and_counts_balance() {
                 "set_policy started no reclaimers"
             );
             thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    // Runner `i` is pinned to the `i`-th CPU of the process: woken, it
+    // runs there and nowhere else (the kernel cannot place it behind the
+    // producer that woke it).
+    if let Some((runners, process)) = reclaimer_cpus() {
+        assert_eq!(runners.len(), process.len(), "one runner per CPU");
+        for (index, cpus) in runners {
+            assert_eq!(cpus, vec![process[index]], "freeq-reclaim-{index}");
         }
     }
 

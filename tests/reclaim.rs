@@ -138,6 +138,7 @@ struct RestoreDefaults;
 impl Drop for RestoreDefaults {
     fn drop(&mut self) {
         freeq::set_offload_bound(freeq::DEFAULT_OFFLOAD_BOUND);
+        freeq::set_offload_max_wait(freeq::DEFAULT_OFFLOAD_MAX_WAIT);
         freeq::set_default_policy(Policy::Inline);
     }
 }
@@ -926,4 +927,183 @@ fn shutdown_before_run_returns_once_the_inbox_is_empty() {
     });
     assert_eq!(log.freed(), 2);
     assert_eq!(r.outstanding(), 0);
+}
+
+/// Whether thread `tid` of this process is asleep in the kernel (a parked
+/// runner), where `/proc` tells; `None` elsewhere.
+fn asleep(tid: i64) -> Option<bool> {
+    if tid < 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The state follows the parenthesised name, which may hold spaces.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    Some(state == "S")
+}
+
+/// The kernel's id of the calling thread, where there is one.
+fn tid() -> i64 {
+    #[cfg(all(target_os = "linux", not(miri)))]
+    // SAFETY: `gettid` takes no arguments and cannot fail.
+    return unsafe { libc::gettid() } as i64;
+    #[cfg(not(all(target_os = "linux", not(miri))))]
+    return -1;
+}
+
+/// Waits until runners whose kernel thread ids are in `tids` are all
+/// parked: asleep where `/proc` tells, else marked as parking and given a
+/// moment to get there.
+fn wait_parked(r: &freeq::__Reclaimer, tids: &[Arc<std::sync::atomic::AtomicI64>]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let marked = r.parked_runners() == tids.len();
+        let asleep: Option<Vec<bool>> = tids
+            .iter()
+            .map(|t| match t.load(SeqCst) {
+                0 => Some(false),
+                t => asleep(t),
+            })
+            .collect();
+        match asleep {
+            Some(a) if marked && a.iter().all(|&s| s) => return,
+            None if marked => {
+                thread::sleep(Duration::from_millis(50));
+                return;
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the runners never parked");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Inbox `i` takes the batches drained on CPU `i`, whose runner freeq pins
+/// to CPU `i`: that runner is the one that cannot run while the producer
+/// keeps CPU `i` busy (it has idle priority). A hand-off wakes another
+/// CPU's runner first, so that an idle CPU frees the batch at once.
+#[test]
+fn a_hand_off_wakes_another_cpus_runner_before_its_own() {
+    let _serial = serial();
+    let r = Arc::new(freeq::__Reclaimer::with_shape(2, 2));
+    let tids: Vec<_> = (0..2)
+        .map(|_| Arc::new(std::sync::atomic::AtomicI64::new(0)))
+        .collect();
+    let runners: Vec<_> = (0..2)
+        .map(|i| {
+            let (r, tid_slot) = (r.clone(), tids[i].clone());
+            thread::Builder::new()
+                .name(format!("runner-{i}"))
+                .spawn(move || {
+                    tid_slot.store(tid(), SeqCst);
+                    r.run_as(i)
+                })
+                .unwrap()
+        })
+        .collect();
+    let log = Log::new();
+    for (inbox, expect) in [(0, "runner-1"), (1, "runner-0"), (0, "runner-1")] {
+        wait_parked(&r, &tids);
+        let before = log.freed();
+        r.hand_off_queue_to(inbox, queue_of(&log, 1));
+        let deadline = Instant::now() + PATIENCE;
+        while log.freed() == before {
+            assert!(Instant::now() < deadline, "nobody freed the batch");
+            thread::sleep(Duration::from_millis(1));
+        }
+        let by = log.threads().last().cloned().unwrap();
+        assert_eq!(by, expect, "a batch drained on CPU {inbox}");
+    }
+    r.shutdown();
+    for runner in runners {
+        within("Reclaimer::run_as after shutdown", move || {
+            runner.join().unwrap()
+        });
+    }
+}
+
+/// The item bound counts items, not what they cost: a heavy value is one
+/// item. When no reclaimer comes for what waits in an inbox (every CPU
+/// busy, so idle-priority reclaimers get no time), a batch that has
+/// waited longer than `offload_max_wait()` sends later batches back to
+/// their producer, instead of piling up for `quiesce`.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked: scripts/miri.sh runs this with -Zmiri-ignore-leaks"
+)]
+fn a_batch_nobody_comes_for_sends_later_ones_inline_after_the_max_wait() {
+    let _serial = serial();
+    let _restore = RestoreDefaults;
+
+    let producer = thread::Builder::new()
+        .name("max-wait-producer".into())
+        .spawn(|| {
+            if !pin_to_one_core() {
+                eprintln!("max-wait test skipped: cannot pin a thread to a core");
+                return;
+            }
+            freeq::set_offload_threshold_ns(0);
+            freeq::set_policy(Policy::Offload);
+            let me = thread_name();
+            // Keep every reclaimer busy, as in the backpressure test: no
+            // reclaimer comes for what lands in this CPU's inbox.
+            let gate = Gate::default();
+            let open = OpenOnDrop(gate.clone());
+            for _ in 0..freeq::__reclaimer_count() {
+                let (started_tx, started_rx) = mpsc::channel();
+                {
+                    let _s = freeq::section();
+                    freeq::defer(Blocker {
+                        gate: gate.clone(),
+                        started: started_tx,
+                    });
+                }
+                let blocked = started_rx
+                    .recv_timeout(PATIENCE)
+                    .expect("the blocker was never freed");
+                assert!(is_reclaimer(&blocked), "blocker freed on {blocked}");
+            }
+            let one = |log: &Arc<Log>| {
+                let _s = freeq::section();
+                freeq::defer(probe(log));
+            };
+            let log = Log::new();
+            let before = freeq::stats();
+
+            // Far below the item bound, and the wait check off: every batch
+            // is handed off, however long the first has waited.
+            freeq::set_offload_max_wait(Duration::ZERO);
+            one(&log);
+            thread::sleep(Duration::from_millis(5));
+            one(&log);
+            assert_eq!(log.freed(), 0, "handed off: {:?}", log.threads());
+
+            // With a 1 ms bound, the batches waiting for 5 ms and more send
+            // the next one inline.
+            freeq::set_offload_max_wait(Duration::from_millis(1));
+            one(&log);
+            assert_eq!(log.freed(), 1, "freed inline past the wait bound");
+            assert_eq!(log.threads(), [me]);
+            let after = freeq::stats();
+            assert!(
+                after.inline_fallbacks > before.inline_fallbacks,
+                "{before:?} -> {after:?}"
+            );
+
+            // The reclaimers come back and empty the inbox: batches leave
+            // again.
+            drop(open);
+            quiesce();
+            assert_eq!(log.freed(), 3);
+            let again = Log::new();
+            one(&again);
+            quiesce();
+            assert!(
+                freed_elsewhere(&again.threads()[0]),
+                "{:?}",
+                again.threads()
+            );
+        })
+        .unwrap();
+    producer.join().unwrap();
 }

@@ -33,9 +33,12 @@
 //! - **Frees that must happen before the unlock**, because another thread
 //!   checks for them while the lock is held: keep those drops in place.
 //! - **`Policy::Offload` on busy cores.** Reclaimers run only where a CPU
-//!   is idle; when every core is busy with producers, the frees wait or
-//!   fall back inline. Offload pays off with spare cores or single values
-//!   that are heavy to drop.
+//!   is idle; when every core is busy, a handed-off batch waits up to
+//!   `offload_max_wait()` (10 ms) and the producer then frees its later
+//!   batches itself, at `Inline`'s cost. Offload pays off with spare cores
+//!   or single values that are heavy to drop, and under glibc's malloc it
+//!   helps little (see [which policy, per
+//!   allocator](crate::guide::offload#which-policy-per-allocator)).
 //!
 //! `BENCHMARKS.md` in the repository, "When freeq does not help", has the
 //! figures.

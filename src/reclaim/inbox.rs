@@ -38,6 +38,14 @@ pub(crate) struct Inbox {
     pub(crate) head: AtomicPtr<Node>,
     /// Items handed to this inbox and not yet freed.
     pub(crate) outstanding: AtomicUsize,
+    /// When the oldest batch now waiting here arrived, in microseconds
+    /// since the reclaimer was built, plus one; 0 when none is known. Set
+    /// by the push that finds the inbox empty, cleared when a reclaimer or
+    /// `quiesce` takes the whole inbox. Only a hint (a race may leave it
+    /// unset for a while, or set on an empty inbox until the next push):
+    /// it decides whether a producer frees inline, never whether an item
+    /// is freed.
+    pub(crate) since: AtomicUsize,
     /// Treiber stack of freed nodes, their buffers emptied but keeping their
     /// memory, for producers to reuse: steady-state offloading allocates
     /// nothing.
@@ -54,6 +62,7 @@ impl Inbox {
             frees,
             head: AtomicPtr::new(ptr::null_mut()),
             outstanding: AtomicUsize::new(0),
+            since: AtomicUsize::new(0),
             returned: AtomicPtr::new(ptr::null_mut()),
             returned_len: AtomicUsize::new(0),
         }
@@ -84,6 +93,7 @@ impl Inbox {
             return Fifo(ptr::null_mut());
         }
         let mut head = self.head.swap(ptr::null_mut(), SeqCst);
+        self.since.store(0, Relaxed);
         let mut fifo: *mut Node = ptr::null_mut();
         while !head.is_null() {
             // SAFETY: (2) the swap above took ownership of the whole chain;

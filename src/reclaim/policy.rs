@@ -26,15 +26,21 @@ pub enum Policy {
     Inline,
     /// The whole batch is handed, in O(1) and lock-free, to the inbox of
     /// the CPU this thread runs on, where an idle-priority reclaimer thread
-    /// running on any CPU with time to spare frees it (or to the executor
-    /// set with [`set_offload_executor`](crate::set_offload_executor)).
+    /// frees it (or to the executor set with
+    /// [`set_offload_executor`](crate::set_offload_executor)). freeq runs
+    /// one reclaimer pinned to each CPU of the process and wakes another
+    /// CPU's first: a reclaimer on the producer's own CPU could run only
+    /// when the producer leaves it idle. Any reclaimer takes work from any
+    /// inbox.
     /// Only batches worth moving leave: those whose learned drop cost
     /// reaches [`offload_threshold_ns`](crate::offload_threshold_ns), and
     /// those holding a type not timed yet, which is timed on the reclaimer
     /// that frees it; cheaper batches are freed inline.
     /// When that inbox is past its backlog bound
-    /// ([`set_offload_bound`](crate::set_offload_bound)), the thread frees
-    /// inline instead. Reclaimers themselves always free inline, whatever
+    /// ([`set_offload_bound`](crate::set_offload_bound)), or its oldest
+    /// batch has waited longer than
+    /// [`offload_max_wait`](crate::offload_max_wait) with no reclaimer
+    /// taking it, the thread frees inline instead. Reclaimers themselves always free inline, whatever
     /// policy a free sets on them.
     ///
     /// On a target without threads (`wasm32-unknown-unknown`,

@@ -1,8 +1,16 @@
 //! freeq's own pool of reclaimers, and its process hooks.
 //!
-//! One reclaimer thread per CPU of the process, started on demand, pinned
-//! to the process's CPU set; each batch goes to the inbox of the CPU its
-//! drain runs on. The pool survives `fork()` (the child forgets the
+//! One reclaimer thread per CPU of the process, started on demand, runner
+//! `i` pinned to the `i`-th CPU of the process's set; each batch goes to
+//! the inbox of the CPU its drain runs on, and wakes the runner of another
+//! CPU first (see [`Reclaimer`]).
+//!
+//! Why pinned: a woken thread goes where the kernel's wake-up placement
+//! puts it, and placements that pack a lightly loaded thread onto the
+//! waker's CPU (wake-affine, energy-aware or virtual-CPU packing) put an
+//! unpinned idle-priority reclaimer behind the very producer that woke it,
+//! where it gets no time while another CPU idles. A runner pinned to
+//! another CPU runs on that CPU as soon as it has time. The pool survives `fork()` (the child forgets the
 //! parent's threads and restarts them on demand) and, at process exit,
 //! frees what still waits in the inboxes. The dispatcher creates the pool
 //! and decides what reaches it. This file calls the reclaimer, `inline.rs`,
@@ -21,7 +29,7 @@ use crate::queue::section::in_section;
 use crate::reclaim::inline::{Frees, inline_only};
 use crate::reclaim::priority::become_reclaimer;
 use crate::reclaim::reclaimer::{FORKS, NOT_STARTED, RUNNING, Reclaimer, Runner, STARTING};
-use crate::reclaim::thresholds::offload_bound;
+use crate::reclaim::thresholds::{offload_bound, offload_max_wait};
 use crate::reclaim::timing::leave_out_cpu_waits;
 use crate::sync::{Ordering::*, StaticAtomicUsize};
 
@@ -30,8 +38,10 @@ pub(crate) struct Pool {
     reclaimer: Reclaimer,
     /// `FORKS` when the runners' states were last valid.
     generation: StaticAtomicUsize,
-    /// The process's CPU set, which runners take as their affinity.
+    /// The process's CPU set: runner `i` is pinned to its `i`-th CPU.
     cpus: Option<CpuSet>,
+    /// The CPUs of that set, lowest first (empty where there is none).
+    cpu_ids: Vec<usize>,
     /// When a failed spawn may be retried (ms since the pool started).
     retry_at_ms: StaticAtomicUsize,
     born: Instant,
@@ -56,10 +66,12 @@ fn pool(frees: Frees) -> &'static Pool {
         let mut reclaimer = Reclaimer::build(n, n, frees);
         reclaimer.courteous = true;
         install_hooks();
+        let cpu_ids = cpus.as_ref().map(CpuSet::cpus).unwrap_or_default();
         Pool {
             reclaimer,
             generation: StaticAtomicUsize::new(FORKS.load(StaticSeqCst)),
             cpus,
+            cpu_ids,
             retry_at_ms: StaticAtomicUsize::new(0),
             born: Instant::now(),
             all_started: std::sync::atomic::AtomicBool::new(false),
@@ -169,13 +181,16 @@ impl Pool {
                 // Preempted often (idle priority): leave the waits for a
                 // CPU out of drop timings.
                 leave_out_cpu_waits();
-                if let Some(set) = &pool.cpus {
-                    set.pin_current_thread();
-                }
                 pool.reclaimer.run_as(index);
             });
         match spawned {
-            Ok(_) => {
+            Ok(thread) => {
+                // Pinned from here, before the thread may have run at all:
+                // it inherited the affinity of the thread that started it
+                // (a producer pinned to one CPU, say).
+                if let Some(set) = &self.cpus {
+                    set.pin_thread(&thread, self.cpu_ids.get(index).copied());
+                }
                 r.state.store(RUNNING, StaticSeqCst);
                 true
             }
@@ -205,13 +220,22 @@ impl Pool {
         mine
     }
 
+    /// The inbox (and runner) of the CPU this thread runs on: the CPU's
+    /// place in the process's set, where it has one.
+    fn home(&self) -> usize {
+        let cpu = current_cpu();
+        let index = self.cpu_ids.binary_search(&cpu).unwrap_or(cpu);
+        index % self.reclaimer.inboxes.len()
+    }
+
     fn hand_off(&'static self, batch: Buffer) -> Result<Option<Buffer>, Buffer> {
         self.check_fork();
-        let index = current_cpu() % self.reclaimer.inboxes.len();
+        let index = self.home();
         if !self.all_started.load(StaticRelaxed) && !self.start_all(index) {
             return Err(batch);
         }
-        self.reclaimer.try_hand_off(index, batch, offload_bound())
+        self.reclaimer
+            .try_hand_off(index, batch, offload_bound(), offload_max_wait())
     }
 
     fn quiesce(&self) {
@@ -261,7 +285,7 @@ pub(crate) fn start(frees: Frees) {
     let pool = pool(frees);
     pool.check_fork();
     if !pool.all_started.load(StaticRelaxed) {
-        let _ = pool.start_all(current_cpu() % pool.reclaimer.inboxes.len());
+        let _ = pool.start_all(pool.home());
     }
 }
 

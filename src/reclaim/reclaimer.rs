@@ -1,10 +1,13 @@
 //! Reclaimers: inboxes and the threads that free what lands in them.
 //!
-//! Reclaimer threads are not pinned: they run at idle priority wherever
-//! the scheduler finds a CPU with time, each empties its own inbox first
-//! and then takes work from every other one. Idle reclaimers park; a
-//! producer wakes its inbox's reclaimer if it sleeps, or another sleeping
-//! one if that one is busy.
+//! Inbox `i` takes the batches drained on CPU `i`, and freeq's pool pins
+//! runner `i` to CPU `i` ([`pool`](crate::reclaim::pool)); each runner
+//! empties its own inbox first and then takes work from every other one.
+//! Idle runners park. A producer wakes the runner of another CPU first
+//! (the next one after its own, if it sleeps) and its own CPU's runner
+//! last: at idle priority, that one cannot run while the producer keeps
+//! its CPU busy. If the runner it tried is awake but has not come for
+//! what already waits, or is busy freeing, it wakes another sleeping one.
 //!
 //! [`Reclaimer::quiesce`] does not depend on how much CPU the reclaimers
 //! get: the caller takes every batch still waiting in an inbox and frees
@@ -164,6 +167,8 @@ pub struct Reclaimer {
     /// Yield the CPU after each batch (freeq's own reclaimers, which may
     /// share a CPU with producers).
     pub(crate) courteous: bool,
+    /// The origin of the inboxes' `since` clocks.
+    born: Instant,
 }
 
 impl Reclaimer {
@@ -178,7 +183,17 @@ impl Reclaimer {
             help_in_hand: AtomicUsize::new(0),
             help_inbox: AtomicUsize::new(0),
             courteous: false,
+            born: Instant::now(),
         }
+    }
+
+    /// How many runners are parked (or about to park), for tests that
+    /// drive runners by hand.
+    pub fn parked_runners(&self) -> usize {
+        self.runners
+            .iter()
+            .filter(|r| r.sleeping.load(SeqCst))
+            .count()
     }
 
     /// Items handed over and not yet freed, over all inboxes.
@@ -189,16 +204,38 @@ impl Reclaimer {
             .sum()
     }
 
-    /// Hands `batch` to inbox `index` unless its backlog is past `bound`.
-    /// On success, returns an emptied buffer from an earlier batch, if one
-    /// is free, for the producer's next queue.
+    /// Microseconds since the reclaimer was built, plus one (never 0).
+    fn clock_us(&self) -> usize {
+        (self.born.elapsed().as_micros() as usize).saturating_add(1)
+    }
+
+    /// Whether the oldest batch waiting in inbox `index` has waited longer
+    /// than `max_wait` with no reclaimer taking it.
+    pub(crate) fn stalled(&self, index: usize, max_wait: Duration) -> bool {
+        let inbox = &self.inboxes[index % self.inboxes.len()];
+        if max_wait.is_zero() || inbox.head.load(Relaxed).is_null() {
+            return false;
+        }
+        let since = inbox.since.load(Relaxed);
+        since != 0 && self.clock_us().saturating_sub(since) as u128 > max_wait.as_micros()
+    }
+
+    /// Hands `batch` to inbox `index` unless its backlog is past `bound`
+    /// items, or its oldest batch has waited longer than `max_wait` with
+    /// no reclaimer coming for it. On success, returns an emptied buffer
+    /// from an earlier batch, if one is free, for the producer's next
+    /// queue.
     pub(crate) fn try_hand_off(
         &self,
         index: usize,
         batch: Buffer,
         bound: usize,
+        max_wait: Duration,
     ) -> Result<Option<Buffer>, Buffer> {
         let inbox = &self.inboxes[index % self.inboxes.len()];
+        if self.stalled(index, max_wait) {
+            return Err(batch);
+        }
         let n = batch.len();
         let mut now = inbox.outstanding.load(Relaxed);
         loop {
@@ -248,24 +285,38 @@ impl Reclaimer {
     fn push(&self, index: usize, node: Box<Node>) {
         let index = index % self.inboxes.len();
         let was_empty = Inbox::push_on(&self.inboxes[index].head, node);
+        if was_empty {
+            self.inboxes[index].since.store(self.clock_us(), Relaxed);
+        }
         // Pairs with the fence in `sleep`: either a runner sees the node,
         // or this thread sees it going to sleep.
         fence(SeqCst);
-        let home = &self.runners[index % self.runners.len()];
-        if home.wake() {
+        let n = self.runners.len();
+        let first = &self.runners[Self::wake_order(index, n, 0)];
+        if first.wake() {
             return;
         }
-        // The home runner is awake. If it is busy freeing, or has not yet
-        // come for what was already waiting, another sleeping runner takes
-        // this batch from wherever it runs.
-        if !was_empty || home.busy() {
-            let n = self.runners.len();
+        // The first runner is awake. If it is busy freeing, or has not yet
+        // come for what was already waiting (its CPU may have no time),
+        // another sleeping runner takes this batch from wherever it runs.
+        if !was_empty || first.busy() {
             for k in 1..n {
-                if self.runners[(index + k) % n].wake() {
+                if self.runners[Self::wake_order(index, n, k)].wake() {
                     return;
                 }
             }
         }
+    }
+
+    /// The `k`-th runner a hand-off to inbox `index` tries to wake, of `n`:
+    /// the runners of the other CPUs first, in turn from the next one, and
+    /// the inbox's own runner last. Inbox `index` is the CPU the producer
+    /// drains on, and freeq's pool pins runner `i` to CPU `i`: the runner
+    /// of the producer's own CPU is the one runner that cannot run while
+    /// the producer is busy (it has idle priority there), so waking it
+    /// first would leave the batch waiting while another CPU is idle.
+    pub(crate) fn wake_order(index: usize, n: usize, k: usize) -> usize {
+        (index + 1 + k) % n
     }
 
     /// Runner 0's loop; see [`Reclaimer::run_as`].

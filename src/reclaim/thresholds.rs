@@ -8,10 +8,13 @@
 //! happens on a reclaimer, which times it, so one slow first drop never
 //! lands on the producer and the type is judged by its cost from then on.
 //! The count of items handed to an inbox and not yet freed bounds the
-//! backlog: past it, producers free inline. This file calls the cost
+//! backlog: past it, producers free inline; so does the age of the oldest
+//! batch no reclaimer has come for ([`offload_max_wait`]), which bounds a
+//! backlog of few, costly items. This file calls the cost
 //! model's [`Cost`] and the `sync` shim.
 
 use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
+use std::time::Duration;
 
 use crate::reclaim::cost::Cost;
 use crate::sync::StaticAtomicUsize;
@@ -38,6 +41,43 @@ pub fn set_offload_bound(items: usize) {
 /// The bound set by [`set_offload_bound`].
 pub fn offload_bound() -> usize {
     BOUND.load(StaticRelaxed)
+}
+
+/// Default bound on how long a batch may wait in an inbox with no
+/// reclaimer coming for it before producers on that CPU free inline; see
+/// [`set_offload_max_wait`].
+pub const DEFAULT_OFFLOAD_MAX_WAIT: Duration = Duration::from_millis(10);
+
+static MAX_WAIT_US: StaticAtomicUsize =
+    StaticAtomicUsize::new(DEFAULT_OFFLOAD_MAX_WAIT.as_micros() as usize);
+
+/// Sets how long the oldest batch in a CPU's inbox may wait, with no
+/// reclaimer taking it, before producers on that CPU free their batches
+/// inline instead (default [`DEFAULT_OFFLOAD_MAX_WAIT`]; `Duration::ZERO`
+/// turns the check off).
+///
+/// The item bound ([`set_offload_bound`]) counts items, whatever each
+/// costs: a few heavy values (one item each, milliseconds to drop) never
+/// reach it. When every CPU is busy, idle-priority reclaimers get no time,
+/// and without this bound such values would pile up until
+/// [`quiesce`](crate::quiesce). A waiting batch is still freed by the first reclaimer
+/// that runs, or by `quiesce`; only later batches stay on the producer,
+/// until a reclaimer empties the inbox.
+///
+/// ```
+/// use std::time::Duration;
+/// freeq::set_offload_max_wait(Duration::from_millis(2));
+/// assert_eq!(freeq::offload_max_wait(), Duration::from_millis(2));
+/// # freeq::set_offload_max_wait(freeq::DEFAULT_OFFLOAD_MAX_WAIT);
+/// ```
+pub fn set_offload_max_wait(wait: Duration) {
+    let us = usize::try_from(wait.as_micros()).unwrap_or(usize::MAX);
+    MAX_WAIT_US.store(us, StaticRelaxed);
+}
+
+/// The bound set by [`set_offload_max_wait`].
+pub fn offload_max_wait() -> Duration {
+    Duration::from_micros(MAX_WAIT_US.load(StaticRelaxed) as u64)
 }
 
 /// Default estimated drop cost, in nanoseconds, from which a batch is worth
