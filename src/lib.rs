@@ -134,6 +134,7 @@
 //! assert_eq!(freeq::pending(), 0);
 //! ```
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 // The crate root declares the layers (queue at the bottom, reclaim above
@@ -156,6 +157,7 @@ mod sync;
 #[cfg(loom)]
 pub use lock::loom;
 #[cfg(feature = "parking_lot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "parking_lot")))]
 pub use lock::parking_lot;
 
 pub use defer::{defer, defer_fn, defer_heavy, defer_with, retire};
