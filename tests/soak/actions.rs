@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, panic_any};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use freeq::{Deferred, FreeQueue, Policy};
 
@@ -44,6 +44,9 @@ pub static STEPS: AtomicU64 = AtomicU64::new(0);
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
 pub static POLICY_SWITCHES: AtomicU64 = AtomicU64::new(0);
 pub static WAITS: AtomicU64 = AtomicU64::new(0);
+/// The longest step, and what it did.
+pub static LONGEST: StdMutex<(Duration, &str)> = StdMutex::new((Duration::ZERO, ""));
+static LONGEST_NS: AtomicU64 = AtomicU64::new(0);
 
 fn lk<T>(m: &freeq::Mutex<T>) -> freeq::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -118,7 +121,17 @@ fn blobs(rng: &mut Rng) -> Vec<Vec<u8>> {
 
 /// Runs one step; a panic it lets out must be a planned one.
 pub fn step(world: &Arc<World>, rng: &mut Rng) {
-    let r = catch_unwind(AssertUnwindSafe(|| one_step(world, rng)));
+    let kind = rng.below(100);
+    let start = Instant::now();
+    let r = catch_unwind(AssertUnwindSafe(|| one_step(world, rng, kind)));
+    let took = start.elapsed();
+    if took.as_nanos() as u64 > LONGEST_NS.load(Relaxed) {
+        let mut l = LONGEST.lock().unwrap_or_else(PoisonError::into_inner);
+        if took > l.0 {
+            *l = (took, label(kind));
+            LONGEST_NS.store(took.as_nanos() as u64, Relaxed);
+        }
+    }
     STEPS.fetch_add(1, Relaxed);
     if let Err(payload) = r {
         if payload.is::<Planned>() {
@@ -200,14 +213,39 @@ fn replace_pl(world: &World, rng: &mut Rng) -> u64 {
                 freeq::defer(old);
             }
         }
-        1 => freeq::defer_with(old, |v| drop(v)),
+        1 => freeq::defer_with(old, |v| {
+            v.check("freed by defer_with's function");
+            drop(v);
+        }),
         _ => freeq::defer_fn(move || drop(old)),
     }
     id
 }
 
-fn one_step(world: &Arc<World>, rng: &mut Rng) {
-    match rng.below(100) {
+/// What step `kind` (0..100) does, for the report.
+fn label(kind: u64) -> &'static str {
+    match kind {
+        0..=19 => "defer/defer_with/defer_fn",
+        20..=34 => "Deferred<T>",
+        35..=44 => "nested sections",
+        45..=48 => "flush",
+        49..=52 => "panics",
+        53..=58 => "rwlocks",
+        59..=61 => "LockGuard::new",
+        62..=66 => "DeferFrees",
+        67..=72 => "condvars",
+        73..=76 => "FreeQueue",
+        77..=81 => "retire",
+        82..=84 => "defer outside a section",
+        85..=87 => "defer_heavy",
+        88..=93 => "set_policy",
+        94 => "quiesce",
+        _ => "Deferred::into_inner",
+    }
+}
+
+fn one_step(world: &Arc<World>, rng: &mut Rng, kind: u64) {
+    match kind {
         // Explicit deferral: defer, defer_with, defer_fn.
         0..=19 => {
             let was_inline = inline();
@@ -476,7 +514,10 @@ fn free_queue(rng: &mut Rng) {
     for _ in 0..rng.below(8) + 1 {
         match rng.below(3) {
             0 => q.push(rng.value()),
-            1 => q.push_with(rng.value(), |v| drop(v)),
+            1 => q.push_with(rng.value(), |v| {
+                v.check("freed by push_with's function");
+                drop(v);
+            }),
             _ => {
                 let v = rng.value();
                 q.push_fn(move || drop(v));

@@ -151,10 +151,12 @@ pub fn soak(cfg: &Config) -> Result<Report, String> {
     }
     report.secs = t0.elapsed().as_secs_f64();
     let s = freeq::stats();
+    let longest = *actions::LONGEST.lock().unwrap();
     println!(
         "soak: {} after {:.1} s: {} cycles, {} steps, {} values, {} threads, {} forks, \
          {} retired ({} reads, {} of a value retired while held), {} planned panics, \
-         {} policy switches, {} executor switches ({} batches), {} leaked sections, {} condvar waits; \
+         {} policy switches, {} executor switches ({} batches), {} leaked sections, {} condvar waits, \
+         longest step {:?} ({}); \
          freeq: {} deferred, {} freed, {} offloaded, {} retired, {} deferred frees; \
          memory: at most {} B above the first cycle, {} B above the start",
         if failures() == 0 { "PASS" } else { "FAIL" },
@@ -173,6 +175,8 @@ pub fn soak(cfg: &Config) -> Result<Report, String> {
         EXECUTOR_BATCHES.load(SeqCst),
         LEAKED_SECTIONS.load(SeqCst),
         actions::WAITS.load(SeqCst),
+        longest.0,
+        longest.1,
         s.deferred,
         s.freed,
         s.offloaded,
