@@ -296,3 +296,51 @@ fn in_child() {
     freeq::quiesce();
     assert_eq!(one.load(SeqCst), 1);
 }
+
+/// Dropped slowly, so that replacing an executor that holds one takes a
+/// while.
+struct SlowDrop;
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A child forked while another thread replaces the offload executor
+/// (whose old closure is slow to drop) can still set, use and clear an
+/// executor of its own: it never inherits the executor's lock held by a
+/// thread it does not have. Its child starts no thread.
+#[test]
+fn a_child_forked_while_the_executor_is_replaced_does_not_hang() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process("a_child_forked_while_the_executor_is_replaced_does_not_hang");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let replacer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                let slow = SlowDrop;
+                freeq::set_offload_executor(move |batch| {
+                    let _ = &slow;
+                    batch.free();
+                });
+            }
+            freeq::clear_offload_executor();
+        })
+    };
+    for _ in 0..20 {
+        fork_and_check(|| {
+            freeq::set_offload_executor(|batch| batch.free());
+            let one = Arc::new(AtomicUsize::new(0));
+            freeq::defer_heavy(Count(one.clone()));
+            assert_eq!(one.load(SeqCst), 1, "the child's executor freed it");
+            freeq::clear_offload_executor();
+        });
+        thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, SeqCst);
+    replacer.join().unwrap();
+    println!("forked child ok");
+}

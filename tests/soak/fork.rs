@@ -103,6 +103,7 @@ fn wait_child(pid: libc::pid_t) {
             return;
         }
         if Instant::now() > deadline {
+            backtrace(pid);
             // SAFETY: (4) `pid` is our child, not yet reaped.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             // SAFETY: (5) as in (3), reaping the killed child.
@@ -114,5 +115,24 @@ fn wait_child(pid: libc::pid_t) {
     }
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         fail(format!("a forked child failed: status {status:#x}"));
+    }
+}
+
+/// Prints where a hung child is stuck, if gdb is at hand (best effort).
+fn backtrace(pid: libc::pid_t) {
+    let out = std::process::Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .output();
+    if let Ok(out) = out {
+        eprintln!(
+            "soak: the hung child's stacks:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
