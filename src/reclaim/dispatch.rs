@@ -216,10 +216,15 @@ pub(crate) fn can_hand_off() -> bool {
 /// Returns once every item handed to a reclaimer before the call has been
 /// freed (and everything those frees deferred in turn).
 ///
-/// The calling thread frees, itself, every handed-off batch that no
-/// reclaimer has started on yet, and then waits only for the batches
-/// reclaimers are freeing at that moment: it does not depend on how much
-/// CPU idle-priority reclaimers get. Batches given to a user executor
+/// The calling thread frees, itself, every handed-off batch still waiting
+/// in an inbox, and then waits only for the chains reclaimers took before
+/// the call (a reclaimer takes a whole inbox at once and frees its batches
+/// one by one). Those it must let the reclaimers finish: at idle priority,
+/// on a machine whose CPUs are all busy, that waits for the reclaimers to
+/// get CPU time, which can take a second or more. A program that calls
+/// `quiesce` on a busy machine and needs it prompt runs its reclaimers at
+/// [`ReclaimerPriority::Normal`](crate::ReclaimerPriority::Normal)
+/// ([`set_reclaimer_priority`](crate::set_reclaimer_priority)). Batches given to a user executor
 /// ([`set_offload_executor`](crate::set_offload_executor)) are the executor's to free, and not waited
 /// for.
 ///
