@@ -30,6 +30,10 @@
 //! freeq beside it. `FREEQ_SOAK_INJECT=leak` (one value forgotten) and
 //! `=double` (one drop counted twice) show that the soak can fail: the
 //! tests below run it both ways and expect it to.
+//!
+//! Not under Miri, which runs the path-by-path tests: the soak runs child
+//! processes for seconds of real time.
+#![cfg(not(miri))]
 
 mod actions;
 mod alloc;
