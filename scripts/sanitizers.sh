@@ -26,6 +26,7 @@ for san in "${@:-thread address}"; do
             --skip a_forked_child_defers_drains_and_quiesces
             --skip a_child_forked_while_quiesce_frees_does_not_hang
             --skip children_forked_while_threads_use_freeq_do_not_hang
+            --skip a_forked_child_leaves_the_parents_waiting_batches_to_the_parent
         )
         # The soak (tests/soak/) does not fork under ThreadSanitizer either.
         soak_fork=1

@@ -236,10 +236,14 @@ pub(crate) fn can_hand_off() -> bool {
 /// deadlock. Inside a section, the batches it takes are freed at once,
 /// not when the section closes.
 ///
-/// In a forked child, reclaimers of the parent do not exist: `quiesce`
-/// frees what the child inherited in the inboxes and does not wait for
+/// In a forked child, reclaimers of the parent do not exist, and the
+/// batches the parent's threads had handed off are the parent's: `quiesce`
+/// neither runs the copies the child inherited in the inboxes nor waits for
 /// the batches the parent's reclaimers (or a `quiesce` caller) were
-/// freeing when it forked (the parent frees those).
+/// freeing when it forked. The parent frees all of those; the child frees
+/// what it hands off itself. (Running the parent's deferred work in the
+/// child would run it twice, and could block on a lock that a thread the
+/// child does not have held at the fork.)
 ///
 /// At process exit, freeq runs the same steps once from an `atexit` hook,
 /// each wait bounded (250 ms): the process exits even if a
