@@ -26,9 +26,14 @@ for san in "${@:-thread address}"; do
             --skip a_forked_child_defers_drains_and_quiesces
             --skip a_child_forked_while_quiesce_frees_does_not_hang
             --skip children_forked_while_threads_use_freeq_do_not_hang
+            --skip a_forked_child_leaves_the_parents_waiting_batches_to_the_parent
         )
+        # The soak (tests/soak/) does not fork under ThreadSanitizer either.
+        soak_fork=1
+        [ "$s" = thread ] && soak_fork=0
         # LeakSanitizer (with ASan): payloads forgotten on purpose, see
         # scripts/lsan.supp.
+        FREEQ_SOAK_FORK=$soak_fork \
         LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}" \
         RUSTFLAGS="-Zsanitizer=$s" \
         RUSTDOCFLAGS="-Zsanitizer=$s" \

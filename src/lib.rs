@@ -77,6 +77,7 @@
 //! help](guide#when-to-use-freeq-and-when-not): cheap drops, locks nobody
 //! waits on, frees that must happen under the lock.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 // The crate root declares the layers (queue at the bottom, reclaim above
@@ -100,6 +101,7 @@ mod sync;
 #[cfg(loom)]
 pub use lock::loom;
 #[cfg(feature = "parking_lot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "parking_lot")))]
 pub use lock::parking_lot;
 
 pub use defer::{defer, defer_fn, defer_heavy, defer_with, retire};

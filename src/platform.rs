@@ -131,7 +131,7 @@ pub(crate) fn at_fork_child(hook: extern "C" fn()) {
 /// after it. Unix only (not under Miri); elsewhere nothing is registered.
 /// Failure to register is harmless to the caller's correctness guarantees
 /// as the caller documents them.
-// Only the stats registry uses it, and only where it can fork.
+// The stats registry and the executor slot use it, only where it can fork.
 #[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
 pub(crate) fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
     #[cfg(all(unix, not(miri)))]

@@ -296,3 +296,124 @@ fn in_child() {
     freeq::quiesce();
     assert_eq!(one.load(SeqCst), 1);
 }
+
+/// Dropped slowly, so that replacing an executor that holds one takes a
+/// while.
+struct SlowDrop;
+
+impl Drop for SlowDrop {
+    fn drop(&mut self) {
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A child forked while another thread replaces the offload executor
+/// (whose old closure is slow to drop) can still set, use and clear an
+/// executor of its own: it never inherits the executor's lock held by a
+/// thread it does not have. Its child starts no thread.
+#[test]
+fn a_child_forked_while_the_executor_is_replaced_does_not_hang() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process("a_child_forked_while_the_executor_is_replaced_does_not_hang");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let replacer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                let slow = SlowDrop;
+                freeq::set_offload_executor(move |batch| {
+                    let _ = &slow;
+                    batch.free();
+                });
+            }
+            freeq::clear_offload_executor();
+        })
+    };
+    for _ in 0..20 {
+        fork_and_check(|| {
+            freeq::set_offload_executor(|batch| batch.free());
+            let one = Arc::new(AtomicUsize::new(0));
+            freeq::defer_heavy(Count(one.clone()));
+            assert_eq!(one.load(SeqCst), 1, "the child's executor freed it");
+            freeq::clear_offload_executor();
+        });
+        thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, SeqCst);
+    replacer.join().unwrap();
+    println!("forked child ok");
+}
+
+static HOLD_GATE: AtomicBool = AtomicBool::new(false);
+static HOLD_STARTED: AtomicBool = AtomicBool::new(false);
+/// The process that ran `Parents`'s drop (0: none yet).
+static PARENTS_RAN_IN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Keeps the reclaimer busy until the gate opens.
+struct Hold;
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        HOLD_STARTED.store(true, SeqCst);
+        while !HOLD_GATE.load(SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Deferred work of the parent's, waiting in an inbox at the fork.
+struct Parents;
+
+impl Drop for Parents {
+    fn drop(&mut self) {
+        // SAFETY: (6) `getpid` has no preconditions.
+        PARENTS_RAN_IN.store(unsafe { libc::getpid() }, SeqCst);
+    }
+}
+
+/// Batches a parent's threads handed off and that still wait in an inbox
+/// at the fork are the parent's: the child's `quiesce` does not run its
+/// copies (they could take locks held by threads the child does not have)
+/// and its own hand-offs still work; the parent frees them, once.
+#[test]
+fn a_forked_child_leaves_the_parents_waiting_batches_to_the_parent() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process(
+            "a_forked_child_leaves_the_parents_waiting_batches_to_the_parent",
+        );
+    }
+    one_cpu();
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    freeq::set_offload_threshold_ns(0);
+    freeq::set_policy(Policy::Offload);
+    assert_eq!(freeq::__reclaimer_count(), 1);
+    {
+        let _s = freeq::section();
+        freeq::defer(Hold);
+    }
+    wait_for(&HOLD_STARTED);
+    // The one reclaimer is busy: this batch waits in the inbox.
+    {
+        let _s = freeq::section();
+        freeq::defer(Parents);
+    }
+    fork_and_check(|| {
+        freeq::quiesce();
+        // SAFETY: (7) `getpid` has no preconditions.
+        let me = unsafe { libc::getpid() };
+        assert_ne!(
+            PARENTS_RAN_IN.load(SeqCst),
+            me,
+            "the parent's batch ran in the child"
+        );
+        let freed = offload_some(20);
+        freeq::quiesce();
+        assert_eq!(freed.load(SeqCst), 20);
+    });
+    HOLD_GATE.store(true, SeqCst);
+    freeq::quiesce();
+    // SAFETY: (8) as in (7).
+    assert_eq!(PARENTS_RAN_IN.load(SeqCst), unsafe { libc::getpid() });
+    println!("forked child ok");
+}

@@ -21,6 +21,8 @@
 //! assert_eq!(freeq::pending(), 0);
 //! ```
 
+#![cfg_attr(docsrs, doc(cfg(feature = "parking_lot")))]
+
 // This file names `RawDeferred`, the condvar adapter and, under loom, the
 // loom raw locks; nothing else in freeq.
 

@@ -63,6 +63,7 @@ fn transition<T>(f: impl FnOnce() -> T) -> T {
 // on the thread that opened it. Bumps delegate to `R`'s own bump, so
 // the section stays open across them.
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawMutex> la::RawMutex for RawDeferred<R> {
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: Self = RawDeferred { inner: R::INIT };
@@ -92,6 +93,7 @@ unsafe impl<R: la::RawMutex> la::RawMutex for RawDeferred<R> {
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawMutexFair> la::RawMutexFair for RawDeferred<R> {
     unsafe fn unlock_fair(&self) {
         let _leave = Leave;
@@ -106,6 +108,7 @@ unsafe impl<R: la::RawMutexFair> la::RawMutexFair for RawDeferred<R> {
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawMutexTimed> la::RawMutexTimed for RawDeferred<R> {
     type Duration = R::Duration;
     type Instant = R::Instant;
@@ -120,6 +123,7 @@ unsafe impl<R: la::RawMutexTimed> la::RawMutexTimed for RawDeferred<R> {
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLock> la::RawRwLock for RawDeferred<R> {
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: Self = RawDeferred { inner: R::INIT };
@@ -171,6 +175,7 @@ unsafe impl<R: la::RawRwLock> la::RawRwLock for RawDeferred<R> {
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockFair> la::RawRwLockFair for RawDeferred<R> {
     unsafe fn unlock_shared_fair(&self) {
         let _leave = Leave;
@@ -196,6 +201,7 @@ unsafe impl<R: la::RawRwLockFair> la::RawRwLockFair for RawDeferred<R> {
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockDowngrade> la::RawRwLockDowngrade for RawDeferred<R> {
     unsafe fn downgrade(&self) {
         // SAFETY: (v11) as in (v6); the section carries over.
@@ -204,6 +210,7 @@ unsafe impl<R: la::RawRwLockDowngrade> la::RawRwLockDowngrade for RawDeferred<R>
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockTimed> la::RawRwLockTimed for RawDeferred<R> {
     type Duration = R::Duration;
     type Instant = R::Instant;
@@ -226,6 +233,7 @@ unsafe impl<R: la::RawRwLockTimed> la::RawRwLockTimed for RawDeferred<R> {
 }
 
 // SAFETY: see (v1); a recursive read is one more section.
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockRecursive> la::RawRwLockRecursive for RawDeferred<R> {
     fn lock_shared_recursive(&self) {
         acquire(|| self.inner.lock_shared_recursive())
@@ -237,6 +245,7 @@ unsafe impl<R: la::RawRwLockRecursive> la::RawRwLockRecursive for RawDeferred<R>
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockRecursiveTimed> la::RawRwLockRecursiveTimed for RawDeferred<R> {
     fn try_lock_shared_recursive_for(&self, timeout: Self::Duration) -> bool {
         acquire_if(|| self.inner.try_lock_shared_recursive_for(timeout))
@@ -248,6 +257,7 @@ unsafe impl<R: la::RawRwLockRecursiveTimed> la::RawRwLockRecursiveTimed for RawD
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockUpgrade> la::RawRwLockUpgrade for RawDeferred<R> {
     fn lock_upgradable(&self) {
         acquire(|| self.inner.lock_upgradable())
@@ -276,6 +286,7 @@ unsafe impl<R: la::RawRwLockUpgrade> la::RawRwLockUpgrade for RawDeferred<R> {
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockUpgradeFair> la::RawRwLockUpgradeFair for RawDeferred<R> {
     unsafe fn unlock_upgradable_fair(&self) {
         let _leave = Leave;
@@ -290,6 +301,7 @@ unsafe impl<R: la::RawRwLockUpgradeFair> la::RawRwLockUpgradeFair for RawDeferre
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockUpgradeDowngrade> la::RawRwLockUpgradeDowngrade for RawDeferred<R> {
     unsafe fn downgrade_upgradable(&self) {
         // SAFETY: (v17) as in (v13).
@@ -303,6 +315,7 @@ unsafe impl<R: la::RawRwLockUpgradeDowngrade> la::RawRwLockUpgradeDowngrade for 
 }
 
 // SAFETY: see (v1).
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockUpgradeTimed> la::RawRwLockUpgradeTimed for RawDeferred<R> {
     fn try_lock_upgradable_for(&self, timeout: Self::Duration) -> bool {
         acquire_if(|| self.inner.try_lock_upgradable_for(timeout))
@@ -324,6 +337,7 @@ unsafe impl<R: la::RawRwLockUpgradeTimed> la::RawRwLockUpgradeTimed for RawDefer
 }
 
 // SAFETY: (v21) thread ids come straight from `R`, which guarantees them.
+#[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::GetThreadId> la::GetThreadId for RawDeferred<R> {
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: Self = RawDeferred { inner: R::INIT };

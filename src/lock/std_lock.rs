@@ -411,6 +411,7 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
 /// With feature `serde`: serializes the value under the lock (a section);
 /// an error if the mutex is poisoned.
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl<T: ?Sized + serde::Serialize> serde::Serialize for Mutex<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.lock() {
@@ -424,6 +425,7 @@ impl<T: ?Sized + serde::Serialize> serde::Serialize for Mutex<T> {
 
 /// With feature `serde`: deserializes the value into a new mutex.
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Mutex<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         T::deserialize(deserializer).map(Mutex::new)
@@ -433,6 +435,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Mutex<T> {
 /// With feature `serde`: serializes the value under a read lock (a
 /// section); an error if the lock is poisoned.
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl<T: ?Sized + serde::Serialize> serde::Serialize for RwLock<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.read() {
@@ -446,6 +449,7 @@ impl<T: ?Sized + serde::Serialize> serde::Serialize for RwLock<T> {
 
 /// With feature `serde`: deserializes the value into a new lock.
 #[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
 impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for RwLock<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         T::deserialize(deserializer).map(RwLock::new)

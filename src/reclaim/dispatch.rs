@@ -216,10 +216,15 @@ pub(crate) fn can_hand_off() -> bool {
 /// Returns once every item handed to a reclaimer before the call has been
 /// freed (and everything those frees deferred in turn).
 ///
-/// The calling thread frees, itself, every handed-off batch that no
-/// reclaimer has started on yet, and then waits only for the batches
-/// reclaimers are freeing at that moment: it does not depend on how much
-/// CPU idle-priority reclaimers get. Batches given to a user executor
+/// The calling thread frees, itself, every handed-off batch still waiting
+/// in an inbox, and then waits only for the chains reclaimers took before
+/// the call (a reclaimer takes a whole inbox at once and frees its batches
+/// one by one). Those it must let the reclaimers finish: at idle priority,
+/// on a machine whose CPUs are all busy, that waits for the reclaimers to
+/// get CPU time, which can take a second or more. A program that calls
+/// `quiesce` on a busy machine and needs it prompt runs its reclaimers at
+/// [`ReclaimerPriority::Normal`](crate::ReclaimerPriority::Normal)
+/// ([`set_reclaimer_priority`](crate::set_reclaimer_priority)). Batches given to a user executor
 /// ([`set_offload_executor`](crate::set_offload_executor)) are the executor's to free, and not waited
 /// for.
 ///
@@ -231,10 +236,14 @@ pub(crate) fn can_hand_off() -> bool {
 /// deadlock. Inside a section, the batches it takes are freed at once,
 /// not when the section closes.
 ///
-/// In a forked child, reclaimers of the parent do not exist: `quiesce`
-/// frees what the child inherited in the inboxes and does not wait for
+/// In a forked child, reclaimers of the parent do not exist, and the
+/// batches the parent's threads had handed off are the parent's: `quiesce`
+/// neither runs the copies the child inherited in the inboxes nor waits for
 /// the batches the parent's reclaimers (or a `quiesce` caller) were
-/// freeing when it forked (the parent frees those).
+/// freeing when it forked. The parent frees all of those; the child frees
+/// what it hands off itself. (Running the parent's deferred work in the
+/// child would run it twice, and could block on a lock that a thread the
+/// child does not have held at the fork.)
 ///
 /// At process exit, freeq runs the same steps once from an `atexit` hook,
 /// each wait bounded (250 ms): the process exits even if a

@@ -124,15 +124,62 @@ pub fn set_offload_executor<F>(executor: F)
 where
     F: Fn(Batch) + Send + Sync + 'static,
 {
-    *EXECUTOR.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(executor));
+    #[cfg(all(unix, not(miri), not(loom)))]
+    fork_safe::install();
+    let old = EXECUTOR
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(std::sync::Arc::new(executor));
     HAS_EXECUTOR.store(true, StaticSeqCst);
+    // The old executor (user code) is dropped after the lock is released.
+    drop(old);
 }
 
 /// Goes back to freeq's own reclaimers (see [`set_offload_executor`]).
 pub fn clear_offload_executor() {
+    #[cfg(all(unix, not(miri), not(loom)))]
+    fork_safe::install();
     HAS_EXECUTOR.store(false, StaticSeqCst);
     let old = EXECUTOR.write().unwrap_or_else(|e| e.into_inner()).take();
     drop(old);
+}
+
+/// `EXECUTOR` across `fork()`: the forking thread takes it (for writing)
+/// before it forks and releases it on both sides, so a child never
+/// inherits it held by a thread it does not have (the child of a fork made
+/// while another thread set, cleared or read the executor would block on
+/// its first hand-off or `set_offload_executor`). It is never held across
+/// user code, so the fork waits at most for a pointer swap or an `Arc`
+/// clone.
+#[cfg(all(unix, not(miri), not(loom)))]
+mod fork_safe {
+    use std::cell::Cell;
+    use std::sync::{Once, RwLockWriteGuard};
+
+    use super::{EXECUTOR, Executor};
+
+    std::thread_local! {
+        /// The forking thread's hold on `EXECUTOR`, from `prepare` to `release`.
+        static HELD: Cell<Option<RwLockWriteGuard<'static, Option<Executor>>>> =
+            const { Cell::new(None) };
+    }
+
+    extern "C" fn prepare() {
+        let guard = EXECUTOR.write().unwrap_or_else(|e| e.into_inner());
+        // A thread whose thread-locals are gone forks unprotected.
+        let _ = HELD.try_with(move |h| h.set(Some(guard)));
+    }
+
+    extern "C" fn release() {
+        let _ = HELD.try_with(|h| drop(h.take()));
+    }
+
+    /// Registers the fork handlers, once (before the lock is first taken
+    /// by a setter, so every later holder is covered).
+    pub(super) fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| crate::platform::at_fork(prepare, release, release));
+    }
 }
 
 /// The executor set, if any.

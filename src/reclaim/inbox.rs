@@ -108,6 +108,24 @@ impl Inbox {
         Fifo(fifo)
     }
 
+    /// In a forked child, from the fork hook: leaves every batch waiting
+    /// here to the parent, whose threads handed them over and whose
+    /// reclaimers free them there. The child never runs its copies (their
+    /// frees are the parent's deferred work, and may take locks that
+    /// threads the child does not have held at the fork) and stops
+    /// counting them. Async-signal-safe: atomics and a walk over the
+    /// chain, no allocation, no free.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn abandon_all(&self) {
+        let fifo = self.take_all();
+        let n = fifo.items();
+        // The child's copies of the nodes stay where they are, unfreed.
+        std::mem::forget(fifo);
+        let _ = self
+            .outstanding
+            .fetch_update(Release, Relaxed, |o| Some(o.saturating_sub(n)));
+    }
+
     /// Takes one freed node for reuse. The whole pool is swapped out (no
     /// ABA: nodes are never popped one by one from the shared stack) and
     /// all but the first node pushed back.

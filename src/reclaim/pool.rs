@@ -86,9 +86,16 @@ fn install_hooks() {
         extern "C" fn at_exit() {
             exit_hook();
         }
-        // Only an atomic add (async-signal-safe).
+        // Only atomics and pointer walks (async-signal-safe), on the one
+        // thread the child has.
         extern "C" fn in_child() {
             FORKS.fetch_add(1, StaticSeqCst);
+            // The batches waiting in the inboxes are the parent's.
+            if let Some(pool) = POOL.get() {
+                for inbox in pool.reclaimer.inboxes.iter() {
+                    inbox.abandon_all();
+                }
+            }
         }
         // Failure to register is harmless: quiesce still works, and a
         // child is then detected by nothing (documented).
@@ -120,8 +127,9 @@ fn exit_hook() {
 
 impl Pool {
     /// In a forked child, the runners' threads do not exist: forget them
-    /// (they restart on demand), abandon the chains they were freeing (the
-    /// parent frees its own copies), and keep what waits in the inboxes.
+    /// (they restart on demand) and abandon the chains they were freeing
+    /// (the parent frees its own copies). What waited in the inboxes was
+    /// abandoned by the fork hook already, for the same reason.
     fn check_fork(&self) {
         let now = FORKS.load(StaticRelaxed);
         let seen = self.generation.load(StaticRelaxed);

@@ -9,10 +9,9 @@
 //! its CPU busy. If the runner it tried is awake but has not come for
 //! what already waits, or is busy freeing, it wakes another sleeping one.
 //!
-//! [`Reclaimer::quiesce`] does not depend on how much CPU the reclaimers
-//! get: the caller takes every batch still waiting in an inbox and frees
-//! it itself, then waits only for the batches a reclaimer is freeing at
-//! that moment. A reclaimer frees through the [`Frees`] it was built with;
+//! [`Reclaimer::quiesce`] takes every batch still waiting in an inbox and
+//! frees it itself, then waits only for the chains reclaimers took before
+//! it: those still need the reclaimers to get CPU time. A reclaimer frees through the [`Frees`] it was built with;
 //! its public constructors live with the dispatcher, which supplies them.
 //! This file calls `inbox.rs`, `inline.rs`, `priority.rs`, the queue's
 //! buffer and the `sync` shim.
