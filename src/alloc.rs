@@ -440,6 +440,93 @@ fn run_held() -> usize {
     .unwrap_or(0)
 }
 
+/// Frees a thread held, taken off it to be freed elsewhere: an async
+/// guard's bin carries the frees caught by its `with` past the release of
+/// its lock, to whichever thread frees the bin. Each block is freed
+/// exactly once, by [`TakenFrees::free_all`] or the drop.
+pub(crate) struct TakenFrees {
+    /// Blocks linked through their [`Link`]s, as `hold` left them.
+    head: *mut u8,
+    /// The array's blocks, copied out.
+    slots: Box<[Slot]>,
+    free: FreeFn,
+}
+
+// SAFETY: (16) every block reachable from a `TakenFrees` is freed memory
+// that nobody else can reach; `free` is the `dealloc` of a stateless
+// global allocator type (`DeferFrees::free_held`), and a global
+// allocator's `dealloc` may be called from any thread for any block it
+// allocated. Moving the lot to another thread moves addresses only.
+unsafe impl Send for TakenFrees {}
+
+impl TakenFrees {
+    /// Frees every block; how many there were.
+    pub(crate) fn free_all(mut self) -> usize {
+        self.run()
+    }
+
+    fn run(&mut self) -> usize {
+        let mut n = 0;
+        let mut block = std::mem::replace(&mut self.head, ptr::null_mut());
+        while !block.is_null() {
+            // SAFETY: (17) a block on the list got its `Link` in `hold`
+            // and has not been freed since: this list left the thread's
+            // state when it was taken, and `head` was cleared above.
+            let link = unsafe { block.cast::<Link>().read_unaligned() };
+            // SAFETY: (18) `hold`'s caller guaranteed that `free` frees
+            // this block.
+            unsafe { (self.free)(block, unpack(link.layout)) };
+            n += 1;
+            block = link.next;
+        }
+        for &(block, word) in std::mem::take(&mut self.slots).iter() {
+            // SAFETY: (19) as in (18); the slots were taken above, so each
+            // is freed once.
+            unsafe { (self.free)(block, unpack(word)) };
+            n += 1;
+        }
+        crate::stats::count_late_frees(n);
+        n
+    }
+}
+
+impl Drop for TakenFrees {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// Takes every free this thread holds off it (None if it holds none), to
+/// be freed by whoever ends up with them; see [`TakenFrees`]. Allocates
+/// one array for the blocks in the thread's fixed array, if any; frees
+/// nothing.
+pub(crate) fn take_held() -> Option<TakenFrees> {
+    HELD.try_with(|h| {
+        let free = h.free.get()?;
+        if h.frees.get() == 0 {
+            return None;
+        }
+        let (small, large) = (h.small.get(), h.large.get());
+        // Allocates (the inner allocator; `hold` is not reached) with the
+        // thread's state untouched, then empties it.
+        let slots: Box<[Slot]> = h.reserve[..small]
+            .iter()
+            .chain(&h.reserve[large..])
+            .map(Cell::get)
+            .collect();
+        let head = h.head.replace(ptr::null_mut());
+        h.small.set(0);
+        h.large.set(RESERVE_SLOTS);
+        h.frees.set(0);
+        h.bytes.set(0);
+        h.id.set(None);
+        h.free.set(None);
+        Some(TakenFrees { head, slots, free })
+    })
+    .ok()
+    .flatten()
+}
+
 // The header fits in the smallest block it is written to.
 const _: () = assert!(size_of::<Link>() == 2 * size_of::<usize>());
 const _: () = assert!(align_of::<Link>() <= 2 * size_of::<usize>());

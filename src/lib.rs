@@ -134,6 +134,7 @@
 //! assert_eq!(freeq::pending(), 0);
 //! ```
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 // The crate root declares the layers (queue at the bottom, reclaim above
@@ -157,10 +158,14 @@ mod sync;
 pub use lock::loom;
 #[cfg(feature = "parking_lot")]
 pub use lock::parking_lot;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use lock::tokio;
 
 pub use defer::{defer, defer_fn, defer_heavy, defer_with, retire};
 pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
+pub use lock::async_guard::AsyncGuard;
 pub use lock::condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use lock::guard::{LockGuard, Section, section};
 pub use lock::raw::{DeferredGuard, RawDeferred};
