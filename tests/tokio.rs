@@ -543,3 +543,23 @@ fn the_bin_obeys_offload() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn with_carries_retired_values_to_the_epoch_after_the_release() {
+    let m = Arc::new(Mutex::new(0));
+    let t = Target::Mutex(m.clone());
+    let log = Log::default();
+    let mut g = m.try_lock().unwrap();
+    g.with(|_| freeq::retire(log.probe("retired", &t)));
+    assert_eq!(g.pending(), 1);
+    assert_eq!(freeq::pending(), 0);
+    drop(g);
+    // Freed once the epoch lets it go: pinning advances it.
+    for _ in 0..10_000 {
+        if !log.seen().is_empty() {
+            break;
+        }
+        freeq::epoch::pin().flush();
+    }
+    assert_eq!(log.seen(), [("retired", true)]);
+}

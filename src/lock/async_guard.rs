@@ -20,11 +20,11 @@ use crate::queue::buffer::Buffer;
 use crate::reclaim::dispatch;
 
 /// A guard's own bin of deferred work: what its holder deferred and what
-/// its `with` calls caught. Dropping it frees it (see [`Bin::free`]).
+/// its `with` calls caught (retired items among them travel as one item
+/// that hands them on). Dropping it frees it (see [`Bin::free`]).
 #[derive(Default)]
 pub(crate) struct Bin {
     queue: Buffer,
-    retired: Buffer,
 }
 
 // SAFETY: (1) a `&Bin` only reads (`is_empty`, `len` walk the items
@@ -36,28 +36,32 @@ impl Bin {
     pub(crate) const fn new() -> Self {
         Bin {
             queue: Buffer::new(),
-            retired: Buffer::new(),
         }
     }
 
     #[inline]
     fn push<F: FnOnce() + Send + 'static>(&mut self, f: F) {
+        if !self.queue.is_ready() {
+            // A spare block of this thread's queue, rather than a fresh
+            // allocation under the lock, where one is at hand.
+            dispatch::lend_block(&mut self.queue);
+        }
         self.queue.push(f);
     }
 
     fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.retired.is_empty()
+        self.queue.is_empty()
     }
 
     fn len(&self) -> usize {
-        self.queue.len() + self.retired.len()
+        self.queue.len()
     }
 
     /// Hands everything to this thread's queue: freed now, by the thread's
     /// policy (inline, or offloaded to a reclaimer), or, if this thread is
     /// inside a section, when it leaves it.
     fn free(&mut self) {
-        dispatch::queue_batch(&mut self.queue, &mut self.retired);
+        dispatch::queue_batch(&mut self.queue, &mut Buffer::new());
     }
 
     /// Runs `f` inside a section of this thread's and moves into the bin
@@ -99,7 +103,16 @@ impl Drop for Catch<'_> {
                 frees.free_all();
             });
         }
-        dispatch::catch_end(aside, &mut self.bin.queue, &mut self.bin.retired);
+        let mut retired = Buffer::new();
+        dispatch::catch_end(aside, &mut self.bin.queue, &mut retired);
+        if !retired.is_empty() {
+            // Retired items wait for the epoch too: when the bin is freed,
+            // they join that thread's retired list.
+            self.bin.push(move || {
+                let mut retired = retired;
+                dispatch::queue_batch(&mut Buffer::new(), &mut retired);
+            });
+        }
     }
 }
 
@@ -318,8 +331,10 @@ impl<G> AsyncGuard<G> {
     /// let m = std::sync::Mutex::new(HashMap::<u32, Deferred<Vec<u8>>>::new());
     /// m.lock().unwrap().insert(1, Deferred::new(vec![0; 4096]));
     /// let mut g = freeq::AsyncGuard::new(m.lock().unwrap());
-    /// g.with(|map| map.insert(1, Deferred::new(vec![1; 4096]))); // the old Vec is caught
-    /// assert_eq!(g.pending(), 1);
+    /// g.with(|map| {
+    ///     map.insert(1, Deferred::new(vec![1; 4096])); // the old Vec is dropped here...
+    /// });
+    /// assert_eq!(g.pending(), 1); // ...and caught
     /// assert_eq!(freeq::pending(), 0); // nothing left on the thread
     /// drop(g); // unlock, then free it
     /// ```

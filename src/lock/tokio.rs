@@ -355,7 +355,9 @@ impl<T: ?Sized> RwLock<T> {
 
     /// [`try_write`](RwLock::try_write), with a guard that owns an `Arc`.
     pub fn try_write_owned(self: Arc<Self>) -> Result<OwnedRwLockWriteGuard<T>, TryLockError> {
-        Self::into_tokio(self).try_write_owned().map(AsyncGuard::new)
+        Self::into_tokio(self)
+            .try_write_owned()
+            .map(AsyncGuard::new)
     }
 
     /// Blocks the thread for a shared lock (never on a runtime's worker).
@@ -422,10 +424,7 @@ impl<'a, T: ?Sized> AsyncGuard<tk::MutexGuard<'a, T>> {
     /// assert_eq!(part.pending(), 1);
     /// # }
     /// ```
-    pub fn map<U: ?Sized>(
-        this: Self,
-        f: impl FnOnce(&mut T) -> &mut U,
-    ) -> MappedMutexGuard<'a, U> {
+    pub fn map<U: ?Sized>(this: Self, f: impl FnOnce(&mut T) -> &mut U) -> MappedMutexGuard<'a, U> {
         AsyncGuard::map_guard(this, |g| tk::MutexGuard::map(g, f))
     }
 
@@ -442,10 +441,7 @@ impl<'a, T: ?Sized> AsyncGuard<tk::MutexGuard<'a, T>> {
 /// `map` and `try_map` for mapped mutex guards.
 impl<'a, T: ?Sized> AsyncGuard<tk::MappedMutexGuard<'a, T>> {
     /// Narrows the guard further; the bin goes along.
-    pub fn map<U>(
-        this: Self,
-        f: impl FnOnce(&mut T) -> &mut U,
-    ) -> MappedMutexGuard<'a, U> {
+    pub fn map<U>(this: Self, f: impl FnOnce(&mut T) -> &mut U) -> MappedMutexGuard<'a, U> {
         AsyncGuard::map_guard(this, |g| tk::MappedMutexGuard::map(g, f))
     }
 
@@ -480,10 +476,7 @@ impl<T: ?Sized> AsyncGuard<tk::OwnedMutexGuard<T>> {
 /// `map` and `try_map` for owned mapped mutex guards.
 impl<T: ?Sized, U: ?Sized> AsyncGuard<tk::OwnedMappedMutexGuard<T, U>> {
     /// Narrows the guard further; the bin goes along.
-    pub fn map<V>(
-        this: Self,
-        f: impl FnOnce(&mut U) -> &mut V,
-    ) -> OwnedMappedMutexGuard<T, V> {
+    pub fn map<V>(this: Self, f: impl FnOnce(&mut U) -> &mut V) -> OwnedMappedMutexGuard<T, V> {
         AsyncGuard::map_guard(this, |g| tk::OwnedMappedMutexGuard::map(g, f))
     }
 
@@ -568,7 +561,10 @@ impl<'a, T: ?Sized> AsyncGuard<tk::RwLockWriteGuard<'a, T>> {
     }
 
     /// Downgrades and maps in one step; the bin goes along.
-    pub fn downgrade_map<U: ?Sized>(this: Self, f: impl FnOnce(&T) -> &U) -> RwLockReadGuard<'a, U> {
+    pub fn downgrade_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&T) -> &U,
+    ) -> RwLockReadGuard<'a, U> {
         AsyncGuard::map_guard(this, |g| tk::RwLockWriteGuard::downgrade_map(g, f))
     }
 }

@@ -240,13 +240,18 @@ pub(crate) fn free_here<S: Sink>(batch: &mut Buffer) {
 /// and the retired list behind what is there, and outside a section they
 /// are drained at once through `S`, so the thread's policy decides where
 /// they are freed. Counted like items deferred here, when drained. Both
-/// buffers are left empty, with their free blocks.
+/// buffers are left empty; `queue`'s free blocks join the thread's queue
+/// while it holds less than the retention cap.
 pub(crate) fn queue_batch<S: Sink>(queue: &mut Buffer, retired: &mut Buffer) {
-    if queue.is_empty() && retired.is_empty() {
-        return;
-    }
     let _ = LOCAL.try_with(|l| {
         if l.gone.get() {
+            return;
+        }
+        if l.held_bytes() < max_retained() {
+            // SAFETY: (16a) a momentary borrow; moves blocks, runs nothing.
+            unsafe { while (*l.queue()).take_one_free(queue) {} }
+        }
+        if queue.is_empty() && retired.is_empty() {
             return;
         }
         hook_exit::<S>(l);
@@ -266,6 +271,16 @@ pub(crate) fn queue_batch<S: Sink>(queue: &mut Buffer, retired: &mut Buffer) {
         retire_late::<S>(retired.take_items());
         run_late::<S::Timer>(queue.take_items());
     }
+}
+
+/// Gives `buf` one of this thread's spare queue blocks, if it has one:
+/// an async guard's bin then takes its first items without allocating
+/// under its lock. The blocks come back when a bin is freed here.
+pub(crate) fn lend_block(buf: &mut Buffer) {
+    let _ = LOCAL.try_with(|l| {
+        // SAFETY: (16e) a momentary borrow; moves one block, runs nothing.
+        unsafe { buf.take_one_free(&mut *l.queue()) };
+    });
 }
 
 /// What a catch set aside when it started: the items this thread had

@@ -97,6 +97,12 @@ pub(crate) fn queue_batch(queue: &mut Buffer, retired: &mut Buffer) {
     section::queue_batch::<Dispatch>(queue, retired);
 }
 
+/// Lends `buf` a spare block of this thread's queue, if it has one.
+#[inline]
+pub(crate) fn lend_block(buf: &mut Buffer) {
+    section::lend_block(buf);
+}
+
 /// Starts catching what this thread queues (see `section::catch_start`).
 #[inline]
 pub(crate) fn catch_start() -> section::Aside {
