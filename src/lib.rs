@@ -62,6 +62,7 @@
 //! | parking_lot's `Mutex`, `RwLock`, `ReentrantMutex`, `FairMutex` | the types in [`parking_lot`] | same API: timed, fair, upgradable, mapped and `Arc` guards; a `Condvar` too |
 //! | another lock_api lock (spin, custom) | `lock_api::Mutex<freeq::RawDeferred<R>, T>` | [`RawDeferred`] forwards every raw trait `R` implements |
 //! | any other guard | [`LockGuard::new`] | releases the guard, then drains; call [`prepare_thread`] before taking the lock |
+//! | an async lock (tokio, async-lock, futures) held across `.await` | `freeq::tokio::{Mutex, RwLock}` (feature `tokio`) or [`AsyncGuard::new`] | the guard's own bin, freed after the release; `unlock().await` hands off first |
 //! | no lock, just a scope | [`section`] | RAII section |
 //! | an explicit batch to free later, maybe elsewhere | [`FreeQueue`] | owned, `Send`; `drain()` or drop |
 //!
@@ -104,7 +105,16 @@
 //! guard (or a [`Section`]) over an `.await`, every other task's `defer`
 //! on that thread is queued behind it and nothing is freed until that task
 //! releases its guard. Release guards before awaiting (scope them in a
-//! block), as you would a `std` mutex guard.
+//! block), as you would a `std` mutex guard; clippy's
+//! `await_holding_invalid_type` lint can enforce it (see [`AsyncGuard`]).
+//!
+//! For locks held across `.await`, use [`AsyncGuard`] (any guard) or the
+//! locks of `freeq::tokio` (feature `tokio`: tokio's `Mutex` and `RwLock`).
+//! Their guards open no thread-local section: each carries its own bin,
+//! filled by `guard.defer(v)` or by `guard.with(|v| ..)` (which catches
+//! what a synchronous closure drops), freed after the release on whichever
+//! thread drops the guard; `guard.unlock().await` lets a queued task take
+//! the lock before the frees.
 //!
 //! ## Large values
 //!

@@ -60,8 +60,12 @@ impl Bin {
     /// Hands everything to this thread's queue: freed now, by the thread's
     /// policy (inline, or offloaded to a reclaimer), or, if this thread is
     /// inside a section, when it leaves it.
+    #[inline]
     fn free(&mut self) {
-        dispatch::queue_batch(&mut self.queue, &mut Buffer::new());
+        // A guard that deferred nothing owns no block: nothing to do.
+        if self.queue.capacity_bytes() != 0 {
+            dispatch::queue_batch(&mut self.queue, &mut Buffer::new());
+        }
     }
 
     /// Runs `f` inside a section of this thread's and moves into the bin
