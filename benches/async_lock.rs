@@ -14,7 +14,10 @@
 //! - `defer-drop`: tokio's `Mutex` over `defer_drop::DeferDrop<Value>`:
 //!   the old value is sent to defer-drop's background thread;
 //! - `std-freeq`: `freeq::Mutex` (std-backed, blocking a worker while it
-//!   waits) with `freeq::defer`: the synchronous reference.
+//!   waits) with `freeq::defer`: the synchronous reference;
+//! - `freeq-nodefer` (cheap values only): `freeq::tokio::Mutex`, the old
+//!   value dropped under the lock, nothing deferred: what the guard
+//!   itself costs.
 //!
 //! Reported per configuration, medians over the rounds: lock-wait
 //! p50/p99/p99.9 (from calling `lock()` to holding the guard), hand-off
@@ -45,6 +48,7 @@ enum Strategy {
     FreeqUnlock,
     DeferDrop,
     StdFreeq,
+    FreeqPlain,
 }
 
 impl Strategy {
@@ -63,6 +67,7 @@ impl Strategy {
             Strategy::FreeqUnlock => "freeq-unlock",
             Strategy::DeferDrop => "defer-drop",
             Strategy::StdFreeq => "std-freeq",
+            Strategy::FreeqPlain => "freeq-nodefer",
         }
     }
 }
@@ -158,6 +163,14 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 s.released.store(s.now(), Relaxed);
                 g.unlock().await;
             }
+            (Lock::Freeq(m), Strategy::FreeqPlain) => {
+                let mut g = m.lock().await;
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                s.released.store(s.now(), Relaxed);
+                drop(old); // nothing deferred: the guard's bin stays empty
+                drop(g);
+            }
             (Lock::Freeq(m), _) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
@@ -197,7 +210,7 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
     let initial = build(c.allocs);
     let lock = match strategy {
         Strategy::Under => Lock::Tokio(tokio::sync::Mutex::new(initial)),
-        Strategy::FreeqDrop | Strategy::FreeqUnlock => {
+        Strategy::FreeqDrop | Strategy::FreeqUnlock | Strategy::FreeqPlain => {
             Lock::Freeq(freeq::tokio::Mutex::new(initial))
         }
         Strategy::DeferDrop => Lock::DeferDrop(tokio::sync::Mutex::new(DeferDrop::new(initial))),
@@ -576,7 +589,12 @@ fn main() {
     compare(
         "cheap values, multi-thread",
         &multi,
-        &[Strategy::Under, Strategy::FreeqDrop, Strategy::FreeqUnlock],
+        &[
+            Strategy::Under,
+            Strategy::FreeqPlain,
+            Strategy::FreeqDrop,
+            Strategy::FreeqUnlock,
+        ],
         cheap,
         o.rounds.max(5),
     );
