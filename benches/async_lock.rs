@@ -336,7 +336,7 @@ fn compare(
 /// waiter holding the lock, per strategy (p50 and p99 over `reps`), next
 /// to the time the frees take. For `under` that includes the frees, made
 /// before the release; freeq's strategies release first.
-fn handoff(rt: &tokio::runtime::Runtime, allocs: usize, reps: usize, rounds: usize) {
+fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize, rounds: usize) {
     let strategies = [Strategy::Under, Strategy::FreeqDrop, Strategy::FreeqUnlock];
     let mut med: Vec<Vec<(u64, u64)>> = strategies.iter().map(|_| Vec::new()).collect();
     let mut free_ns = Vec::new();
@@ -350,7 +350,7 @@ fn handoff(rt: &tokio::runtime::Runtime, allocs: usize, reps: usize, rounds: usi
         }
     }
     println!(
-        "\n## hand-off to a queued waiter: {allocs} allocations freed per release, {reps} releases, multi-thread"
+        "\n## hand-off to a queued waiter, {title}: {allocs} allocations freed per release, {reps} releases"
     );
     println!(
         "freeing one value takes {} us (median)",
@@ -571,7 +571,8 @@ fn main() {
         };
         compare("multi-thread", &multi, &Strategy::ALL, c, o.rounds);
     }
-    handoff(&multi, 50_000, o.handoff_reps, o.rounds);
+    handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
+    handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
     let c = Config {
         tasks: 64,
         ops: o.ops,
