@@ -214,7 +214,9 @@ impl Future for YieldOnce {
 ///
 /// A current-thread runtime or a `LocalSet` does not ask for `Send`; have
 /// clippy catch the misuse there with its `await_holding_invalid_type`
-/// lint, in `clippy.toml`:
+/// lint, configured in `clippy.toml` (the guards of
+/// [`freeq::parking_lot`](crate::parking_lot) and every lock_api guard
+/// are flagged by clippy's `await_holding_lock` already):
 ///
 /// ```toml
 /// await-holding-invalid-types = [
