@@ -23,8 +23,12 @@ cd "$(dirname "$0")/.."
 rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 || true
 
 cargo +nightly miri test --lib --tests "$@"
+# The async locks (feature tokio); their epoch test runs in pass 2.
+cargo +nightly miri test --features tokio --test tokio "$@"
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
     cargo +nightly miri test --test reclaim --test stats --test failure_paths --test offload_rule "$@" -- --include-ignored
+MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
+    cargo +nightly miri test --features tokio --test tokio "$@" -- --include-ignored epoch
 for target in i686-unknown-linux-gnu s390x-unknown-linux-gnu; do
     t=${target//-/_}
     env "CC_$t=gcc" "AR_$t=ar" CRATE_CC_NO_DEFAULTS=1 \

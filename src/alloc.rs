@@ -366,3 +366,26 @@ pub fn frees_after<R>(f: impl FnOnce() -> R) -> R {
     let _section = open_section();
     f()
 }
+
+/// Frees this thread held, taken off it to be freed elsewhere; see
+/// [`take_held`].
+pub(crate) struct TakenFrees(crate::queue::held::TakenFrees);
+
+impl TakenFrees {
+    /// Frees every block and counts them in
+    /// [`Stats::deferred_frees`](crate::Stats::deferred_frees); how many.
+    pub(crate) fn free_all(self) -> usize {
+        let n = self.0.free_all();
+        crate::stats::count_late_frees(n);
+        n
+    }
+}
+
+/// Takes every free this thread holds off it (None if it holds none), to
+/// be freed by whoever ends up with them: an async guard's bin carries the
+/// frees caught by its `with` past the release of its lock, to whichever
+/// thread frees the bin. Allocates one array for the blocks in the
+/// thread's fixed array, if any; frees nothing.
+pub(crate) fn take_held() -> Option<TakenFrees> {
+    section::take_held().map(TakenFrees)
+}

@@ -103,10 +103,14 @@ pub use lock::loom;
 #[cfg(feature = "parking_lot")]
 #[cfg_attr(docsrs, doc(cfg(feature = "parking_lot")))]
 pub use lock::parking_lot;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use lock::tokio;
 
 pub use defer::{defer, defer_fn, defer_heavy, defer_with, retire};
 pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
+pub use lock::async_guard::AsyncGuard;
 pub use lock::condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use lock::guard::{LockGuard, Section, section};
 pub use lock::raw::{DeferredGuard, RawDeferred};

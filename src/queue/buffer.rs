@@ -550,6 +550,18 @@ impl Buffer {
         items
     }
 
+    /// Moves one of `other`'s free blocks to this buffer's free list, if
+    /// it has one; whether it did. Allocates nothing.
+    pub(crate) fn take_one_free(&mut self, other: &mut Buffer) -> bool {
+        let block = other.pop_free();
+        if block.is_null() {
+            return false;
+        }
+        // SAFETY: (27b) a free block, now owned by no buffer.
+        unsafe { self.push_free(block) };
+        true
+    }
+
     /// Moves `other`'s free blocks (and, once `other` is empty, the blocks
     /// of its chain) to this buffer's free list. Allocates nothing.
     pub(crate) fn take_free(&mut self, other: &mut Buffer) {

@@ -294,6 +294,32 @@ impl HeldFrees {
         n
     }
 
+    /// Takes every held block off the thread (None if it holds none), to
+    /// be freed by whoever ends up with the [`TakenFrees`]: an async
+    /// guard's bin carries the frees its `with` caught past the release of
+    /// its lock. Allocates one array for the blocks in the fixed array (a
+    /// plain allocation: nothing is held by it); frees nothing. The thread
+    /// stays armed.
+    pub(crate) fn take(&self) -> Option<TakenFrees> {
+        let free = self.free.get()?;
+        let len = self.len.get();
+        if len == 0 {
+            return None;
+        }
+        let slots: Box<[(*mut u8, Layout)]> = self.slots[..len]
+            .iter()
+            .zip(&self.aligns[..len])
+            .map(|(slot, align)| (slot.get().0, layout_of(slot.get(), align.get())))
+            .collect();
+        // Emptied only once the array above is built: its allocation saw
+        // the thread's state whole.
+        let head = self.head.replace(ptr::null_mut());
+        self.listed.set(0);
+        self.len.set(0);
+        self.small.set(0);
+        Some(TakenFrees { head, slots, free })
+    }
+
     /// How many blocks are held, and their bytes. O(blocks held).
     pub(crate) fn totals(&self) -> (usize, usize) {
         let len = self.len.get();
@@ -309,6 +335,60 @@ impl HeldFrees {
             block = link.next;
         }
         (len + self.listed.get(), bytes)
+    }
+}
+
+/// Frees a thread held, taken off it by [`HeldFrees::take`] to be freed
+/// elsewhere. Each block is freed exactly once, by
+/// [`TakenFrees::free_all`] or the drop.
+pub(crate) struct TakenFrees {
+    /// Blocks linked through their [`Link`]s, as `link` left them.
+    head: *mut u8,
+    /// The array's blocks, copied out with their layouts.
+    slots: Box<[(*mut u8, Layout)]>,
+    free: FreeFn,
+}
+
+// SAFETY: (9) every block reachable from a `TakenFrees` is freed memory
+// that nobody else can reach; `free` is the `dealloc` of a stateless
+// global allocator type (`DeferFrees::free_held`), and a global
+// allocator's `dealloc` may be called from any thread for any block it
+// allocated. Moving the lot to another thread moves addresses only.
+unsafe impl Send for TakenFrees {}
+
+impl TakenFrees {
+    /// Frees every block; how many there were.
+    pub(crate) fn free_all(mut self) -> usize {
+        self.run()
+    }
+
+    fn run(&mut self) -> usize {
+        let mut n = 0;
+        let mut block = std::mem::replace(&mut self.head, ptr::null_mut());
+        while !block.is_null() {
+            // SAFETY: (10) a block on the list got its `Link` in `link`
+            // and has not been freed since: the list left the thread's
+            // state when it was taken, and `head` was cleared above.
+            let link = unsafe { block.cast::<Link>().read_unaligned() };
+            // SAFETY: (11) whoever held the block guaranteed that `free`
+            // frees it.
+            unsafe { (self.free)(block, unpack(link.layout)) };
+            n += 1;
+            block = link.next;
+        }
+        for &(block, layout) in std::mem::take(&mut self.slots).iter() {
+            // SAFETY: (12) as in (11); the slots were taken above, so each
+            // is freed once.
+            unsafe { (self.free)(block, layout) };
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Drop for TakenFrees {
+    fn drop(&mut self) {
+        self.run();
     }
 }
 

@@ -309,7 +309,7 @@ impl Local {
 
 /// Hands `batch` to `S` (the epoch) on a thread whose state is gone or
 /// going.
-fn retire_late<S: Sink>(batch: Buffer) {
+pub(crate) fn retire_late<S: Sink>(batch: Buffer) {
     if batch.is_empty() {
         return;
     }

@@ -26,7 +26,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::queue::buffer::Buffer;
 use crate::queue::held::FreeFn;
 use crate::queue::hooks::{DropTimer, Watch};
-use crate::queue::local::{Draining, LOCAL, Local, SECTION, hook_exit, push_exiting, run_late};
+use crate::queue::local::{
+    Draining, LOCAL, Local, SECTION, hook_exit, push_exiting, retire_late, run_late,
+};
 use crate::queue::panic::{Panic, keep_first, resume};
 use crate::queue::sink::{Offer, Sink};
 use crate::stats::{self, LocalCounts};
@@ -239,6 +241,122 @@ pub(crate) fn free_here<S: Sink>(batch: &mut Buffer) {
     }
 }
 
+/// Hands this thread a batch gathered elsewhere (an async guard's bin), as
+/// if its items had been deferred and retired here: they join the queue
+/// and the retired list behind what is there, and outside a section they
+/// are drained at once through `S`, so the thread's policy decides where
+/// they are freed. Counted like items deferred here, when drained. Both
+/// buffers are left empty; `queue`'s free blocks join the thread's queue
+/// while it holds less than the retention cap.
+pub(crate) fn queue_batch<S: Sink>(queue: &mut Buffer, retired: &mut Buffer) {
+    let _ = LOCAL.try_with(|l| {
+        if l.gone.get() {
+            return;
+        }
+        if l.held_bytes() < max_retained() {
+            // SAFETY: (16a) a momentary borrow; moves blocks, runs nothing.
+            unsafe { while (*l.queue()).take_one_free(queue) {} }
+        }
+        if queue.is_empty() && retired.is_empty() {
+            return;
+        }
+        hook_exit::<S>(l);
+        // SAFETY: (16b) momentary borrows; `append` relinks blocks in O(1)
+        // and runs nothing.
+        unsafe {
+            (*l.retired()).append(retired);
+            (*l.queue()).append(queue);
+        }
+        if !l.queues_now() {
+            l.drain::<S>(false);
+        }
+    });
+    if !queue.is_empty() || !retired.is_empty() {
+        // This thread's state is gone (thread exit).
+        stats::count_late(queue.len(), 0, 0);
+        retire_late::<S>(retired.take_items());
+        run_late::<S::Timer>(queue.take_items());
+    }
+}
+
+/// Gives `buf` one of this thread's spare queue blocks, if it has one:
+/// an async guard's bin then takes its first items without allocating
+/// under its lock. The blocks come back when a bin is freed here.
+pub(crate) fn lend_block(buf: &mut Buffer) {
+    let _ = LOCAL.try_with(|l| {
+        // SAFETY: (16e) a momentary borrow; moves one block, runs nothing.
+        unsafe { buf.take_one_free(&mut *l.queue()) };
+    });
+}
+
+/// What a catch set aside when it started: the items this thread had
+/// queued already. See [`catch_start`].
+pub(crate) struct Aside {
+    queue: Buffer,
+    retired: Buffer,
+    /// The catch opened a section (the thread's state was live).
+    entered: bool,
+}
+
+/// Starts catching what this thread queues from now on: sets aside the
+/// items it has queued already (an enclosing section's, or what a running
+/// drain has not reached yet), readies the queue and opens a section.
+/// [`catch_end`] takes what was queued in between and puts the set-aside
+/// items back, in front, as they were.
+pub(crate) fn catch_start<S: Sink>() -> Aside {
+    let mut aside = Aside {
+        queue: Buffer::new(),
+        retired: Buffer::new(),
+        entered: false,
+    };
+    let _ = LOCAL.try_with(|l| {
+        if l.gone.get() {
+            return;
+        }
+        // SAFETY: (16c) momentary borrows; taking items runs nothing.
+        unsafe {
+            aside.queue = (*l.queue()).take_items();
+            aside.retired = (*l.retired()).take_items();
+        }
+        if !l.is_ready() {
+            prepare_cold::<S>(l);
+        }
+        l.state.set(l.state.get() + SECTION);
+        aside.entered = true;
+    });
+    aside
+}
+
+/// Ends a catch begun by [`catch_start`] on this thread: appends the items
+/// queued since to `queue` and `retired`, puts the set-aside items back,
+/// and closes the catch's section (which drains, through `S`, only what
+/// was set aside, and only if it was the outermost section).
+pub(crate) fn catch_end<S: Sink>(mut aside: Aside, queue: &mut Buffer, retired: &mut Buffer) {
+    if !aside.entered {
+        return;
+    }
+    let _ = LOCAL.try_with(|l| {
+        if l.gone.get() {
+            // The thread's exit path ran inside the catch (a catch in a
+            // late thread-local destructor): what was set aside is freed
+            // as the exit path frees.
+            retire_late::<S>(aside.retired.take_items());
+            run_late::<S::Timer>(aside.queue.take_items());
+            return;
+        }
+        // SAFETY: (16d) momentary borrows; `append` relinks blocks in
+        // O(1) and runs nothing.
+        unsafe {
+            let (q, r) = (&mut *l.queue(), &mut *l.retired());
+            queue.append(q);
+            retired.append(r);
+            q.append(&mut aside.queue);
+            r.append(&mut aside.retired);
+        }
+    });
+    leave::<S>();
+}
+
 /// Frees `batch`'s items on this thread here and now, even inside a
 /// section (`quiesce` or `Batch::free` called there),
 /// and counts them as freed: they were counted as deferred where they came
@@ -427,6 +545,12 @@ unsafe fn hold_cold<K: 'static>(ptr: *mut u8, layout: Layout, l: &Local, free: F
         // SAFETY: (21b) the caller's guarantee.
         unsafe { free(ptr, layout) }
     }
+}
+
+/// Takes every free the calling thread holds off it, to be freed
+/// elsewhere: see [`HeldFrees::take`](crate::queue::held::HeldFrees::take).
+pub(crate) fn take_held() -> Option<crate::queue::held::TakenFrees> {
+    LOCAL.try_with(|l| l.held.take()).ok().flatten()
 }
 
 /// How many frees the calling thread holds, and their bytes.

@@ -89,6 +89,32 @@ pub(crate) fn leave() {
     section::leave::<Dispatch>();
 }
 
+/// Hands this thread a batch gathered elsewhere (an async guard's bin): it
+/// is freed as if deferred and retired here, by the thread's policy, when
+/// the thread is outside a section (at once) or leaves it.
+#[inline]
+pub(crate) fn queue_batch(queue: &mut Buffer, retired: &mut Buffer) {
+    section::queue_batch::<Dispatch>(queue, retired);
+}
+
+/// Lends `buf` a spare block of this thread's queue, if it has one.
+#[inline]
+pub(crate) fn lend_block(buf: &mut Buffer) {
+    section::lend_block(buf);
+}
+
+/// Starts catching what this thread queues (see `section::catch_start`).
+#[inline]
+pub(crate) fn catch_start() -> section::Aside {
+    section::catch_start::<Dispatch>()
+}
+
+/// Ends a catch, moving what was queued since into `queue` and `retired`.
+#[inline]
+pub(crate) fn catch_end(aside: section::Aside, queue: &mut Buffer, retired: &mut Buffer) {
+    section::catch_end::<Dispatch>(aside, queue, retired);
+}
+
 /// [`prepare_thread`] and [`enter`] in one visit to the thread's state.
 #[inline]
 pub(crate) fn prepare_and_enter() {

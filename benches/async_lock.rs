@@ -1,0 +1,617 @@
+//! Async locks: lock wait, hand-off and throughput when tasks replace
+//! values that are expensive to drop under a tokio mutex.
+//!
+//! N tasks each loop: build a fresh value (outside the lock), think (a
+//! short spin, then a yield), lock, swap the value in, unlock. The old
+//! value owns `--allocs` heap boxes, so freeing it costs one `free` each.
+//! Strategies, run interleaved in the same process, `--rounds` times each:
+//!
+//! - `under`: tokio's `Mutex`, the old value dropped under the lock;
+//! - `freeq-drop`: `freeq::tokio::Mutex`, `defer(old)`, the guard dropped
+//!   (release, then free, in the same poll);
+//! - `freeq-unlock`: the same, then `unlock().await` (release, yield once,
+//!   free);
+//! - `defer-drop`: tokio's `Mutex` over `defer_drop::DeferDrop<Value>`:
+//!   the old value is sent to defer-drop's background thread;
+//! - `std-freeq`: `freeq::Mutex` (std-backed, blocking a worker while it
+//!   waits) with `freeq::defer`: the synchronous reference;
+//! - `freeq-nodefer` (cheap values only): `freeq::tokio::Mutex`, the old
+//!   value dropped under the lock, nothing deferred: what the guard
+//!   itself costs.
+//!
+//! Reported per configuration, medians over the rounds: lock-wait
+//! p50/p99/p99.9 (from calling `lock()` to holding the guard), hand-off
+//! (from the end of a holder's work, the value swapped, to the next
+//! acquisition by a task that was already waiting; it includes whatever
+//! the strategy does before its release) p50/p99, and throughput; then ratios against `under`. A second
+//! part runs the same on a current-thread runtime, and a third replaces a
+//! cheap value (one small box) to check that freeq costs no throughput
+//! when there is nothing expensive to free.
+//!
+//! `cargo bench --bench async_lock --features tokio` (about 1–2 minutes on
+//! 2 cores); `-- --help` for the options.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use defer_drop::DeferDrop;
+use hdrhistogram::Histogram;
+
+type Value = Vec<Box<u64>>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Strategy {
+    Under,
+    FreeqDrop,
+    FreeqUnlock,
+    DeferDrop,
+    StdFreeq,
+    FreeqPlain,
+}
+
+impl Strategy {
+    const ALL: [Strategy; 5] = [
+        Strategy::Under,
+        Strategy::FreeqDrop,
+        Strategy::FreeqUnlock,
+        Strategy::DeferDrop,
+        Strategy::StdFreeq,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Strategy::Under => "under",
+            Strategy::FreeqDrop => "freeq-drop",
+            Strategy::FreeqUnlock => "freeq-unlock",
+            Strategy::DeferDrop => "defer-drop",
+            Strategy::StdFreeq => "std-freeq",
+            Strategy::FreeqPlain => "freeq-nodefer",
+        }
+    }
+}
+
+/// The lock each strategy uses, around the same value.
+enum Lock {
+    Tokio(tokio::sync::Mutex<Value>),
+    Freeq(freeq::tokio::Mutex<Value>),
+    DeferDrop(tokio::sync::Mutex<DeferDrop<Value>>),
+    Std(freeq::Mutex<Value>),
+}
+
+struct Shared {
+    lock: Lock,
+    start: Instant,
+    /// When the last holder finished its work (the value swapped; what
+    /// follows is its strategy's frees and release), in ns since `start`.
+    released: AtomicU64,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Config {
+    tasks: usize,
+    ops: usize,
+    allocs: usize,
+    think: Duration,
+}
+
+fn build(allocs: usize) -> Value {
+    (0..allocs as u64).map(Box::new).collect()
+}
+
+fn spin(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+struct Hists {
+    wait: Histogram<u64>,
+    handoff: Histogram<u64>,
+}
+
+impl Hists {
+    fn new() -> Hists {
+        let h = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        Hists {
+            wait: h(),
+            handoff: h(),
+        }
+    }
+}
+
+/// One operation's lock: records the wait and, if this task was queued
+/// when the lock was last released, the hand-off.
+fn acquired(s: &Shared, h: &mut Hists, asked: u64) {
+    let got = s.now();
+    h.wait.saturating_record((got - asked).max(1));
+    let released = s.released.load(Relaxed);
+    if released > asked && got >= released {
+        h.handoff.saturating_record((got - released).max(1));
+    }
+}
+
+async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hists {
+    let mut h = Hists::new();
+    for _ in 0..ops {
+        let fresh = build(c.allocs);
+        spin(c.think);
+        tokio::task::yield_now().await;
+        let asked = s.now();
+        match (&s.lock, strategy) {
+            (Lock::Tokio(m), _) => {
+                let mut g = m.lock().await;
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                s.released.store(s.now(), Relaxed);
+                drop(old); // freed here, under the lock
+                drop(g);
+            }
+            (Lock::Freeq(m), Strategy::FreeqUnlock) => {
+                let mut g = m.lock().await;
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                g.defer(old);
+                s.released.store(s.now(), Relaxed);
+                g.unlock().await;
+            }
+            (Lock::Freeq(m), Strategy::FreeqPlain) => {
+                let mut g = m.lock().await;
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                s.released.store(s.now(), Relaxed);
+                drop(old); // nothing deferred: the guard's bin stays empty
+                drop(g);
+            }
+            (Lock::Freeq(m), _) => {
+                let mut g = m.lock().await;
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                g.defer(old);
+                s.released.store(s.now(), Relaxed);
+                drop(g);
+            }
+            (Lock::DeferDrop(m), _) => {
+                let mut g = m.lock().await;
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, DeferDrop::new(fresh));
+                s.released.store(s.now(), Relaxed);
+                drop(old); // sent to defer-drop's thread, under the lock
+                drop(g);
+            }
+            (Lock::Std(m), _) => {
+                let mut g = m.lock().unwrap();
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                freeq::defer(old);
+                s.released.store(s.now(), Relaxed);
+                drop(g);
+            }
+        }
+    }
+    h
+}
+
+struct Run {
+    wait: [u64; 3],
+    handoff: [u64; 2],
+    throughput: f64,
+}
+
+fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
+    let initial = build(c.allocs);
+    let lock = match strategy {
+        Strategy::Under => Lock::Tokio(tokio::sync::Mutex::new(initial)),
+        Strategy::FreeqDrop | Strategy::FreeqUnlock | Strategy::FreeqPlain => {
+            Lock::Freeq(freeq::tokio::Mutex::new(initial))
+        }
+        Strategy::DeferDrop => Lock::DeferDrop(tokio::sync::Mutex::new(DeferDrop::new(initial))),
+        Strategy::StdFreeq => Lock::Std(freeq::Mutex::new(initial)),
+    };
+    let s = Arc::new(Shared {
+        lock,
+        start: Instant::now(),
+        released: AtomicU64::new(0),
+    });
+    let per_task = c.ops.div_ceil(c.tasks);
+    let started = Instant::now();
+    let hists = rt.block_on(async {
+        let handles: Vec<_> = (0..c.tasks)
+            .map(|_| tokio::spawn(task(s.clone(), strategy, c, per_task)))
+            .collect();
+        let mut all = Hists::new();
+        for handle in handles {
+            let h = handle.await.unwrap();
+            all.wait.add(&h.wait).unwrap();
+            all.handoff.add(&h.handoff).unwrap();
+        }
+        all
+    });
+    let elapsed = started.elapsed();
+    black_box(&s);
+    if strategy == Strategy::DeferDrop {
+        // defer-drop's thread may still be freeing this run's values: wait
+        // for it (it frees in order), so its backlog does not run into the
+        // next configuration.
+        struct Marker(std::sync::mpsc::Sender<()>);
+        impl Drop for Marker {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop(DeferDrop::new(Marker(tx)));
+        rx.recv().unwrap();
+    }
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
+    Run {
+        wait: [
+            q(&hists.wait, 0.5),
+            q(&hists.wait, 0.99),
+            q(&hists.wait, 0.999),
+        ],
+        handoff: [q(&hists.handoff, 0.5), q(&hists.handoff, 0.99)],
+        throughput: (per_task * c.tasks) as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+fn median_u64(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+/// Runs every strategy `rounds` times, interleaved, and prints medians and
+/// ratios against `under`.
+fn compare(
+    title: &str,
+    rt: &tokio::runtime::Runtime,
+    strategies: &[Strategy],
+    c: Config,
+    rounds: usize,
+) {
+    let mut runs: Vec<Vec<Run>> = strategies.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, &s) in strategies.iter().enumerate() {
+            runs[i].push(run(rt, s, c));
+        }
+    }
+    println!(
+        "\n## {title}: {} tasks, {} ops, {} allocations per value, think {} us",
+        c.tasks,
+        c.ops,
+        c.allocs,
+        c.think.as_micros()
+    );
+    println!(
+        "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10}",
+        "strategy", "wait p50", "wait p99", "wait p99.9", "handoff p50", "handoff p99", "ops/s"
+    );
+    let mut med = Vec::new();
+    for (i, &s) in strategies.iter().enumerate() {
+        let r = &runs[i];
+        let m = |f: &dyn Fn(&Run) -> u64| median_u64(r.iter().map(f).collect());
+        let row = (
+            [m(&|r| r.wait[0]), m(&|r| r.wait[1]), m(&|r| r.wait[2])],
+            [m(&|r| r.handoff[0]), m(&|r| r.handoff[1])],
+            median_f64(r.iter().map(|r| r.throughput).collect()),
+        );
+        println!(
+            "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10.0}",
+            s.name(),
+            us(row.0[0]),
+            us(row.0[1]),
+            us(row.0[2]),
+            us(row.1[0]),
+            us(row.1[1]),
+            row.2
+        );
+        med.push(row);
+    }
+    println!("(times in us; medians of {rounds} interleaved rounds)");
+    let base = &med[0];
+    println!(
+        "ratios to {}: wait p99 and p99.9 (base / this: higher is better), handoff p50 (base / this), throughput (this / base)",
+        strategies[0].name()
+    );
+    for (i, &s) in strategies.iter().enumerate().skip(1) {
+        let r = &med[i];
+        let div = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+        println!(
+            "  {:<13} wait p99 {:>6.1}x  p99.9 {:>6.1}x  handoff p50 {:>7.1}x  throughput {:.3}x",
+            s.name(),
+            div(base.0[1], r.0[1]),
+            div(base.0[2], r.0[2]),
+            div(base.1[0], r.1[0]),
+            r.2 / base.2
+        );
+    }
+}
+
+/// Hand-off to a waiter already queued: a holder replaces a value of
+/// `allocs` allocations and releases while one task waits on the lock;
+/// the time from the end of the holder's work (the value swapped) to the
+/// waiter holding the lock, per strategy (p50 and p99 over `reps`), next
+/// to the time the frees take. For `under` that includes the frees, made
+/// before the release; freeq's strategies release first.
+fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize, rounds: usize) {
+    let strategies = [Strategy::Under, Strategy::FreeqDrop, Strategy::FreeqUnlock];
+    let mut med: Vec<Vec<(u64, u64)>> = strategies.iter().map(|_| Vec::new()).collect();
+    let mut free_ns = Vec::new();
+    for _ in 0..rounds {
+        for (i, &strategy) in strategies.iter().enumerate() {
+            let (h, f) = rt.block_on(handoff_run(strategy, allocs, reps));
+            med[i].push((h.value_at_quantile(0.5), h.value_at_quantile(0.99)));
+            if f > 0 {
+                free_ns.push(f);
+            }
+        }
+    }
+    println!(
+        "\n## hand-off to a queued waiter, {title}: {allocs} allocations freed per release, {reps} releases"
+    );
+    println!(
+        "freeing one value takes {} us (median)",
+        us(median_u64(free_ns))
+    );
+    println!(
+        "{:<13} {:>12} {:>12}",
+        "strategy", "handoff p50", "handoff p99"
+    );
+    let rows: Vec<(u64, u64)> = med
+        .iter()
+        .map(|r| {
+            (
+                median_u64(r.iter().map(|x| x.0).collect()),
+                median_u64(r.iter().map(|x| x.1).collect()),
+            )
+        })
+        .collect();
+    for (i, &s) in strategies.iter().enumerate() {
+        println!(
+            "{:<13} {:>12} {:>12}",
+            s.name(),
+            us(rows[i].0),
+            us(rows[i].1)
+        );
+    }
+    for (i, &s) in strategies.iter().enumerate().skip(1) {
+        println!(
+            "  {:<13} handoff p50 {:.1}x, p99 {:.1}x lower than under",
+            s.name(),
+            rows[0].0 as f64 / rows[i].0.max(1) as f64,
+            rows[0].1 as f64 / rows[i].1.max(1) as f64
+        );
+    }
+}
+
+async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogram<u64>, u64) {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let start = Instant::now();
+    let now = move || start.elapsed().as_nanos() as u64;
+    let tokio_lock = Arc::new(tokio::sync::Mutex::new(build(1)));
+    let freeq_lock = Arc::new(freeq::tokio::Mutex::new(build(1)));
+    let mut frees = Vec::new();
+    for _ in 0..reps {
+        let fresh = build(allocs);
+        let released = Arc::new(AtomicU64::new(0));
+        let (t, f, r) = (tokio_lock.clone(), freeq_lock.clone(), released.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        // Takes the lock first, lets the waiter queue, then releases.
+        let holder = async move {
+            match strategy {
+                Strategy::Under => {
+                    let mut g = t.lock().await;
+                    ready_rx.await.unwrap();
+                    tokio::task::yield_now().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    // The holder's work is done: from here on the waiter
+                    // waits for the frees and the release.
+                    let t0 = now();
+                    r.store(t0, Relaxed);
+                    drop(old);
+                    let took = now() - t0;
+                    drop(g);
+                    took
+                }
+                _ => {
+                    let mut g = f.lock().await;
+                    ready_rx.await.unwrap();
+                    tokio::task::yield_now().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    g.defer(old);
+                    r.store(now(), Relaxed);
+                    if strategy == Strategy::FreeqUnlock {
+                        g.unlock().await;
+                    } else {
+                        drop(g);
+                    }
+                    0
+                }
+            }
+        };
+        let holder = tokio::spawn(holder);
+        // The waiter: queues on the lock (the holder has it), then records
+        // when it gets it.
+        let (t, f, r) = (tokio_lock.clone(), freeq_lock.clone(), released.clone());
+        let waiter = tokio::spawn(async move {
+            // Let the holder take the lock first.
+            while match strategy {
+                Strategy::Under => t.try_lock().is_ok(),
+                _ => f.try_lock().is_ok(),
+            } {
+                tokio::task::yield_now().await;
+            }
+            ready_tx.send(()).unwrap();
+            match strategy {
+                Strategy::Under => drop(t.lock().await),
+                _ => drop(f.lock().await),
+            }
+            now().saturating_sub(r.load(Relaxed))
+        });
+        let took = holder.await.unwrap();
+        let waited = waiter.await.unwrap();
+        hist.saturating_record(waited.max(1));
+        if took > 0 {
+            frees.push(took);
+        }
+    }
+    let free = if frees.is_empty() {
+        0
+    } else {
+        median_u64(frees)
+    };
+    (hist, free)
+}
+
+struct Options {
+    tasks: Vec<usize>,
+    ops: usize,
+    allocs: usize,
+    think_us: u64,
+    rounds: usize,
+    cheap_ops: usize,
+    handoff_reps: usize,
+}
+
+const HELP: &str = "async_lock: lock wait, hand-off and throughput of async locks whose
+holders replace values that are expensive to drop.
+
+Usage: cargo bench --bench async_lock --features tokio -- [OPTIONS]
+
+Options:
+  --tasks N,N,..   task counts on the multi-thread runtime, 16 to 256 each (default 16,256)
+  --ops N          operations per configuration (default 600)
+  --allocs N       heap allocations each replaced value frees, 10000 to 50000 (default 30000)
+  --think US       spin between locks, in microseconds (default 20)
+  --rounds N       interleaved rounds per configuration (default 3)
+  --cheap-ops N    operations of the cheap-value run (default 100000)
+  --handoff-reps N releases measured per hand-off round (default 100)
+  -h, --help       this text
+";
+
+fn parse() -> Options {
+    let mut o = Options {
+        tasks: vec![16, 256],
+        ops: 600,
+        allocs: 30_000,
+        think_us: 20,
+        rounds: 3,
+        cheap_ops: 100_000,
+        handoff_reps: 100,
+    };
+    let fail = |msg: String| -> ! {
+        eprintln!("async_lock: {msg} (see --help)");
+        std::process::exit(2)
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .unwrap_or_else(|| fail(format!("{name} needs a value")))
+        };
+        let number = |v: String, lo: usize, hi: usize| -> usize {
+            match v.parse::<usize>() {
+                Ok(n) if (lo..=hi).contains(&n) => n,
+                _ => fail(format!(
+                    "{name}: expected a number from {lo} to {hi}, got {v:?}"
+                )),
+            }
+        };
+        match name.as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                std::process::exit(0)
+            }
+            // cargo bench passes this to every harness = false bench.
+            "--bench" => {}
+            "--tasks" => {
+                o.tasks = value()
+                    .split(',')
+                    .map(|t| number(t.to_string(), 16, 256))
+                    .collect()
+            }
+            "--ops" => o.ops = number(value(), 1, 10_000_000),
+            "--allocs" => o.allocs = number(value(), 10_000, 50_000),
+            "--think" => o.think_us = number(value(), 0, 100_000) as u64,
+            "--rounds" => o.rounds = number(value(), 1, 100),
+            "--cheap-ops" => o.cheap_ops = number(value(), 1, 100_000_000),
+            "--handoff-reps" => o.handoff_reps = number(value(), 1, 100_000),
+            other => fail(format!("unknown argument {other:?}")),
+        }
+    }
+    o
+}
+
+fn main() {
+    let o = parse();
+    let think = Duration::from_micros(o.think_us);
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let current = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    println!("# async_lock (tokio, 2 workers unless current-thread)");
+    // First, while nothing else (defer-drop's thread) is busy.
+    handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
+    handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
+    for &tasks in &o.tasks {
+        let c = Config {
+            tasks,
+            ops: o.ops,
+            allocs: o.allocs,
+            think,
+        };
+        compare("multi-thread", &multi, &Strategy::ALL, c, o.rounds);
+    }
+    let c = Config {
+        tasks: 64,
+        ops: o.ops,
+        allocs: o.allocs,
+        think,
+    };
+    compare("current-thread", &current, &Strategy::ALL, c, o.rounds);
+    // Cheap values: one small box each, no think time: the lock itself.
+    let cheap = Config {
+        tasks: 16,
+        ops: o.cheap_ops,
+        allocs: 1,
+        think: Duration::ZERO,
+    };
+    compare(
+        "cheap values, multi-thread",
+        &multi,
+        &[
+            Strategy::Under,
+            Strategy::FreeqPlain,
+            Strategy::FreeqDrop,
+            Strategy::FreeqUnlock,
+        ],
+        cheap,
+        o.rounds.max(5),
+    );
+}

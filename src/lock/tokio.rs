@@ -1,0 +1,641 @@
+//! tokio's async locks, with guards that free what they defer after the
+//! release (feature `tokio`).
+//!
+//! [`Mutex`] and [`RwLock`] wrap `tokio::sync`'s and keep their API; every
+//! guard is an [`AsyncGuard`] around tokio's guard, so it may be held
+//! across `.await` and moved between worker threads exactly when tokio's
+//! is. Each guard carries its own bin of deferred work: nothing
+//! thread-local spans an await. Dropping a guard releases the lock first
+//! and then frees the bin, on whichever thread drops it;
+//! [`AsyncGuard::unlock`]`.await` releases, lets a task already queued on
+//! the lock run, then frees.
+//!
+//! ```
+//! use freeq::tokio::Mutex;
+//! use std::sync::Arc;
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() {
+//!     let cache = Arc::new(Mutex::new(vec![String::from("old"); 10_000]));
+//!     let mut g = cache.lock().await;
+//!     let old = std::mem::replace(&mut *g, vec![String::from("new"); 10_000]);
+//!     g.defer(old); // 10k strings, freed after the release
+//!     g.unlock().await; // release, let a waiter in, then free
+//! }
+//! ```
+//!
+//! Why a yield: tokio hands a released mutex straight to the first queued
+//! waiter and wakes it into the releasing worker's next slot, which runs
+//! only when the releasing task's poll ends. Freeing in `Drop` keeps the
+//! frees out of the lock for tasks that come later, but a waiter already
+//! queued still waits for them; `unlock().await` lets it run first.
+//!
+//! This file wraps `tokio::sync` and builds each guard's `map`,
+//! `try_map` and `downgrade` on [`AsyncGuard::map_guard`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync as tk;
+
+pub use tokio::sync::TryLockError;
+
+use crate::lock::async_guard::AsyncGuard;
+
+/// Guard of [`Mutex::lock`]: tokio's guard with a bin of deferred frees.
+pub type MutexGuard<'a, T> = AsyncGuard<tk::MutexGuard<'a, T>>;
+/// Guard of [`Mutex::lock_owned`]: holds the `Arc`, so it is `'static`.
+pub type OwnedMutexGuard<T> = AsyncGuard<tk::OwnedMutexGuard<T>>;
+/// A [`MutexGuard`] mapped to a part of the value; keeps the bin.
+pub type MappedMutexGuard<'a, T> = AsyncGuard<tk::MappedMutexGuard<'a, T>>;
+/// An [`OwnedMutexGuard`] mapped to a part of the value; keeps the bin.
+pub type OwnedMappedMutexGuard<T, U = T> = AsyncGuard<tk::OwnedMappedMutexGuard<T, U>>;
+/// Guard of [`RwLock::read`].
+pub type RwLockReadGuard<'a, T> = AsyncGuard<tk::RwLockReadGuard<'a, T>>;
+/// Guard of [`RwLock::write`].
+pub type RwLockWriteGuard<'a, T> = AsyncGuard<tk::RwLockWriteGuard<'a, T>>;
+/// A [`RwLockWriteGuard`] mapped to a part of the value; keeps the bin.
+pub type RwLockMappedWriteGuard<'a, T> = AsyncGuard<tk::RwLockMappedWriteGuard<'a, T>>;
+/// Guard of [`RwLock::read_owned`].
+pub type OwnedRwLockReadGuard<T, U = T> = AsyncGuard<tk::OwnedRwLockReadGuard<T, U>>;
+/// Guard of [`RwLock::write_owned`].
+pub type OwnedRwLockWriteGuard<T> = AsyncGuard<tk::OwnedRwLockWriteGuard<T>>;
+/// An [`OwnedRwLockWriteGuard`] mapped to a part of the value.
+pub type OwnedRwLockMappedWriteGuard<T, U = T> = AsyncGuard<tk::OwnedRwLockMappedWriteGuard<T, U>>;
+
+/// tokio's `Mutex`, whose guards free what they defer after the release.
+/// Fair (FIFO), like tokio's; the same methods.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let m = freeq::tokio::Mutex::new(vec![0u8; 1 << 20]);
+/// let mut g = m.lock().await;
+/// let old = std::mem::take(&mut *g);
+/// g.defer(old);
+/// drop(g); // release, then free the megabyte
+/// assert!(m.try_lock().is_ok());
+/// # }
+/// ```
+#[repr(transparent)]
+pub struct Mutex<T: ?Sized> {
+    inner: tk::Mutex<T>,
+}
+
+impl<T> Mutex<T> {
+    /// A new, unlocked mutex.
+    pub fn new(value: T) -> Self {
+        Mutex {
+            inner: tk::Mutex::new(value),
+        }
+    }
+
+    /// A new, unlocked mutex, in a `const` context (a `static`).
+    ///
+    /// ```
+    /// static M: freeq::tokio::Mutex<u32> = freeq::tokio::Mutex::const_new(0);
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() { *M.lock().await += 1; }
+    /// ```
+    pub const fn const_new(value: T) -> Self {
+        Mutex {
+            inner: tk::Mutex::const_new(value),
+        }
+    }
+
+    /// The value, taking the mutex apart.
+    ///
+    /// ```
+    /// let m = freeq::tokio::Mutex::new(7);
+    /// assert_eq!(m.into_inner(), 7);
+    /// ```
+    pub fn into_inner(self) -> T {
+        self.inner.into_inner()
+    }
+}
+
+impl<T: ?Sized> Mutex<T> {
+    /// Locks, waiting (asynchronously, in FIFO order) while it is held.
+    /// Cancel-safe, as tokio's: a cancelled `lock()` has not locked.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let m = freeq::tokio::Mutex::new(1);
+    /// *m.lock().await += 1;
+    /// assert_eq!(*m.lock().await, 2);
+    /// # }
+    /// ```
+    pub async fn lock(&self) -> MutexGuard<'_, T> {
+        AsyncGuard::new(self.inner.lock().await)
+    }
+
+    /// Locks if it is free now.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let m = freeq::tokio::Mutex::new(1);
+    /// let g = m.lock().await;
+    /// assert!(m.try_lock().is_err());
+    /// drop(g);
+    /// assert!(m.try_lock().is_ok());
+    /// # }
+    /// ```
+    pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, TryLockError> {
+        self.inner.try_lock().map(AsyncGuard::new)
+    }
+
+    /// Locks, returning a guard that owns an `Arc` of the mutex (`'static`,
+    /// so it may move into a spawned task).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::Arc;
+    /// let m = Arc::new(freeq::tokio::Mutex::new(vec![1, 2, 3]));
+    /// let mut g = m.clone().lock_owned().await;
+    /// tokio::spawn(async move {
+    ///     let old = std::mem::take(&mut *g);
+    ///     g.defer(old);
+    /// })
+    /// .await
+    /// .unwrap();
+    /// assert!(m.lock().await.is_empty());
+    /// # }
+    /// ```
+    pub async fn lock_owned(self: Arc<Self>) -> OwnedMutexGuard<T> {
+        AsyncGuard::new(Self::into_tokio(self).lock_owned().await)
+    }
+
+    /// [`lock_owned`](Mutex::lock_owned) if the mutex is free now.
+    pub fn try_lock_owned(self: Arc<Self>) -> Result<OwnedMutexGuard<T>, TryLockError> {
+        Self::into_tokio(self).try_lock_owned().map(AsyncGuard::new)
+    }
+
+    /// Locks from synchronous code, blocking the thread (never call it on
+    /// a runtime's worker: tokio panics there).
+    pub fn blocking_lock(&self) -> MutexGuard<'_, T> {
+        AsyncGuard::new(self.inner.blocking_lock())
+    }
+
+    /// The value, through `&mut` (no locking needed).
+    ///
+    /// ```
+    /// let mut m = freeq::tokio::Mutex::new(1);
+    /// *m.get_mut() = 2;
+    /// assert_eq!(m.into_inner(), 2);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut T {
+        self.inner.get_mut()
+    }
+
+    fn into_tokio(this: Arc<Self>) -> Arc<tk::Mutex<T>> {
+        let raw = Arc::into_raw(this) as *const tk::Mutex<T>;
+        // SAFETY: (1) `Mutex<T>` is `repr(transparent)` over
+        // `tk::Mutex<T>`: same layout, size, alignment and pointer
+        // metadata, so the allocation of an `Arc<Mutex<T>>` is one of an
+        // `Arc<tk::Mutex<T>>`, and the count is handed over unchanged.
+        unsafe { Arc::from_raw(raw) }
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl<T: Default> Default for Mutex<T> {
+    fn default() -> Self {
+        Mutex::new(T::default())
+    }
+}
+
+impl<T> From<T> for Mutex<T> {
+    fn from(value: T) -> Self {
+        Mutex::new(value)
+    }
+}
+
+/// tokio's `RwLock`, whose guards free what they defer after the release.
+/// Fair (FIFO), like tokio's; the same methods. A write guard
+/// [downgraded](AsyncGuard::downgrade) to a read guard keeps its bin,
+/// freed after the read guard's release.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let lock = freeq::tokio::RwLock::new(vec![String::from("v1"); 100]);
+/// let mut w = lock.write().await;
+/// let old = std::mem::replace(&mut *w, vec![String::from("v2"); 100]);
+/// w.defer(old);
+/// let r = w.downgrade(); // still holds the old vector
+/// assert_eq!(r[0], "v2");
+/// assert_eq!(r.pending(), 1);
+/// drop(r); // release, then free
+/// # }
+/// ```
+#[repr(transparent)]
+pub struct RwLock<T: ?Sized> {
+    inner: tk::RwLock<T>,
+}
+
+impl<T> RwLock<T> {
+    /// A new, unlocked lock.
+    pub fn new(value: T) -> Self {
+        RwLock {
+            inner: tk::RwLock::new(value),
+        }
+    }
+
+    /// A new lock that admits at most `max_reads` readers at once.
+    pub fn with_max_readers(value: T, max_reads: u32) -> Self {
+        RwLock {
+            inner: tk::RwLock::with_max_readers(value, max_reads),
+        }
+    }
+
+    /// A new, unlocked lock, in a `const` context.
+    pub const fn const_new(value: T) -> Self {
+        RwLock {
+            inner: tk::RwLock::const_new(value),
+        }
+    }
+
+    /// The value, taking the lock apart.
+    ///
+    /// ```
+    /// assert_eq!(freeq::tokio::RwLock::new(3).into_inner(), 3);
+    /// ```
+    pub fn into_inner(self) -> T {
+        self.inner.into_inner()
+    }
+}
+
+impl<T: ?Sized> RwLock<T> {
+    /// Takes a shared lock, waiting while a writer holds or waits for it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lock = freeq::tokio::RwLock::new(5);
+    /// let (a, b) = (lock.read().await, lock.read().await);
+    /// assert_eq!(*a + *b, 10);
+    /// # }
+    /// ```
+    pub async fn read(&self) -> RwLockReadGuard<'_, T> {
+        AsyncGuard::new(self.inner.read().await)
+    }
+
+    /// Takes a shared lock if no writer holds or waits for it now.
+    pub fn try_read(&self) -> Result<RwLockReadGuard<'_, T>, TryLockError> {
+        self.inner.try_read().map(AsyncGuard::new)
+    }
+
+    /// Takes the exclusive lock, waiting for readers and writers ahead.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lock = freeq::tokio::RwLock::new(vec![1u8; 64]);
+    /// let mut w = lock.write().await;
+    /// let old = std::mem::take(&mut *w);
+    /// w.defer(old);
+    /// assert!(lock.try_read().is_err());
+    /// # }
+    /// ```
+    pub async fn write(&self) -> RwLockWriteGuard<'_, T> {
+        AsyncGuard::new(self.inner.write().await)
+    }
+
+    /// Takes the exclusive lock if it is free now.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lock = freeq::tokio::RwLock::new(0);
+    /// let r = lock.read().await;
+    /// assert!(lock.try_write().is_err());
+    /// drop(r);
+    /// assert!(lock.try_write().is_ok());
+    /// # }
+    /// ```
+    pub fn try_write(&self) -> Result<RwLockWriteGuard<'_, T>, TryLockError> {
+        self.inner.try_write().map(AsyncGuard::new)
+    }
+
+    /// [`read`](RwLock::read), with a guard that owns an `Arc` of the lock.
+    pub async fn read_owned(self: Arc<Self>) -> OwnedRwLockReadGuard<T> {
+        AsyncGuard::new(Self::into_tokio(self).read_owned().await)
+    }
+
+    /// [`try_read`](RwLock::try_read), with a guard that owns an `Arc`.
+    pub fn try_read_owned(self: Arc<Self>) -> Result<OwnedRwLockReadGuard<T>, TryLockError> {
+        Self::into_tokio(self).try_read_owned().map(AsyncGuard::new)
+    }
+
+    /// [`write`](RwLock::write), with a guard that owns an `Arc` of the
+    /// lock.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::Arc;
+    /// let lock = Arc::new(freeq::tokio::RwLock::new(String::from("a")));
+    /// let mut w = lock.clone().write_owned().await;
+    /// w.push('b');
+    /// let r = w.downgrade();
+    /// assert_eq!(*r, "ab");
+    /// # }
+    /// ```
+    pub async fn write_owned(self: Arc<Self>) -> OwnedRwLockWriteGuard<T> {
+        AsyncGuard::new(Self::into_tokio(self).write_owned().await)
+    }
+
+    /// [`try_write`](RwLock::try_write), with a guard that owns an `Arc`.
+    pub fn try_write_owned(self: Arc<Self>) -> Result<OwnedRwLockWriteGuard<T>, TryLockError> {
+        Self::into_tokio(self)
+            .try_write_owned()
+            .map(AsyncGuard::new)
+    }
+
+    /// Blocks the thread for a shared lock (never on a runtime's worker).
+    pub fn blocking_read(&self) -> RwLockReadGuard<'_, T> {
+        AsyncGuard::new(self.inner.blocking_read())
+    }
+
+    /// Blocks the thread for the exclusive lock (never on a runtime's
+    /// worker).
+    pub fn blocking_write(&self) -> RwLockWriteGuard<'_, T> {
+        AsyncGuard::new(self.inner.blocking_write())
+    }
+
+    /// The value, through `&mut` (no locking needed).
+    ///
+    /// ```
+    /// let mut lock = freeq::tokio::RwLock::new(1);
+    /// *lock.get_mut() += 1;
+    /// assert_eq!(lock.into_inner(), 2);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut T {
+        self.inner.get_mut()
+    }
+
+    fn into_tokio(this: Arc<Self>) -> Arc<tk::RwLock<T>> {
+        let raw = Arc::into_raw(this) as *const tk::RwLock<T>;
+        // SAFETY: (2) as in (1): `RwLock<T>` is `repr(transparent)` over
+        // `tk::RwLock<T>`.
+        unsafe { Arc::from_raw(raw) }
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl<T: Default> Default for RwLock<T> {
+    fn default() -> Self {
+        RwLock::new(T::default())
+    }
+}
+
+impl<T> From<T> for RwLock<T> {
+    fn from(value: T) -> Self {
+        RwLock::new(value)
+    }
+}
+
+/// `map` and `try_map` for tokio's mutex guards: the bin goes along.
+impl<'a, T: ?Sized> AsyncGuard<tk::MutexGuard<'a, T>> {
+    /// Narrows the guard to a part of the value; the bin goes along.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use freeq::tokio::MutexGuard;
+    /// let m = freeq::tokio::Mutex::new((1, vec![0u8; 64]));
+    /// let mut g = m.lock().await;
+    /// g.defer(vec![0u8; 64]);
+    /// let mut part = MutexGuard::map(g, |pair| &mut pair.1);
+    /// part.push(1);
+    /// assert_eq!(part.pending(), 1);
+    /// # }
+    /// ```
+    pub fn map<U: ?Sized>(this: Self, f: impl FnOnce(&mut T) -> &mut U) -> MappedMutexGuard<'a, U> {
+        AsyncGuard::map_guard(this, |g| tk::MutexGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing: the guard
+    /// comes back, bin and all.
+    pub fn try_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> Option<&mut U>,
+    ) -> Result<MappedMutexGuard<'a, U>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::MutexGuard::try_map(g, f))
+    }
+}
+
+/// `map` and `try_map` for mapped mutex guards.
+impl<'a, T: ?Sized> AsyncGuard<tk::MappedMutexGuard<'a, T>> {
+    /// Narrows the guard further; the bin goes along.
+    pub fn map<U>(this: Self, f: impl FnOnce(&mut T) -> &mut U) -> MappedMutexGuard<'a, U> {
+        AsyncGuard::map_guard(this, |g| tk::MappedMutexGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<U>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> Option<&mut U>,
+    ) -> Result<MappedMutexGuard<'a, U>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::MappedMutexGuard::try_map(g, f))
+    }
+}
+
+/// `map` and `try_map` for owned mutex guards.
+impl<T: ?Sized> AsyncGuard<tk::OwnedMutexGuard<T>> {
+    /// Narrows the guard to a part of the value; the bin goes along.
+    pub fn map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> &mut U,
+    ) -> OwnedMappedMutexGuard<T, U> {
+        AsyncGuard::map_guard(this, |g| tk::OwnedMutexGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> Option<&mut U>,
+    ) -> Result<OwnedMappedMutexGuard<T, U>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::OwnedMutexGuard::try_map(g, f))
+    }
+}
+
+/// `map` and `try_map` for owned mapped mutex guards.
+impl<T: ?Sized, U: ?Sized> AsyncGuard<tk::OwnedMappedMutexGuard<T, U>> {
+    /// Narrows the guard further; the bin goes along.
+    pub fn map<V>(this: Self, f: impl FnOnce(&mut U) -> &mut V) -> OwnedMappedMutexGuard<T, V> {
+        AsyncGuard::map_guard(this, |g| tk::OwnedMappedMutexGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<V>(
+        this: Self,
+        f: impl FnOnce(&mut U) -> Option<&mut V>,
+    ) -> Result<OwnedMappedMutexGuard<T, V>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::OwnedMappedMutexGuard::try_map(g, f))
+    }
+}
+
+/// `map` and `try_map` for read guards.
+impl<'a, T: ?Sized> AsyncGuard<tk::RwLockReadGuard<'a, T>> {
+    /// Narrows the guard to a part of the value; the bin goes along.
+    pub fn map<U: ?Sized>(this: Self, f: impl FnOnce(&T) -> &U) -> RwLockReadGuard<'a, U> {
+        AsyncGuard::map_guard(this, |g| tk::RwLockReadGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&T) -> Option<&U>,
+    ) -> Result<RwLockReadGuard<'a, U>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::RwLockReadGuard::try_map(g, f))
+    }
+}
+
+/// `map` and `try_map` for owned read guards.
+impl<T: ?Sized, U: ?Sized> AsyncGuard<tk::OwnedRwLockReadGuard<T, U>> {
+    /// Narrows the guard further; the bin goes along.
+    pub fn map<V: ?Sized>(this: Self, f: impl FnOnce(&U) -> &V) -> OwnedRwLockReadGuard<T, V> {
+        AsyncGuard::map_guard(this, |g| tk::OwnedRwLockReadGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<V: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&U) -> Option<&V>,
+    ) -> Result<OwnedRwLockReadGuard<T, V>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::OwnedRwLockReadGuard::try_map(g, f))
+    }
+}
+
+/// `map`, `try_map` and `downgrade` for write guards.
+impl<'a, T: ?Sized> AsyncGuard<tk::RwLockWriteGuard<'a, T>> {
+    /// Narrows the guard to a part of the value; the bin goes along.
+    pub fn map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> &mut U,
+    ) -> RwLockMappedWriteGuard<'a, U> {
+        AsyncGuard::map_guard(this, |g| tk::RwLockWriteGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> Option<&mut U>,
+    ) -> Result<RwLockMappedWriteGuard<'a, U>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::RwLockWriteGuard::try_map(g, f))
+    }
+
+    /// Turns the write lock into a read lock without letting a writer in
+    /// between (readers waiting may enter). The bin goes along: what was
+    /// deferred under the write lock is freed after the read lock's
+    /// release.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let lock = freeq::tokio::RwLock::new(vec![0u8; 256]);
+    /// let mut w = lock.write().await;
+    /// let old = std::mem::replace(&mut *w, vec![1u8; 256]);
+    /// w.defer(old);
+    /// let r = w.downgrade();
+    /// assert!(lock.try_read().is_ok()); // readers may enter now
+    /// assert_eq!(r.pending(), 1); // the old vector waits for `r`
+    /// # }
+    /// ```
+    pub fn downgrade(self) -> RwLockReadGuard<'a, T> {
+        AsyncGuard::map_guard(self, tk::RwLockWriteGuard::downgrade)
+    }
+
+    /// Downgrades and maps in one step; the bin goes along.
+    pub fn downgrade_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&T) -> &U,
+    ) -> RwLockReadGuard<'a, U> {
+        AsyncGuard::map_guard(this, |g| tk::RwLockWriteGuard::downgrade_map(g, f))
+    }
+}
+
+/// `map` and `try_map` for mapped write guards.
+impl<'a, T: ?Sized> AsyncGuard<tk::RwLockMappedWriteGuard<'a, T>> {
+    /// Narrows the guard further; the bin goes along.
+    pub fn map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> &mut U,
+    ) -> RwLockMappedWriteGuard<'a, U> {
+        AsyncGuard::map_guard(this, |g| tk::RwLockMappedWriteGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> Option<&mut U>,
+    ) -> Result<RwLockMappedWriteGuard<'a, U>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::RwLockMappedWriteGuard::try_map(g, f))
+    }
+}
+
+/// `map`, `try_map` and `downgrade` for owned write guards.
+impl<T: ?Sized> AsyncGuard<tk::OwnedRwLockWriteGuard<T>> {
+    /// Narrows the guard to a part of the value; the bin goes along.
+    pub fn map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> &mut U,
+    ) -> OwnedRwLockMappedWriteGuard<T, U> {
+        AsyncGuard::map_guard(this, |g| tk::OwnedRwLockWriteGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut T) -> Option<&mut U>,
+    ) -> Result<OwnedRwLockMappedWriteGuard<T, U>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::OwnedRwLockWriteGuard::try_map(g, f))
+    }
+
+    /// Turns the write lock into a read lock; the bin goes along, freed
+    /// after the read lock's release.
+    pub fn downgrade(self) -> OwnedRwLockReadGuard<T> {
+        AsyncGuard::map_guard(self, tk::OwnedRwLockWriteGuard::downgrade)
+    }
+
+    /// Downgrades and maps in one step; the bin goes along.
+    pub fn downgrade_map<U: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&T) -> &U,
+    ) -> OwnedRwLockReadGuard<T, U> {
+        AsyncGuard::map_guard(this, |g| tk::OwnedRwLockWriteGuard::downgrade_map(g, f))
+    }
+}
+
+/// `map` and `try_map` for owned mapped write guards.
+impl<T: ?Sized, U: ?Sized> AsyncGuard<tk::OwnedRwLockMappedWriteGuard<T, U>> {
+    /// Narrows the guard further; the bin goes along.
+    pub fn map<V: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut U) -> &mut V,
+    ) -> OwnedRwLockMappedWriteGuard<T, V> {
+        AsyncGuard::map_guard(this, |g| tk::OwnedRwLockMappedWriteGuard::map(g, f))
+    }
+
+    /// [`map`](AsyncGuard::map) where `f` may find nothing.
+    pub fn try_map<V: ?Sized>(
+        this: Self,
+        f: impl FnOnce(&mut U) -> Option<&mut V>,
+    ) -> Result<OwnedRwLockMappedWriteGuard<T, V>, Self> {
+        AsyncGuard::try_map_guard(this, |g| tk::OwnedRwLockMappedWriteGuard::try_map(g, f))
+    }
+}
