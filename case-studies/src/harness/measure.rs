@@ -86,12 +86,30 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Times `op` into `h`.
+std::thread_local! {
+    /// Nanoseconds of the current operation spent in [`untimed`].
+    static UNTIMED_NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` inside a timed operation without counting its time in the
+/// operation's latency (throughput still counts it): a waiting thread's
+/// own work between calls into the crate (think time), so that the
+/// latencies are those of the calls alone.
+pub fn untimed<R>(f: impl FnOnce() -> R) -> R {
+    let t = Instant::now();
+    let r = f();
+    let ns = t.elapsed().as_nanos() as u64;
+    UNTIMED_NS.with(|c| c.set(c.get() + ns));
+    r
+}
+
+/// Times `op` into `h`, less what it ran in [`untimed`].
 #[inline(always)]
 fn timed(h: &mut Histogram<u64>, op: &mut impl FnMut()) {
+    UNTIMED_NS.with(|c| c.set(0));
     let t = Instant::now();
     op();
-    let ns = t.elapsed().as_nanos() as u64;
+    let ns = (t.elapsed().as_nanos() as u64).saturating_sub(UNTIMED_NS.with(|c| c.replace(0)));
     h.saturating_record(ns.max(1));
 }
 

@@ -9,5 +9,5 @@ pub mod values;
 
 pub use alloc::{Alloc, active};
 pub use driver::{Config, Flag, Job, Study, main};
-pub use measure::{Latency, Sample, cores, pin, run};
+pub use measure::{Latency, Sample, cores, pin, run, untimed};
 pub use values::{Rng, value};
