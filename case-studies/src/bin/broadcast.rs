@@ -15,7 +15,7 @@
 //! broadcast something large; a receiver subscribed at start never reads
 //! (it lags for good, so every send drops the message `--capacity` sends
 //! older); each waiting thread polls its own receiver with `try_recv`,
-//! each call timed. With freeq, `send` and `try_recv` run inside a
+//! each call timed, and works `--think-ns` between polls (untimed). With freeq, `send` and `try_recv` run inside a
 //! `freeq::section()` (synchronous calls only: a section is never held
 //! across an `.await`), and `DeferFrees` holds the frees made in them
 //! until the section closes, after tokio's unlocks.
@@ -23,6 +23,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use case_studies::harness::{self, Config, Flag, Job, Sample, Study, value};
 use tokio::sync::broadcast::{self, error::TryRecvError};
@@ -62,6 +63,11 @@ static STUDY: Study = Study {
             help: "heap buffers of the value size per message (the drop frees parts + 2 blocks)",
         },
         Flag {
+            name: "think-ns",
+            default: "2000",
+            help: "a waiting thread's own work after each poll, in ns (spun, not counted in its latency)",
+        },
+        Flag {
             name: "lagging",
             default: "1",
             help: "1: a receiver that never reads keeps every message until it is overwritten; \
@@ -87,6 +93,7 @@ fn run(job: &Job) -> Sample {
     let capacity: usize = job.flag("capacity");
     let parts: usize = job.flag("parts");
     let lagging: u8 = job.flag("lagging");
+    let think = Duration::from_nanos(job.flag("think-ns"));
     assert!(capacity > 0, "--capacity: at least 1");
     assert!(parts > 0, "--parts: at least 1");
     let with_freeq = job.is("freeq");
@@ -134,6 +141,9 @@ fn run(job: &Job) -> Sample {
                     Err(TryRecvError::Empty) => {}
                     Err(TryRecvError::Closed) => unreachable!("the sender outlives the window"),
                 }
+                if !think.is_zero() {
+                    harness::untimed(|| spin(think));
+                }
             }
         },
         || {
@@ -162,6 +172,14 @@ fn run(job: &Job) -> Sample {
         extra.insert("lagged_per_poll".into(), lagged.load(Ordering::Relaxed) as f64 / polls);
     }
     sample
+}
+
+/// Busy for `d` (a receiver working on what it polled).
+fn spin(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
 }
 
 /// A waiting thread's counts, kept locally and added to the shared ones
