@@ -129,6 +129,7 @@ fn run(job: &Job) -> Sample {
                 } else {
                     rx.try_recv()
                 };
+                let counts = &mut counts;
                 counts.local[0] += 1;
                 match got {
                     // Dropped here, after the section: a message is the
