@@ -169,8 +169,14 @@ fn run(job: &Job) -> Sample {
     let polls = polls.load(Ordering::Relaxed) as f64;
     if polls > 0.0 {
         let extra = &mut sample.extra;
-        extra.insert("recv_per_poll".into(), received.load(Ordering::Relaxed) as f64 / polls);
-        extra.insert("lagged_per_poll".into(), lagged.load(Ordering::Relaxed) as f64 / polls);
+        extra.insert(
+            "recv_per_poll".into(),
+            received.load(Ordering::Relaxed) as f64 / polls,
+        );
+        extra.insert(
+            "lagged_per_poll".into(),
+            lagged.load(Ordering::Relaxed) as f64 / polls,
+        );
     }
     sample
 }

@@ -78,7 +78,11 @@ fn run(job: &Job) -> Sample {
         .with_shards(1)
         .with_eviction_config(LruConfig::default())
         .build();
-    let make = |tag: u64| -> Vec<Vec<u8>> { (0..parts as u64).map(|p| value(job.size, tag ^ p)).collect() };
+    let make = |tag: u64| -> Vec<Vec<u8>> {
+        (0..parts as u64)
+            .map(|p| value(job.size, tag ^ p))
+            .collect()
+    };
     let next_key = AtomicU64::new(0);
     let insert = |tag: u64| {
         let key = next_key.load(Ordering::Relaxed);
@@ -103,10 +107,16 @@ fn run(job: &Job) -> Sample {
         job.waiters,
         |i| {
             let mut rng = Rng::new(0xc0de + i as u64);
-            let mut local = Local { hits: &hits, gets: &gets, n: [0; 2] };
+            let mut local = Local {
+                hits: &hits,
+                gets: &gets,
+                n: [0; 2],
+            };
             let (cache, next_key) = (&cache, &next_key);
             move || {
-                let key = next_key.load(Ordering::Relaxed).saturating_sub(1 + rng.below(cap as u64 / 2));
+                let key = next_key
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(1 + rng.below(cap as u64 / 2));
                 let hit = if with_freeq {
                     let _s = freeq::section();
                     cache.get(&key).is_some()
@@ -129,7 +139,10 @@ fn run(job: &Job) -> Sample {
     );
     let gets = gets.load(Ordering::Relaxed) as f64;
     if gets > 0.0 {
-        sample.extra.insert("hit_rate".into(), hits.load(Ordering::Relaxed) as f64 / gets);
+        sample.extra.insert(
+            "hit_rate".into(),
+            hits.load(Ordering::Relaxed) as f64 / gets,
+        );
     }
     sample.extra.insert("entries".into(), cap as f64);
     sample

@@ -129,7 +129,11 @@ fn run(job: &Job) -> Sample {
         job.waiters,
         |i| {
             let mut rng = Rng::new(0x5eed + i as u64);
-            let mut tally = Tally { hits: &hits, gets: &gets, local: [0; 2] };
+            let mut tally = Tally {
+                hits: &hits,
+                gets: &gets,
+                local: [0; 2],
+            };
             let insert = &insert;
             let cache = &cache;
             let inserted = &inserted;
@@ -165,7 +169,10 @@ fn run(job: &Job) -> Sample {
     );
     let gets = gets.load(Ordering::Relaxed) as f64;
     if gets > 0.0 {
-        sample.extra.insert("hit_rate".into(), hits.load(Ordering::Relaxed) as f64 / gets);
+        sample.extra.insert(
+            "hit_rate".into(),
+            hits.load(Ordering::Relaxed) as f64 / gets,
+        );
     }
     sample.extra.insert("entries".into(), cap as f64);
     sample
