@@ -22,7 +22,7 @@ static STUDY: Study = Study {
     name: "dashmap",
     about: "dashmap 6.2.1 (DashMap<u64, Vec<u8>>). --mode retain|clear: workers (the waiting threads) \
             get (90%) and insert (10%, replacing a value) over --keys keys; the janitor (the freeing \
-            thread) inserts --batch entries of its own, then drops them all with retain (or clear, \
+            thread) inserts --batch entries (at most --batch-bytes of values) of its own, then drops them all with retain (or clear, \
             which drops the workers' entries too), each shard under its write lock. --mode growth: \
             the janitor inserts --batch new keys one by one (tables grow: each resize frees the old \
             table under the shard's write lock), removes them, and shrink_to_fit()s, while the \
@@ -59,6 +59,11 @@ static STUDY: Study = Study {
             name: "batch",
             default: "256",
             help: "entries the janitor inserts and drops per cycle (growth: keys inserted before shrinking)",
+        },
+        Flag {
+            name: "batch-bytes",
+            default: "4m",
+            help: "retain/clear: at most this many bytes of values per janitor batch (fewer entries for large values)",
         },
         Flag {
             name: "insert-pct",
@@ -165,7 +170,11 @@ fn go<M: Map>(job: &Job, section: bool) -> Sample {
         other => panic!("--mode {other}: retain, clear or growth"),
     };
     let keys: u64 = job.flag("keys");
-    let batch: u64 = job.flag("batch");
+    let mut batch: u64 = job.flag("batch");
+    let batch_bytes = harness::args::parse_size(&job.flag::<String>("batch-bytes")).expect("--batch-bytes: a size");
+    if mode != Mode::Growth {
+        batch = batch.min((batch_bytes / size.max(1)).max(1) as u64);
+    }
     let insert_pct: u64 = job.flag("insert-pct");
     let size = job.size;
     let map = M::new_map();
@@ -224,6 +233,7 @@ fn go<M: Map>(job: &Job, section: bool) -> Sample {
             }
         },
     );
+    s.extra.insert("janitor_batch".into(), batch as f64);
     s.extra.insert("len_at_end".into(), map.len() as f64);
     s
 }
