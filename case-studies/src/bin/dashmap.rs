@@ -173,7 +173,7 @@ fn go<M: Map>(job: &Job, section: bool) -> Sample {
     let mut batch: u64 = job.flag("batch");
     let batch_bytes = harness::args::parse_size(&job.flag::<String>("batch-bytes")).expect("--batch-bytes: a size");
     if mode != Mode::Growth {
-        batch = batch.min((batch_bytes / size.max(1)).max(1) as u64);
+        batch = batch.min((batch_bytes / job.size.max(1)).max(1) as u64);
     }
     let insert_pct: u64 = job.flag("insert-pct");
     let size = job.size;
