@@ -116,6 +116,7 @@ fn run(job: &Job) -> Sample {
             }
         },
     );
-    s.extra.insert("cache_len_at_end".into(), LOOKUP.read().cache_size() as f64);
+    s.extra
+        .insert("cache_len_at_end".into(), LOOKUP.read().cache_size() as f64);
     s
 }

@@ -171,7 +171,8 @@ fn go<M: Map>(job: &Job, section: bool) -> Sample {
     };
     let keys: u64 = job.flag("keys");
     let mut batch: u64 = job.flag("batch");
-    let batch_bytes = harness::args::parse_size(&job.flag::<String>("batch-bytes")).expect("--batch-bytes: a size");
+    let batch_bytes = harness::args::parse_size(&job.flag::<String>("batch-bytes"))
+        .expect("--batch-bytes: a size");
     if mode != Mode::Growth {
         batch = batch.min((batch_bytes / job.size.max(1)).max(1) as u64);
     }

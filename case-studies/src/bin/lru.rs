@@ -88,12 +88,20 @@ fn run(job: &Job) -> Sample {
     match job.config.as_str() {
         "published" => go(job, &StdMutex::new(LruCache::new(cap_nz)), |v| v),
         "freeq" => go(job, &freeq::Mutex::new(LruCache::new(cap_nz)), |v| v),
-        "deferred" => go(job, &freeq::Mutex::new(LruCache::new(cap_nz)), freeq::Deferred::new),
+        "deferred" => go(
+            job,
+            &freeq::Mutex::new(LruCache::new(cap_nz)),
+            freeq::Deferred::new,
+        ),
         other => panic!("unknown configuration {other}"),
     }
 }
 
-fn go<V: Send, C: Cache<V>>(job: &Job, cache: &C, wrap: impl Fn(Vec<u8>) -> V + Send + Sync + Copy) -> Sample {
+fn go<V: Send, C: Cache<V>>(
+    job: &Job,
+    cache: &C,
+    wrap: impl Fn(Vec<u8>) -> V + Send + Sync + Copy,
+) -> Sample {
     let cap: u64 = job.flag("capacity");
     let clear_every: u64 = job.flag("clear-every");
     let size = job.size;
@@ -128,6 +136,7 @@ fn go<V: Send, C: Cache<V>>(job: &Job, cache: &C, wrap: impl Fn(Vec<u8>) -> V + 
             }
         },
     );
-    s.extra.insert("len_at_end".into(), cache.with(|c| c.len()) as f64);
+    s.extra
+        .insert("len_at_end".into(), cache.with(|c| c.len()) as f64);
     s
 }

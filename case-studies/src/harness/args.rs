@@ -33,7 +33,10 @@ pub struct Options {
 /// Parses a size: `16`, `4k`, `64K`, `1m`, `1MiB`.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
+    let t = t
+        .strip_suffix("ib")
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(&t);
     let (num, mul) = if let Some(n) = t.strip_suffix('k') {
         (n, 1 << 10)
     } else if let Some(n) = t.strip_suffix('m') {
@@ -58,7 +61,10 @@ fn list<T>(v: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, Str
 fn help(study: &Study) {
     let sizes: Vec<String> = study.default_sizes.iter().map(|&s| size_name(s)).collect();
     println!("{}\n\n{}\n", study.name, study.about.trim());
-    println!("Usage: cargo run --release --manifest-path case-studies/Cargo.toml --bin {} -- [OPTIONS]\n", study.name);
+    println!(
+        "Usage: cargo run --release --manifest-path case-studies/Cargo.toml --bin {} -- [OPTIONS]\n",
+        study.name
+    );
     println!("Each (allocator, value size, round, configuration) runs in a fresh child process;");
     println!("configurations alternate round by round; the tables show medians over rounds and");
     println!("ratios against the first configuration.\n");
@@ -69,20 +75,40 @@ fn help(study: &Study) {
     }
     println!("\nOptions:");
     println!("  --alloc LIST     allocators: glibc,jemalloc,mimalloc [default: all three]");
-    println!("  --sizes LIST     value sizes in bytes, k and m suffixes [default: {}]", sizes.join(","));
-    println!("  --rounds N       rounds per configuration [default: {}]", study.default_rounds);
-    println!("  --ms N           milliseconds timed per round, after a quarter as warm-up [default: {}]", study.default_ms);
-    println!("  --waiters N      waiting threads [default: {}]", study.default_waiters);
+    println!(
+        "  --sizes LIST     value sizes in bytes, k and m suffixes [default: {}]",
+        sizes.join(",")
+    );
+    println!(
+        "  --rounds N       rounds per configuration [default: {}]",
+        study.default_rounds
+    );
+    println!(
+        "  --ms N           milliseconds timed per round, after a quarter as warm-up [default: {}]",
+        study.default_ms
+    );
+    println!(
+        "  --waiters N      waiting threads [default: {}]",
+        study.default_waiters
+    );
     println!("  --configs LIST   run only these configurations [default: all]");
     println!("  --json FILE      also write every sample as JSON");
     for f in study.flags {
-        println!("  --{:<14} {} [default: {}]", format!("{} V", f.name), f.help, f.default);
+        println!(
+            "  --{:<14} {} [default: {}]",
+            format!("{} V", f.name),
+            f.help,
+            f.default
+        );
     }
     println!("  -h, --help       print this help");
 }
 
 /// Parses the arguments. `Ok(None)`: `--help` was printed.
-pub fn parse_args(study: &Study, args: impl IntoIterator<Item = OsString>) -> Result<Option<Options>, String> {
+pub fn parse_args(
+    study: &Study,
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<Option<Options>, String> {
     use lexopt::prelude::*;
     let mut o = Options {
         allocs: Alloc::ALL.to_vec(),
@@ -91,7 +117,11 @@ pub fn parse_args(study: &Study, args: impl IntoIterator<Item = OsString>) -> Re
         ms: study.default_ms,
         waiters: study.default_waiters,
         configs: Vec::new(),
-        flags: study.flags.iter().map(|f| (f.name.to_string(), f.default.to_string())).collect(),
+        flags: study
+            .flags
+            .iter()
+            .map(|f| (f.name.to_string(), f.default.to_string()))
+            .collect(),
         json: None,
     };
     let mut p = lexopt::Parser::from_args(args);
@@ -105,7 +135,9 @@ pub fn parse_args(study: &Study, args: impl IntoIterator<Item = OsString>) -> Re
             Long("alloc") => {
                 let v = p.value().map_err(err)?.string().map_err(err)?;
                 o.allocs = list(&v, |s| {
-                    Alloc::parse(s).ok_or_else(|| format!("--alloc: unknown allocator '{s}' (glibc, jemalloc, mimalloc)"))
+                    Alloc::parse(s).ok_or_else(|| {
+                        format!("--alloc: unknown allocator '{s}' (glibc, jemalloc, mimalloc)")
+                    })
                 })?;
             }
             Long("sizes") => {
@@ -137,7 +169,10 @@ pub fn parse_args(study: &Study, args: impl IntoIterator<Item = OsString>) -> Re
                         Ok(s.to_string())
                     } else {
                         let names: Vec<&str> = study.configs.iter().map(|c| c.name).collect();
-                        Err(format!("--configs: unknown configuration '{s}' ({})", names.join(", ")))
+                        Err(format!(
+                            "--configs: unknown configuration '{s}' ({})",
+                            names.join(", ")
+                        ))
                     }
                 })?;
             }

@@ -165,7 +165,10 @@ fn run_child(study: &Study, job: &Job) -> Result<Sample, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let out = Command::new(exe)
         .env(ALLOC_ENV, job.alloc.env_value(job.defer_frees))
-        .env(JOB_ENV, serde_json::to_string(job).expect("a job serializes"))
+        .env(
+            JOB_ENV,
+            serde_json::to_string(job).expect("a job serializes"),
+        )
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -202,10 +205,18 @@ fn drive(study: &Study, opts: &Options) -> Result<(), String> {
         opts.rounds,
         opts.ms,
         opts.waiters,
-        if n > opts.waiters { "" } else { " (fewer CPUs than threads: some share a core)" },
+        if n > opts.waiters {
+            ""
+        } else {
+            " (fewer CPUs than threads: some share a core)"
+        },
     );
     if !opts.flags.is_empty() {
-        let shown: Vec<String> = opts.flags.iter().map(|(k, v)| format!("--{k} {v}")).collect();
+        let shown: Vec<String> = opts
+            .flags
+            .iter()
+            .map(|(k, v)| format!("--{k} {v}"))
+            .collect();
         println!("options: {}", shown.join(" "));
     }
     let mut records = Vec::new();
@@ -237,7 +248,10 @@ fn drive(study: &Study, opts: &Options) -> Result<(), String> {
         }
     }
     if let Some(path) = &opts.json {
-        let rows: Vec<Record> = records.iter().map(|(job, sample)| Record { job, sample }).collect();
+        let rows: Vec<Record> = records
+            .iter()
+            .map(|(job, sample)| Record { job, sample })
+            .collect();
         let text = serde_json::to_string_pretty(&rows).expect("records serialize");
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("wrote {} samples to {}", rows.len(), path.display());

@@ -7,9 +7,9 @@ use super::measure::Sample;
 
 /// `16 B`, `4 KiB`, `1 MiB`.
 pub fn size_name(b: usize) -> String {
-    if b >= 1 << 20 && b % (1 << 20) == 0 {
+    if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
         format!("{}MiB", b >> 20)
-    } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+    } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
         format!("{}KiB", b >> 10)
     } else {
         format!("{b}B")
@@ -23,7 +23,11 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     }
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
 }
 
 /// Medians of one configuration's samples.
@@ -47,7 +51,10 @@ pub fn medians(s: &[Sample]) -> Medians {
     let mut extra = Vec::new();
     if let Some(first) = s.first() {
         for k in first.extra.keys() {
-            extra.push((k.clone(), m(&|x| x.extra.get(k).copied().unwrap_or(f64::NAN))));
+            extra.push((
+                k.clone(),
+                m(&|x| x.extra.get(k).copied().unwrap_or(f64::NAN)),
+            ));
         }
     }
     Medians {
@@ -87,7 +94,14 @@ fn rate(x: f64) -> String {
 }
 
 /// Prints one (allocator, size) group.
-pub fn print_group(study: &Study, alloc: Alloc, size: usize, configs: &[&Config], samples: &[Vec<Sample>], rounds: u32) {
+pub fn print_group(
+    study: &Study,
+    alloc: Alloc,
+    size: usize,
+    configs: &[&Config],
+    samples: &[Vec<Sample>],
+    rounds: u32,
+) {
     println!(
         "\n== {} · {} · values of {} · medians of {rounds} round(s) · latencies in µs ==",
         study.name,
@@ -99,7 +113,21 @@ pub fn print_group(study: &Study, alloc: Alloc, size: usize, configs: &[&Config]
     }
     println!(
         "{:<16} {:>8} {:>8} {:>8} {:>8} {:>9} | {:>8} {:>7} | {:>8} {:>7} {:>9} {:>9} | {:>7} {:>7} {:>7}",
-        "config", "wait p50", "p99", "p99.9", "p99.99", "max", "wait/s", "x", "free/s", "x", "free p50", "p99.9", "p99.9 x", "p99.99x", "max x"
+        "config",
+        "wait p50",
+        "p99",
+        "p99.9",
+        "p99.99",
+        "max",
+        "wait/s",
+        "x",
+        "free/s",
+        "x",
+        "free p50",
+        "p99.9",
+        "p99.9 x",
+        "p99.99x",
+        "max x"
     );
     let med: Vec<Medians> = samples.iter().map(|s| medians(s)).collect();
     let base = &med[0];
