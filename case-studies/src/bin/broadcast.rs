@@ -160,7 +160,9 @@ fn run(job: &Job) -> Sample {
                 } else {
                     tx.send(msg)
                 };
-                assert!(sent.is_ok(), "every receiver is alive");
+                // Fails only without a lagging receiver, once the
+                // waiting threads have stopped and dropped theirs.
+                drop(sent);
             }
         },
     );
