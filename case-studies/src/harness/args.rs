@@ -185,5 +185,13 @@ pub fn parse_args(
             _ => return Err(arg.unexpected().to_string()),
         }
     }
+    // A study option whose default is a whole number takes only whole
+    // numbers: caught here, not as a panic in the first child.
+    for f in study.flags {
+        let v = &o.flags[f.name];
+        if f.default.parse::<u64>().is_ok() && v.parse::<u64>().is_err() {
+            return Err(format!("--{}: '{v}' is not a whole number", f.name));
+        }
+    }
     Ok(Some(o))
 }
