@@ -71,7 +71,7 @@ static STUDY: Study = Study {
             name: "lagging",
             default: "1",
             help: "1: a receiver that never reads keeps every message until it is overwritten; \
-                   0: none (the waiting threads are the last readers and drop the messages)",
+                   0: none (the waiting threads are the last readers, unless they fall behind)",
         },
     ],
     default_sizes: &[16, 1 << 10, 16 << 10, 256 << 10, 1 << 20],
