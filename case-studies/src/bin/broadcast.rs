@@ -1,0 +1,209 @@
+//! tokio 1.x `sync::broadcast` with a lagging receiver, unchanged.
+//!
+//! Where it frees under its locks (tokio 1.54.1, `src/sync/broadcast.rs`):
+//! `Sender::send` takes the `tail` mutex, then the slot's mutex, and
+//! writes `slot.val = Some(value)`. While a receiver lags (has not read
+//! the message in that slot yet), the slot still holds the message sent
+//! `capacity` sends earlier, and that assignment drops it under both
+//! locks. Every receiver that finds the channel empty (`try_recv`, and
+//! `recv` before it parks) takes the same `tail` mutex and waits for
+//! that drop. The last reader of a message also drops it in
+//! `RecvGuard::drop`, under the slot's mutex.
+//!
+//! The workload: one sender (the freeing thread) broadcasts messages of
+//! `--parts` heap buffers of the value size in an `Arc`, the usual way to
+//! broadcast something large; a receiver subscribed at start never reads
+//! (it lags for good, so every send drops the message `--capacity` sends
+//! older); each waiting thread polls its own receiver with `try_recv`,
+//! each call timed, and works `--think-ns` between polls (untimed). With freeq, `send` and `try_recv` run inside a
+//! `freeq::section()` (synchronous calls only: a section is never held
+//! across an `.await`), and `DeferFrees` holds the frees made in them
+//! until the section closes, after tokio's unlocks.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use case_studies::harness::{self, Config, Flag, Job, Sample, Study, value};
+use tokio::sync::broadcast::{self, error::TryRecvError};
+
+/// One message: `--parts` buffers of the value size, shared by every
+/// receiver through the `Arc`.
+type Msg = Arc<Vec<Vec<u8>>>;
+
+static STUDY: Study = Study {
+    name: "broadcast",
+    about: "tokio::sync::broadcast (tokio 1.54.1, unchanged) with a receiver that lags for good: every \
+            send drops the message sent --capacity sends earlier while it holds the channel's tail \
+            mutex and the slot's mutex. Waiting threads poll their own receivers with try_recv, which \
+            takes the tail mutex whenever they have caught up. With freeq: DeferFrees plus a \
+            freeq::section() around each synchronous send and try_recv.",
+    configs: &[
+        Config {
+            name: "published",
+            defer_frees: false,
+            about: "tokio as published, plain calls",
+        },
+        Config {
+            name: "freeq",
+            defer_frees: true,
+            about: "the same calls, each inside freeq::section()",
+        },
+    ],
+    flags: &[
+        Flag {
+            name: "capacity",
+            default: "64",
+            help: "the channel's capacity: messages kept alive by the lagging receiver",
+        },
+        Flag {
+            name: "parts",
+            default: "1",
+            help: "heap buffers of the value size per message (the drop frees parts + 2 blocks)",
+        },
+        Flag {
+            name: "think-ns",
+            default: "2000",
+            help: "a waiting thread's own work after each poll, in ns (spun, not counted in its latency)",
+        },
+        Flag {
+            name: "lagging",
+            default: "1",
+            help: "1: a receiver that never reads keeps every message until it is overwritten; \
+                   0: none (the waiting threads are the last readers, unless they fall behind)",
+        },
+    ],
+    default_sizes: &[16, 1 << 10, 16 << 10, 256 << 10, 1 << 20],
+    default_waiters: 1,
+    default_ms: 300,
+    default_rounds: 5,
+    run,
+};
+
+fn main() -> ExitCode {
+    harness::main(&STUDY)
+}
+
+fn message(size: usize, parts: usize, tag: u64) -> Msg {
+    Arc::new((0..parts as u64).map(|p| value(size, tag ^ p)).collect())
+}
+
+fn run(job: &Job) -> Sample {
+    let capacity: usize = job.flag("capacity");
+    let parts: usize = job.flag("parts");
+    let lagging: u8 = job.flag("lagging");
+    let think = Duration::from_nanos(job.flag("think-ns"));
+    assert!(capacity > 0, "--capacity: at least 1");
+    assert!(parts > 0, "--parts: at least 1");
+    let with_freeq = job.is("freeq");
+
+    let (tx, first_rx) = broadcast::channel::<Msg>(capacity);
+    // The lagging receiver: subscribed, never read, alive to the end.
+    let lagger = (lagging != 0).then_some(first_rx);
+    // Fill the channel, so that the first timed sends already overwrite.
+    for tag in 0..capacity as u64 {
+        let _ = tx.send(message(job.size, parts, tag));
+    }
+
+    let polls = AtomicU64::new(0);
+    let received = AtomicU64::new(0);
+    let lagged = AtomicU64::new(0);
+
+    let mut sample = harness::run(
+        job,
+        job.waiters,
+        |_| {
+            let mut rx = tx.subscribe();
+            let counts = Counts {
+                polls: &polls,
+                received: &received,
+                lagged: &lagged,
+                local: [0; 3],
+            };
+            let mut counts = counts;
+            move || {
+                let got = if with_freeq {
+                    let _s = freeq::section();
+                    rx.try_recv()
+                } else {
+                    rx.try_recv()
+                };
+                let counts = &mut counts;
+                counts.local[0] += 1;
+                match got {
+                    // Dropped here, after the section: a message is the
+                    // last reference only if the sender overwrote it.
+                    Ok(msg) => {
+                        counts.local[1] += 1;
+                        drop(msg);
+                    }
+                    Err(TryRecvError::Lagged(_)) => counts.local[2] += 1,
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Closed) => unreachable!("the sender outlives the window"),
+                }
+                if !think.is_zero() {
+                    harness::untimed(|| spin(think));
+                }
+            }
+        },
+        || {
+            let tx = &tx;
+            let mut tag = capacity as u64;
+            move || {
+                tag += 1;
+                // Built before the section: only the send is the crate's.
+                let msg = message(job.size, parts, tag);
+                let sent = if with_freeq {
+                    let _s = freeq::section();
+                    tx.send(msg)
+                } else {
+                    tx.send(msg)
+                };
+                // Fails only without a lagging receiver, once the
+                // waiting threads have stopped and dropped theirs.
+                drop(sent);
+            }
+        },
+    );
+    drop(lagger);
+
+    let polls = polls.load(Ordering::Relaxed) as f64;
+    if polls > 0.0 {
+        let extra = &mut sample.extra;
+        extra.insert(
+            "recv_per_poll".into(),
+            received.load(Ordering::Relaxed) as f64 / polls,
+        );
+        extra.insert(
+            "lagged_per_poll".into(),
+            lagged.load(Ordering::Relaxed) as f64 / polls,
+        );
+    }
+    sample
+}
+
+/// Busy for `d` (a receiver working on what it polled).
+fn spin(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// A waiting thread's counts, kept locally and added to the shared ones
+/// once, when its operation is dropped (warm-up included).
+struct Counts<'a> {
+    polls: &'a AtomicU64,
+    received: &'a AtomicU64,
+    lagged: &'a AtomicU64,
+    local: [u64; 3],
+}
+
+impl Drop for Counts<'_> {
+    fn drop(&mut self) {
+        self.polls.fetch_add(self.local[0], Ordering::Relaxed);
+        self.received.fetch_add(self.local[1], Ordering::Relaxed);
+        self.lagged.fetch_add(self.local[2], Ordering::Relaxed);
+    }
+}
