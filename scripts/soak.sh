@@ -15,6 +15,15 @@ cd "$(dirname "$0")/.."
 secs=${1:?usage: scripts/soak.sh SECONDS [thread|address]}
 san=${2:-}
 export FREEQ_SOAK_SECS="$secs"
+# The seed is chosen here (unless given), so that a failing run, even one
+# that hangs before the soak prints anything, names it for a replay. The
+# same seed replays the same choices of actions; the threads' interleaving
+# differs from run to run.
+if [ -z "${FREEQ_SOAK_SEED:-}" ]; then
+    FREEQ_SOAK_SEED=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
+fi
+export FREEQ_SOAK_SEED
+trap 'rc=$?; [ "$rc" -eq 0 ] || echo "scripts/soak.sh: FAILED with seed $FREEQ_SOAK_SEED; replay: FREEQ_SOAK_SEED=$FREEQ_SOAK_SEED bash scripts/soak.sh $secs${san:+ $san}" >&2' EXIT
 
 case "$san" in
 "")

@@ -3,7 +3,7 @@
 //! | service | Linux | macOS | FreeBSD, other unix | Windows | wasm32 |
 //! |---|---|---|---|---|---|
 //! | process-exit drain ([`at_exit`]) | `atexit` | `atexit` | `atexit` | CRT `atexit` | none: no process exit to hook |
-//! | fork hook ([`at_fork_child`], [`at_fork`]) | `pthread_atfork` | `pthread_atfork` | `pthread_atfork` | no fork | no fork |
+//! | fork hook ([`at_fork_child`], [`at_fork`], [`fork_generation`]) | `pthread_atfork` | `pthread_atfork` | `pthread_atfork` | no fork | no fork |
 //! | thread-end hook ([`on_thread_end`]) | pthread key | pthread key | pthread key | none | none |
 //! | idle priority ([`set_idle_priority`]) | `SCHED_IDLE` | background QoS class | normal priority | `THREAD_PRIORITY_IDLE` | no threads |
 //! | CPU set, affinity, current CPU | `sched_getaffinity`, `sched_setaffinity`, `pthread_setaffinity_np`, `sched_getcpu` | none | none | none | none |
@@ -124,6 +124,30 @@ pub(crate) fn at_fork_child(hook: extern "C" fn()) {
     }
     #[cfg(not(all(unix, not(miri))))]
     let _ = hook;
+}
+
+/// How many forks lie between the process that called this first and the
+/// calling process: 0 in the process itself, 1 in its forked child, 2 in
+/// that child's child. Work tagged with the generation it was handed over
+/// in is the parent's when the generation has changed since: a child
+/// never runs it (it may take locks held by threads the child does not
+/// have, and the parent runs its own copy). The first call registers the
+/// fork hook, so every fork after it is counted. Always 0 where there is
+/// no fork (and under Miri).
+pub(crate) fn fork_generation() -> usize {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    static GENERATION: AtomicUsize = AtomicUsize::new(0);
+    // A flag, not a `Once`: a child forked while another thread registers
+    // must not inherit a `Once` in progress, and wait on it forever.
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    // One atomic increment: async-signal-safe.
+    extern "C" fn in_child() {
+        GENERATION.fetch_add(1, SeqCst);
+    }
+    if !REGISTERED.load(SeqCst) && !REGISTERED.swap(true, SeqCst) {
+        at_fork_child(in_child);
+    }
+    GENERATION.load(SeqCst)
 }
 
 /// Registers `prepare`, `parent` and `child` to run around `fork()`: in

@@ -417,3 +417,153 @@ fn a_forked_child_leaves_the_parents_waiting_batches_to_the_parent() {
     assert_eq!(PARENTS_RAN_IN.load(SeqCst), unsafe { libc::getpid() });
     println!("forked child ok");
 }
+
+/// The lock a parent's executor takes when it is called and when it is
+/// dropped, as a channel's sender or a pool's handle does.
+static EXECUTOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Part of the parent's executor: takes `EXECUTOR_LOCK` when dropped.
+struct LocksOnDrop;
+
+impl Drop for LocksOnDrop {
+    fn drop(&mut self) {
+        let _g = EXECUTOR_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Sets an executor that takes `EXECUTOR_LOCK` when called and when
+/// dropped, lets another thread hold that lock across a fork, and runs
+/// `child` in the forked child. The parent then releases the lock, checks
+/// its executor still works, and clears it.
+fn fork_while_the_executors_lock_is_held(child: fn()) {
+    let on_drop = LocksOnDrop;
+    freeq::set_offload_executor(move |batch| {
+        let _ = &on_drop;
+        let _g = EXECUTOR_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        batch.free();
+    });
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = thread::spawn(move || {
+        let _g = EXECUTOR_LOCK.lock().unwrap();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    held_rx.recv().unwrap();
+    fork_and_check(child);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let one = Arc::new(AtomicUsize::new(0));
+    freeq::defer_heavy(Count(one.clone()));
+    assert_eq!(one.load(SeqCst), 1, "the parent's executor freed it");
+    freeq::clear_offload_executor();
+    println!("forked child ok");
+}
+
+/// A child does not drop the executor it inherited: clearing it (or
+/// setting its own) returns at once, although the lock the parent's
+/// executor takes in its `Drop` is held by a thread the child does not
+/// have. Its own executor then works.
+#[test]
+fn a_forked_child_clears_the_executor_without_dropping_the_parents() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process(
+            "a_forked_child_clears_the_executor_without_dropping_the_parents",
+        );
+    }
+    fork_while_the_executors_lock_is_held(|| {
+        freeq::clear_offload_executor();
+        freeq::set_offload_executor(|batch| batch.free());
+        let one = Arc::new(AtomicUsize::new(0));
+        freeq::defer_heavy(Count(one.clone()));
+        assert_eq!(one.load(SeqCst), 1, "the child's own executor freed it");
+        freeq::set_offload_executor(|batch| batch.free());
+        freeq::clear_offload_executor();
+    });
+}
+
+/// A child never calls the executor it inherited: under `Policy::Offload`
+/// its heavy value goes to freeq's own reclaimers (started in the child)
+/// and is freed once, although the parent's executor would block on a
+/// lock held by a thread the child does not have.
+#[test]
+fn a_forked_child_never_calls_the_parents_executor() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process("a_forked_child_never_calls_the_parents_executor");
+    }
+    fork_while_the_executors_lock_is_held(|| {
+        freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+        freeq::set_policy(Policy::Offload);
+        let one = Arc::new(AtomicUsize::new(0));
+        freeq::defer_heavy(Count(one.clone()));
+        {
+            let _s = freeq::section();
+            for _ in 0..100 {
+                freeq::defer(Count(one.clone()));
+            }
+        }
+        freeq::quiesce();
+        assert_eq!(one.load(SeqCst), 101, "freed once each, in the child");
+        freeq::set_policy(Policy::Inline);
+    });
+}
+
+/// What the parent retired, and whether it was freed in this process.
+static PARENT_RETIRED_FREED: AtomicBool = AtomicBool::new(false);
+
+/// A value the parent retires just before it forks.
+struct ParentRetired;
+
+impl Drop for ParentRetired {
+    fn drop(&mut self) {
+        PARENT_RETIRED_FREED.store(true, SeqCst);
+    }
+}
+
+/// A batch the parent retired to the epoch and that crossbeam-epoch had
+/// not collected at the fork is the parent's: the child's own pins and
+/// flushes advance the epoch, but never run the parent's copy (it could
+/// take locks held by threads the child does not have). The child's own
+/// retired values are freed as usual; the parent frees its own.
+#[test]
+fn a_forked_child_never_frees_what_the_parent_retired() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process("a_forked_child_never_frees_what_the_parent_retired");
+    }
+    {
+        let _s = freeq::section();
+        freeq::retire(ParentRetired);
+    }
+    if PARENT_RETIRED_FREED.load(SeqCst) {
+        // Collected before the fork: nothing of the parent's is left to
+        // check in a child this time.
+        println!("forked child ok");
+        return;
+    }
+    fork_and_check(|| {
+        let own = Arc::new(AtomicUsize::new(0));
+        for _ in 0..64 {
+            {
+                let _s = freeq::section();
+                freeq::retire(Count(own.clone()));
+            }
+            freeq::epoch::pin().flush();
+        }
+        assert!(
+            !PARENT_RETIRED_FREED.load(SeqCst),
+            "the parent's retired value was freed in the child"
+        );
+        assert!(
+            own.load(SeqCst) > 0,
+            "the child's own retired values are freed"
+        );
+    });
+    for _ in 0..64 {
+        freeq::epoch::pin().flush();
+    }
+    assert!(
+        PARENT_RETIRED_FREED.load(SeqCst),
+        "the parent freed its own"
+    );
+    println!("forked child ok");
+}

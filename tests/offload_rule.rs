@@ -219,6 +219,41 @@ fn batches_freed_inside_a_section_count_once() {
     assert_balanced("after Batch::free inside a section");
 }
 
+/// An executor that frees each batch right where the drain called it, on
+/// the draining thread (by `Batch::free` or by dropping it), is called
+/// once per batch: the items run then and there, instead of rejoining the
+/// drain in progress and going back to the executor again, forever.
+fn an_executor_that_frees_in_place_gets_each_batch_once() {
+    quiesce();
+    assert_balanced("before");
+    let ways: [fn(freeq::Batch); 2] = [|b| b.free(), drop];
+    for in_place in ways {
+        within("a drain whose executor frees in place", move || {
+            let calls = std::sync::Arc::new(AtomicU64::new(0));
+            let seen = calls.clone();
+            freeq::set_offload_executor(move |b| {
+                seen.fetch_add(1, SeqCst);
+                in_place(b);
+            });
+            freeq::set_policy(Policy::Offload);
+            let freed_before = FREED_HERE.with(Cell::get);
+            let d = one_section(|| {
+                freeq::defer(Heavy);
+                freeq::defer(Cheap(3));
+            });
+            freeq::clear_offload_executor();
+            assert_eq!(calls.load(SeqCst), 1, "one batch, one call");
+            assert_eq!(d.offloaded, 2);
+            assert_eq!(
+                FREED_HERE.with(Cell::get) - freed_before,
+                1,
+                "freed on the draining thread, once"
+            );
+        });
+    }
+    assert_balanced("after an executor that frees in place");
+}
+
 /// Threads of this process named `freeq-reclaim*`, where `/proc` tells.
 fn reclaimer_threads() -> Option<usize> {
     if cfg!(miri) {
@@ -325,6 +360,7 @@ fn untimed_types_leave_timed_cheap_batches_stay_and_counts_balance() {
     cheap_batches_stay_inline_once_timed();
     a_heavy_value_makes_its_batch_leave();
     batches_freed_inside_a_section_count_once();
+    an_executor_that_frees_in_place_gets_each_batch_once();
 
     freeq::set_policy(Policy::Inline);
 

@@ -577,6 +577,12 @@ pub fn in_section() -> bool {
     LOCAL.try_with(|l| l.depth() > 0).unwrap_or(false)
 }
 
+/// Whether this thread queues what it defers now: it is inside a section,
+/// or draining its queue.
+pub(crate) fn queues_now() -> bool {
+    LOCAL.try_with(|l| l.queues_now()).unwrap_or(false)
+}
+
 /// Bytes of queue memory the calling thread holds: its queue's blocks and
 /// its retired list's, in use or free. After a drain it is at most
 /// [`max_retained`]. For tests and diagnostics.

@@ -4,10 +4,12 @@
 //! deferred call; when the epoch collects it, the batch is freed through
 //! the queue of the thread that collected it, with the [`Frees`] the
 //! dispatcher handed over. This file calls crossbeam-epoch, the queue's
-//! buffer and panic helpers, and `inline.rs` for the `Frees` type.
+//! buffer and panic helpers, `inline.rs` for the `Frees` type, and
+//! `platform` for the fork generation.
 
 use std::panic::{self, AssertUnwindSafe};
 
+use crate::platform;
 use crate::queue::buffer::Buffer;
 use crate::queue::panic::drop_quietly;
 use crate::reclaim::inline::Frees;
@@ -29,7 +31,17 @@ pub(crate) fn defer_batch(batch: Buffer, frees: Frees, exiting: bool) {
         Some(handle) => handle.pin(),
         None => crossbeam_epoch::pin(),
     };
+    // crossbeam-epoch's global garbage survives `fork()`: a child's own
+    // pins advance the epoch and would run the parent's batch there. It is
+    // the parent's (the parent frees its copy), and its frees may take
+    // locks held by threads the child does not have, so a child leaves its
+    // copy unfreed (see `fork_generation`).
+    let generation = platform::fork_generation();
     guard.defer(move || {
+        if platform::fork_generation() != generation {
+            std::mem::forget(batch);
+            return;
+        }
         // Runs inside whatever pin or flush collected it: contained.
         let freed = panic::catch_unwind(AssertUnwindSafe(move || {
             let mut batch = batch;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 
 use crate::queue::buffer::Buffer;
 use crate::queue::panic::resume;
-use crate::queue::section::run_here;
+use crate::queue::section::{queues_now, run_here};
 use crate::reclaim::cost::Learn;
 use crate::reclaim::inline::{Frees, InlineOnly, free_batch};
 
@@ -38,32 +38,36 @@ impl Batch {
 
     /// Frees every item of the batch on the calling thread, oldest first,
     /// inline whatever the thread's policy. Frees that defer more are
-    /// freed by the same call. If a free panics, the rest are still freed
-    /// and the first panic resumes afterwards.
+    /// freed by the same call (on a thread inside a section, or on the
+    /// draining thread while the executor is called, by that section's or
+    /// drain's end). If a free panics, the rest are still freed and the
+    /// first panic resumes afterwards.
     pub fn free(mut self) {
         Self::free_items(&mut self.items, self.frees);
     }
 
     fn free_items(items: &mut Buffer, frees: Frees) {
-        free_batch(items, frees);
+        if std::thread::panicking() || queues_now() {
+            // Dropped as a panicking executor unwinds, or freed by an
+            // executor right where a drain called it (or inside a
+            // section): the items run here and now. Joining the drain in
+            // progress would hand them to the same executor again, and an
+            // executor that frees in place would get them back forever.
+            // While unwinding, a panic among them is reported and dropped
+            // (`resume`): one is unwinding already.
+            let _inline = InlineOnly::enter();
+            let mut first = None;
+            run_here::<Learn>(items, &mut first);
+            resume(first);
+        } else {
+            free_batch(items, frees);
+        }
     }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if self.items.is_empty() {
-            return;
-        }
-        if std::thread::panicking() {
-            // Dropped as a panicking executor unwinds (or any thread): the
-            // items run here and now, rather than joining a drain that
-            // would hand them to the same executor again. A panic among
-            // them is reported and dropped: one is unwinding already.
-            let _inline = InlineOnly::enter();
-            let mut first = None;
-            run_here::<Learn>(&mut self.items, &mut first);
-            resume(first);
-        } else {
+        if !self.items.is_empty() {
             Self::free_items(&mut self.items, self.frees);
         }
     }
@@ -86,7 +90,9 @@ static HAS_EXECUTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// threads. `executor` receives each batch as a [`Batch`] and must see to
 /// it that [`Batch::free`] is called (or the batch dropped), on any
 /// thread. It is called right after the unlock, on the draining thread:
-/// it should only queue the batch, never free it there.
+/// it should only queue the batch. Freeing it there works (the items run
+/// at once, and the executor never sees them again), but keeps their
+/// cost on the thread that offloaded them.
 ///
 /// freeq starts no thread of its own while an executor is set. The backlog
 /// bound does not apply and [`quiesce`](crate::quiesce) does not wait for batches given
@@ -117,6 +123,14 @@ static HAS_EXECUTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// freer.join().unwrap();
 /// ```
 ///
+/// A forked child starts with no executor: the parent's is bound to
+/// threads the child does not have, so the child never calls it and
+/// never drops it (it is leaked there, on purpose: its `Drop` could wait
+/// forever on a lock one of those threads held at the fork). The child's
+/// offloaded batches go to freeq's own reclaimers, started in the child
+/// on demand, until it sets an executor of its own; clearing or
+/// replacing the inherited one in the child drops nothing.
+///
 /// A rayon pool would be `move |batch| pool.spawn(move || batch.free())`;
 /// tokio's blocking pool `move |batch| { handle.spawn_blocking(move ||
 /// batch.free()); }`.
@@ -135,7 +149,10 @@ where
     drop(old);
 }
 
-/// Goes back to freeq's own reclaimers (see [`set_offload_executor`]).
+/// Goes back to freeq's own reclaimers (see [`set_offload_executor`]),
+/// dropping the executor that was set. In a forked child, the parent's
+/// executor is already gone (never dropped there); this drops only one
+/// the child set itself.
 pub fn clear_offload_executor() {
     #[cfg(all(unix, not(miri), not(loom)))]
     fork_safe::install();
@@ -151,17 +168,28 @@ pub fn clear_offload_executor() {
 /// its first hand-off or `set_offload_executor`). It is never held across
 /// user code, so the fork waits at most for a pointer swap or an `Arc`
 /// clone.
+///
+/// The child starts with no executor. The parent's is user code bound to
+/// the parent's threads (a channel to a pool, a runtime's handle); in the
+/// child those threads do not exist, and a lock one of them held at the
+/// fork stays held forever, so calling the executor there, or dropping it
+/// (a channel sender's drop takes the channel's lock), can hang. The
+/// child's copy is therefore leaked, on purpose: set aside unrun and
+/// undropped, and its batches go to freeq's own reclaimers (started in the
+/// child on demand) or inline.
 #[cfg(all(unix, not(miri), not(loom)))]
 mod fork_safe {
     use std::cell::Cell;
     use std::sync::{Once, RwLockWriteGuard};
 
-    use super::{EXECUTOR, Executor};
+    use super::{EXECUTOR, Executor, HAS_EXECUTOR, StaticSeqCst};
+
+    type Held = RwLockWriteGuard<'static, Option<Executor>>;
 
     std::thread_local! {
-        /// The forking thread's hold on `EXECUTOR`, from `prepare` to `release`.
-        static HELD: Cell<Option<RwLockWriteGuard<'static, Option<Executor>>>> =
-            const { Cell::new(None) };
+        /// The forking thread's hold on `EXECUTOR`, from `prepare` to the
+        /// handler after the fork.
+        static HELD: Cell<Option<Held>> = const { Cell::new(None) };
     }
 
     extern "C" fn prepare() {
@@ -170,15 +198,31 @@ mod fork_safe {
         let _ = HELD.try_with(move |h| h.set(Some(guard)));
     }
 
-    extern "C" fn release() {
+    extern "C" fn parent() {
         let _ = HELD.try_with(|h| drop(h.take()));
+    }
+
+    /// Only atomics and a pointer move: nothing is called, dropped or
+    /// freed (async-signal-safe).
+    extern "C" fn child() {
+        HAS_EXECUTOR.store(false, StaticSeqCst);
+        let held = HELD.try_with(Cell::take).ok().flatten();
+        // Without the forking thread's hold (its thread-locals were gone),
+        // the slot is taken here if no vanished thread held it; if one
+        // did, `HAS_EXECUTOR` alone keeps the executor from being called.
+        let slot = held.or_else(|| EXECUTOR.try_write().ok());
+        if let Some(mut slot) = slot {
+            // Leaked on purpose (see above): dropping it could block on a
+            // lock of the parent's threads.
+            std::mem::forget(slot.take());
+        }
     }
 
     /// Registers the fork handlers, once (before the lock is first taken
     /// by a setter, so every later holder is covered).
     pub(super) fn install() {
         static ONCE: Once = Once::new();
-        ONCE.call_once(|| crate::platform::at_fork(prepare, release, release));
+        ONCE.call_once(|| crate::platform::at_fork(prepare, parent, child));
     }
 }
 

@@ -21,6 +21,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 pub fn fork_once(world: &Arc<World>, rng: &mut Rng) {
     let use_offload = rng.one_in(2);
+    let own_executor = rng.one_in(2);
     // Inside a section with a deferred value and held frees, while the
     // other threads come and go on the world's locks.
     let mut g = world.pl_maps_last().lock();
@@ -38,7 +39,7 @@ pub fn fork_once(world: &Arc<World>, rng: &mut Rng) {
     if pid == 0 {
         values::enter_child();
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            child(g, queued, use_offload)
+            child(g, queued, use_offload, own_executor)
         }))
         .unwrap_or(false);
         // SAFETY: (2) ends the child without running the parent's exit
@@ -56,6 +57,7 @@ fn child(
     guard: freeq::parking_lot::MutexGuard<'_, Vec<Tracked>>,
     queued: u64,
     use_offload: bool,
+    own_executor: bool,
 ) -> bool {
     let before = failures();
     drop(guard);
@@ -66,9 +68,20 @@ fn child(
         ids.push(v.id());
         own.push(v);
     }
-    // An executor set in the parent has no thread here: go back to
-    // freeq's reclaimers.
+    // An executor the parent set (the soak's executor thread, fed through
+    // a channel whose lock a parent thread may have held at the fork) is
+    // neither called nor dropped here: clearing it drops nothing, and
+    // without an executor of the child's own, batches go to freeq's
+    // reclaimers, started in the child.
     freeq::clear_offload_executor();
+    if own_executor {
+        // One of the child's own, replaced and cleared again below.
+        freeq::set_offload_executor(|batch| batch.free());
+        let v = Tracked::new(16);
+        ids.push(v.id());
+        freeq::defer_heavy(v);
+        freeq::set_offload_executor(|batch| drop(batch));
+    }
     if use_offload {
         freeq::set_policy(Policy::Offload);
     }
@@ -85,6 +98,9 @@ fn child(
     let v = Tracked::new(64);
     ids.push(v.id());
     freeq::defer_heavy(v);
+    if own_executor {
+        freeq::clear_offload_executor();
+    }
     freeq::quiesce();
     ids.iter().all(|&id| drops(id) == 1) && failures() == before
 }
