@@ -239,8 +239,8 @@ fn unlock_await_lets_a_queued_waiter_in_before_the_frees() {
             if explicit {
                 assert_eq!(order, ["waiter got the lock", "freed"]);
             } else {
-                // `Drop` frees in the same poll: the waiter, handed the
-                // lock, runs only after the frees.
+                // A cheap bin is freed in the same poll by a plain drop:
+                // the waiter, handed the lock, runs after those frees.
                 assert_eq!(order, ["freed", "waiter got the lock"]);
             }
         }
@@ -501,8 +501,80 @@ fn async_guard_over_a_plain_tokio_guard_and_a_std_guard() {
     });
 }
 
+/// Serialises the tests that set the process-wide offload executor or
+/// hand bins to freeq's reclaimers.
+static OFFLOAD: StdMutex<()> = StdMutex::new(());
+
+/// Takes a few milliseconds to drop. With a flag, its drop first waits
+/// (up to 5 s) for the flag to be set, and records whether it was.
+struct Costly {
+    waiter_first: Option<(Arc<std::sync::atomic::AtomicBool>, Arc<StdMutex<Vec<bool>>>)>,
+}
+
+impl Drop for Costly {
+    fn drop(&mut self) {
+        if let Some((flag, seen)) = &self.waiter_first {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !flag.load(SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            seen.lock().unwrap().push(flag.load(SeqCst));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A plain drop of a guard whose bin is costly to free (its type's drop
+/// cost learned by a first, inline free) lets the waiter the release woke
+/// take the lock before the bin is freed, on a current-thread and on a
+/// multi-thread runtime: the bin leaves the thread. (Freed in place, the
+/// drop would wait 5 s for a waiter that cannot run, and record `false`.)
+#[test]
+fn a_plain_drop_lets_a_queued_waiter_in_before_a_costly_bin() {
+    let _serial = OFFLOAD.lock().unwrap_or_else(|e| e.into_inner());
+    // The test waits for the reclaimers: at idle priority they may get no
+    // CPU on a busy machine.
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    for rt in [current_thread(), multi_thread()] {
+        rt.block_on(async {
+            let m = Arc::new(Mutex::new(0));
+            // Teach freeq the type's cost: the first bin is freed inline.
+            let mut g = m.lock().await;
+            g.defer(Costly { waiter_first: None });
+            drop(g);
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = Arc::new(StdMutex::new(Vec::new()));
+            let mut g = m.lock().await;
+            g.defer(Costly {
+                waiter_first: Some((flag.clone(), seen.clone())),
+            });
+            let (m2, f2) = (m.clone(), flag.clone());
+            let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let s2 = started.clone();
+            let waiter = tokio::spawn(async move {
+                s2.store(true, SeqCst);
+                let _g = m2.lock().await;
+                f2.store(true, SeqCst);
+            });
+            // The waiter runs up to its `lock().await` and queues (on a
+            // multi-thread runtime, on the other worker: give it time to
+            // queue; if it has not, it takes the lock later, and the
+            // outcome is the same).
+            while !started.load(SeqCst) {
+                tokio::task::yield_now().await;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            drop(g);
+            waiter.await.unwrap();
+            freeq::quiesce();
+            assert_eq!(*seen.lock().unwrap(), [true], "the waiter went first");
+        });
+    }
+}
+
 #[test]
 fn the_bin_obeys_offload() {
+    let _serial = OFFLOAD.lock().unwrap_or_else(|e| e.into_inner());
     // On a thread of its own: the policy is per thread.
     std::thread::spawn(|| {
         let handed: Arc<StdMutex<Vec<(usize, std::thread::ThreadId)>>> = Arc::default();

@@ -57,9 +57,9 @@ impl Bin {
         self.queue.len()
     }
 
-    /// Hands everything to this thread's queue: freed now, by the thread's
-    /// policy (inline, or offloaded to a reclaimer), or, if this thread is
-    /// inside a section, when it leaves it.
+    /// Hands everything to this thread's queue, whatever it costs: freed
+    /// now, by the thread's policy (inline, or offloaded to a reclaimer),
+    /// or, if this thread is inside a section, when it leaves it.
     #[inline]
     fn free(&mut self) {
         // A guard that deferred nothing owns no block: nothing to do.
@@ -121,8 +121,14 @@ impl Drop for Catch<'_> {
 }
 
 impl Drop for Bin {
+    /// A plain drop of the guard: a costly bin leaves this thread, so
+    /// that the waiter the release woke runs first (see
+    /// [`AsyncGuard`]'s "Dropping a guard").
     fn drop(&mut self) {
-        self.free();
+        // A guard that deferred nothing owns no block: nothing to do.
+        if self.queue.capacity_bytes() != 0 {
+            dispatch::release_bin(&mut self.queue);
+        }
     }
 }
 
@@ -164,10 +170,40 @@ impl Future for YieldOnce {
 /// - [`unlock`](AsyncGuard::unlock)`.await` releases, lets a task already
 ///   queued on the lock run, then frees.
 ///
-/// The bin is freed by the dropping thread's [`Policy`](crate::Policy): in
-/// place under `Inline`, handed to a reclaimer under `Offload` when it is
-/// worth moving. Dropped inside a section of that thread, it waits for the
-/// section's end. A guard dropped by cancellation (its future dropped by
+/// # Dropping a guard
+///
+/// A plain drop releases the lock, then looks at what the bin is expected
+/// to cost to free (freeq learns each type's drop cost the first time it
+/// frees one):
+///
+/// - a cheap bin (under 10 µs, the usual case: a few boxes), and one
+///   holding a type freeq has not timed yet (so that it is timed), is
+///   freed right there, in order, by the dropping thread's
+///   [`Policy`](crate::Policy), with no allocation;
+/// - a costly bin leaves the thread whatever its policy: to the executor
+///   set with
+///   [`set_offload_executor`](crate::set_offload_executor), or else to
+///   freeq's reclaimer threads. The waiter the release woke (which tokio
+///   queues to run on the same worker, after the releasing task's poll)
+///   then takes the lock without waiting for those frees. Bins that leave
+///   are freed in order within each bin, not with respect to one another,
+///   and after the drop returns ([`freeq::quiesce`](crate::quiesce)
+///   waits for those given to freeq's reclaimers).
+///
+/// A costly bin is freed right there after all where it cannot leave:
+/// inside a section of the dropping thread (it then waits for the
+/// section's end), on a reclaimer, while unwinding, and when the
+/// reclaimers are past their backlog bound or have left batches untaken
+/// for longer than [`offload_max_wait`](crate::offload_max_wait) (on a
+/// machine whose CPUs are all busy, idle-priority reclaimers may get no
+/// time: an async server on such a machine runs them at
+/// [`ReclaimerPriority::Normal`](crate::ReclaimerPriority::Normal)).
+///
+/// [`unlock`](AsyncGuard::unlock)`.await` is still worth writing where the
+/// frees should stay on the releasing task's thread (memory a per-thread
+/// allocator should get back there, or a machine with no CPU to spare for
+/// a reclaimer): it releases, yields once so that the waiter runs, and
+/// then frees the bin in place, whatever it costs. A guard dropped by cancellation (its future dropped by
 /// `select!`, a timeout, an abort, a runtime shutting down) releases and
 /// frees like any drop; each value is freed exactly once. Forgetting a
 /// guard (`mem::forget`) leaks its lock and its bin.
@@ -375,12 +411,12 @@ impl<G> AsyncGuard<G> {
     /// yields once to the runtime, only if the bin holds anything), then
     /// frees the bin.
     ///
-    /// Dropping a guard frees its bin right after the release, in the same
-    /// poll: a waiter that tokio has just handed the lock cannot run on
-    /// that worker until the poll ends, so it waits for the frees anyway.
-    /// `unlock().await` lets it go first. Cancelled (the future dropped
-    /// before it finished), it still releases and frees exactly once: the
-    /// bin is freed where the future is dropped.
+    /// A plain drop moves a costly bin off the thread instead (see
+    /// [`AsyncGuard`], "Dropping a guard"); `unlock().await` keeps the
+    /// frees on this task, after the waiter has run. Cancelled (the future
+    /// dropped before it finished), it still releases and frees exactly
+    /// once: the bin is freed as a plain drop frees it, where the future is
+    /// dropped.
     ///
     /// ```
     /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -404,9 +440,11 @@ impl<G> AsyncGuard<G> {
         if !bin.is_empty() {
             YieldOnce { yielded: false }.await;
         }
-        // Freed here, or wherever this future is dropped if it never
-        // comes back from the yield.
-        drop(bin);
+        // Freed here, on this thread, whatever it costs: the waiter ran
+        // during the yield. If this future is dropped instead of coming
+        // back from the yield, the bin is freed as a plain drop frees it.
+        let mut bin = bin;
+        bin.free();
     }
 
     /// Turns the wrapped guard into another (a mapped or downgraded one),

@@ -12,17 +12,18 @@
 //! calls it.
 
 use crate::queue::buffer::Buffer;
-use crate::queue::panic::{Panic, keep_first};
+use crate::queue::panic::{Panic, keep_first, resume};
 use crate::queue::section;
 use crate::queue::sink::{Offer, Sink};
-use crate::reclaim::cost::{Learn, estimate};
+use crate::reclaim::cost::{Cost, Learn, estimate};
 use crate::reclaim::epoch::defer_batch;
 use crate::reclaim::executor::{Batch, executor};
 use crate::reclaim::inline::{Frees, inline_only};
 use crate::reclaim::policy::{Policy, default_policy, store_default};
 use crate::reclaim::pool;
 use crate::reclaim::reclaimer::Reclaimer;
-use crate::reclaim::thresholds::worth_offloading;
+use crate::reclaim::thresholds::{offload_threshold_ns, worth_offloading};
+use crate::stats;
 
 use std::panic::{self as std_panic, AssertUnwindSafe};
 
@@ -95,6 +96,44 @@ pub(crate) fn leave() {
 #[inline]
 pub(crate) fn queue_batch(queue: &mut Buffer, retired: &mut Buffer) {
     section::queue_batch::<Dispatch>(queue, retired);
+}
+
+/// What a queued waiter may wait, at most, for the frees of the async
+/// guard released before it: a bin expected to cost more leaves the
+/// releasing thread ([`release_bin`]).
+pub(crate) const BIN_BUDGET_NS: u64 = 10_000;
+
+/// Frees an async guard's bin when the guard is dropped, right after its
+/// release. A bin whose items' learned drop costs add up to at least
+/// [`BIN_BUDGET_NS`] (or the offload threshold, if lower) goes to the
+/// user's executor or to freeq's reclaimers whatever this thread's
+/// policy: the waiter the release woke, queued behind the releasing task
+/// on this thread, then runs before those frees instead of after them.
+/// Any other bin (one holding a type not timed yet too: it is freed, and
+/// so timed, here), and one that cannot leave (inside a section, on a
+/// reclaimer, while unwinding, past the backlog bound), is handed to this
+/// thread as [`queue_batch`] does. Leaves `bin` empty.
+pub(crate) fn release_bin(bin: &mut Buffer) {
+    if !bin.is_empty()
+        && !std::thread::panicking()
+        && can_hand_off()
+        && !section::in_section()
+        && matches!(estimate(bin), Cost::Known(ns) if ns >= BIN_BUDGET_NS.min(offload_threshold_ns()))
+    {
+        let items = bin.len();
+        let mut first = None;
+        match hand_off(std::mem::take(bin), &mut first) {
+            Ok(_) => {
+                // Counted as deferred here, as `defer_heavy` counts its
+                // value: the reclaimer counts them as freed.
+                stats::count_late(items, 0, 0);
+                resume(first);
+                return;
+            }
+            Err(back) => *bin = back,
+        }
+    }
+    queue_batch(bin, &mut Buffer::new());
 }
 
 /// Lends `buf` a spare block of this thread's queue, if it has one.

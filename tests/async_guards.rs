@@ -1,0 +1,206 @@
+//! `freeq::AsyncGuard` over other crates' async locks: async-lock's
+//! `Mutex` and futures' `lock::Mutex`. A plain drop releases, then frees
+//! the bin; a costly bin leaves the thread, so that a waiter queued on
+//! the lock takes it before those frees, whatever runs the tasks (here
+//! futures' single-thread executor and a tokio current-thread runtime).
+//! Neither needs the runtime's help: the bin goes to freeq's reclaimers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use freeq::AsyncGuard;
+
+/// The two locks, behind one interface for the tests.
+#[derive(Clone)]
+enum Lock {
+    AsyncLock(Arc<async_lock::Mutex<u32>>),
+    Futures(Arc<futures::lock::Mutex<u32>>),
+}
+
+/// A held guard of either lock, wrapped.
+enum Held<'a> {
+    AsyncLock(AsyncGuard<async_lock::MutexGuard<'a, u32>>),
+    Futures(AsyncGuard<futures::lock::MutexGuard<'a, u32>>),
+}
+
+impl Held<'_> {
+    fn defer<V: Send + 'static>(&mut self, v: V) {
+        match self {
+            Held::AsyncLock(g) => g.defer(v),
+            Held::Futures(g) => g.defer(v),
+        }
+    }
+}
+
+impl Lock {
+    fn both() -> [Lock; 2] {
+        [
+            Lock::AsyncLock(Arc::new(async_lock::Mutex::new(0))),
+            Lock::Futures(Arc::new(futures::lock::Mutex::new(0))),
+        ]
+    }
+
+    async fn lock(&self) -> Held<'_> {
+        match self {
+            Lock::AsyncLock(m) => Held::AsyncLock(AsyncGuard::new(m.lock().await)),
+            Lock::Futures(m) => Held::Futures(AsyncGuard::new(m.lock().await)),
+        }
+    }
+
+    fn is_free(&self) -> bool {
+        match self {
+            Lock::AsyncLock(m) => m.try_lock().is_some(),
+            Lock::Futures(m) => m.try_lock().is_some(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Lock::AsyncLock(_) => "async-lock",
+            Lock::Futures(_) => "futures",
+        }
+    }
+}
+
+/// Records, when dropped, whether its lock could be taken then.
+struct Probe(Lock, Arc<StdMutex<Vec<bool>>>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let free = self.0.is_free();
+        self.1.lock().unwrap().push(free);
+    }
+}
+
+#[test]
+fn a_plain_drop_releases_then_frees() {
+    for lock in Lock::both() {
+        futures::executor::block_on(async {
+            let seen = Arc::new(StdMutex::new(Vec::new()));
+            let mut g = lock.lock().await;
+            g.defer(Probe(lock.clone(), seen.clone()));
+            g.defer(Probe(lock.clone(), seen.clone()));
+            assert!(seen.lock().unwrap().is_empty(), "{}", lock.name());
+            drop(g);
+            assert_eq!(*seen.lock().unwrap(), [true, true], "{}", lock.name());
+        });
+    }
+}
+
+#[test]
+fn unlock_await_releases_then_frees() {
+    for lock in Lock::both() {
+        futures::executor::block_on(async {
+            let seen = Arc::new(StdMutex::new(Vec::new()));
+            let mut g = lock.lock().await;
+            g.defer(Probe(lock.clone(), seen.clone()));
+            match g {
+                Held::AsyncLock(g) => g.unlock().await,
+                Held::Futures(g) => g.unlock().await,
+            }
+            assert_eq!(*seen.lock().unwrap(), [true], "{}", lock.name());
+        });
+    }
+}
+
+/// Takes a few milliseconds to drop. With a flag, its drop first waits
+/// (up to 5 s) for the flag, and records whether it was set.
+struct Costly(Option<(Arc<AtomicBool>, Arc<StdMutex<Vec<bool>>>)>);
+
+impl Drop for Costly {
+    fn drop(&mut self) {
+        if let Some((flag, seen)) = &self.0 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !flag.load(SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            seen.lock().unwrap().push(flag.load(SeqCst));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// One round on `spawn`'s executor: a guard's costly bin, a waiter queued
+/// on the lock, a plain drop; returns whether the waiter had the lock
+/// before the bin was freed.
+async fn waiter_goes_first(
+    lock: Lock,
+    spawn: impl Fn(Pin<Box<dyn Future<Output = ()> + Send>>),
+) -> Vec<bool> {
+    // Teach freeq the type's cost: the first bin is freed inline.
+    let mut g = lock.lock().await;
+    g.defer(Costly(None));
+    drop(g);
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(StdMutex::new(Vec::new()));
+    let started = Arc::new(AtomicBool::new(false));
+    let mut g = lock.lock().await;
+    g.defer(Costly(Some((flag.clone(), seen.clone()))));
+    let (l2, f2, s2) = (lock.clone(), flag.clone(), started.clone());
+    spawn(Box::pin(async move {
+        s2.store(true, SeqCst);
+        let _g = l2.lock().await;
+        f2.store(true, SeqCst);
+    }));
+    // Let the waiter run up to its `lock().await`, and queue there.
+    while !started.load(SeqCst) {
+        yield_once().await;
+    }
+    drop(g);
+    while !flag.load(SeqCst) {
+        yield_once().await;
+    }
+    freeq::quiesce();
+    let seen = seen.lock().unwrap().clone();
+    seen
+}
+
+/// Returns `Pending` once, waking the task first.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// A plain drop of a guard whose bin is costly to free lets a waiter
+/// queued on the lock take it before the bin is freed, on futures'
+/// single-thread executor and on a tokio current-thread runtime: the bin
+/// goes to freeq's reclaimers. (Freed in place, the drop would wait 5 s
+/// for a waiter that cannot run on that one thread, and record `false`.)
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked"
+)]
+fn a_plain_drop_lets_a_queued_waiter_in_before_a_costly_bin() {
+    // The test waits for the reclaimers: at idle priority they may get no
+    // CPU on a busy machine.
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    for lock in Lock::both() {
+        let mut pool = futures::executor::LocalPool::new();
+        let spawner = pool.spawner();
+        let seen = pool.run_until(waiter_goes_first(lock.clone(), move |f| {
+            futures::task::LocalSpawnExt::spawn_local(&spawner, f).unwrap();
+        }));
+        assert_eq!(seen, [true], "{} on futures' executor", lock.name());
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let seen = rt.block_on(waiter_goes_first(lock.clone(), |f| {
+            tokio::spawn(f);
+        }));
+        assert_eq!(seen, [true], "{} on tokio", lock.name());
+    }
+}
