@@ -108,7 +108,10 @@ fn unlock_await_releases_then_frees() {
 
 /// Takes a few milliseconds to drop. With a flag, its drop first waits
 /// (up to 5 s) for the flag, and records whether it was set.
-struct Costly(Option<(Arc<AtomicBool>, Arc<StdMutex<Vec<bool>>>)>);
+struct Costly(Option<WaiterFirst>);
+
+/// The waiter's flag, and what costly drops saw of it.
+type WaiterFirst = (Arc<AtomicBool>, Arc<StdMutex<Vec<bool>>>);
 
 impl Drop for Costly {
     fn drop(&mut self) {

@@ -508,8 +508,11 @@ static OFFLOAD: StdMutex<()> = StdMutex::new(());
 /// Takes a few milliseconds to drop. With a flag, its drop first waits
 /// (up to 5 s) for the flag to be set, and records whether it was.
 struct Costly {
-    waiter_first: Option<(Arc<std::sync::atomic::AtomicBool>, Arc<StdMutex<Vec<bool>>>)>,
+    waiter_first: Option<WaiterFirst>,
 }
+
+/// The waiter's flag, and what costly drops saw of it.
+type WaiterFirst = (Arc<std::sync::atomic::AtomicBool>, Arc<StdMutex<Vec<bool>>>);
 
 impl Drop for Costly {
     fn drop(&mut self) {
