@@ -157,8 +157,7 @@ async fn waiter_goes_first(
         yield_once().await;
     }
     freeq::quiesce();
-    let seen = seen.lock().unwrap().clone();
-    seen
+    seen.lock().unwrap().clone()
 }
 
 /// Returns `Pending` once, waking the task first.
