@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cached::Cached;
 use cached::proc_macro::cached;
-use case_studies::harness::{self, Config, Flag, Job, Rng, Sample, Study, value};
+use case_studies::harness::{self, Config, Defaults, Flag, Job, Rng, Sample, Study, value};
 
 static STUDY: Study = Study {
     name: "cached",
@@ -26,11 +26,7 @@ static STUDY: Study = Study {
             under that lock) and clears the cache every --clear-every calls (a bulk free of 256 \
             values under the lock).",
     configs: &[
-        Config {
-            name: "published",
-            defer_frees: false,
-            about: "cached as published, plain calls",
-        },
+        Config::published("cached as published, plain calls"),
         Config {
             name: "section",
             defer_frees: true,
@@ -42,11 +38,7 @@ static STUDY: Study = Study {
         default: "256",
         help: "misses between two clears (0: never clear, evictions only)",
     }],
-    default_sizes: &[16, 256, 4 << 10, 64 << 10, 1 << 20],
-    default_waiters: 1,
-    default_ms: 200,
-    default_rounds: 3,
-    run,
+    defaults: Defaults::SHORT,
 };
 
 /// The cache's capacity (the macro takes a literal).
@@ -63,7 +55,7 @@ fn lookup(k: u64) -> Arc<Vec<u8>> {
 }
 
 fn main() -> ExitCode {
-    harness::main(&STUDY)
+    harness::main(&STUDY, run)
 }
 
 #[inline(always)]

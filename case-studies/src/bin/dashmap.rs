@@ -16,7 +16,9 @@
 
 use std::process::ExitCode;
 
-use case_studies::harness::{self, Config, Flag, Job, Rng, Sample, Study, untimed, value};
+use case_studies::harness::{
+    self, Config, Defaults, Flag, Job, Rng, Sample, Study, untimed, value,
+};
 
 static STUDY: Study = Study {
     name: "dashmap",
@@ -28,11 +30,7 @@ static STUDY: Study = Study {
             table under the shard's write lock), removes them, and shrink_to_fit()s, while the \
             workers get and insert as above.",
     configs: &[
-        Config {
-            name: "published",
-            defer_frees: false,
-            about: "dashmap as published, plain calls",
-        },
+        Config::published("dashmap as published, plain calls"),
         Config {
             name: "section",
             defer_frees: true,
@@ -71,15 +69,11 @@ static STUDY: Study = Study {
             help: "percentage of worker operations that insert (replace) instead of get",
         },
     ],
-    default_sizes: &[16, 256, 4 << 10, 64 << 10, 1 << 20],
-    default_waiters: 1,
-    default_ms: 200,
-    default_rounds: 3,
-    run,
+    defaults: Defaults::SHORT,
 };
 
 fn main() -> ExitCode {
-    harness::main(&STUDY)
+    harness::main(&STUDY, run)
 }
 
 /// The calls the workload makes, for both dashmaps (the published one
