@@ -24,7 +24,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use case_studies::harness::{self, Config, Counters, Defaults, Flag, Job, Sample, Study, value};
+use case_studies::harness::{
+    self, Config, Counters, Defaults, Flag, Job, Sample, Study, counting, section_if, value_parts,
+};
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
 /// One message: `--parts` buffers of the value size, shared by every
@@ -73,7 +75,7 @@ fn main() -> ExitCode {
 }
 
 fn message(size: usize, parts: usize, tag: u64) -> Msg {
-    Arc::new((0..parts as u64).map(|p| value(size, tag ^ p)).collect())
+    Arc::new(value_parts(size, parts, tag))
 }
 
 fn run(job: &Job) -> Sample {
@@ -103,12 +105,7 @@ fn run(job: &Job) -> Sample {
             let mut rx = tx.subscribe();
             let mut tally = counts.tally();
             move || {
-                let got = if with_freeq {
-                    let _s = freeq::section();
-                    rx.try_recv()
-                } else {
-                    rx.try_recv()
-                };
+                let got = section_if(with_freeq, || rx.try_recv());
                 tally.add(0, 1);
                 match got {
                     // Dropped here, after the section: a message is the
@@ -128,21 +125,14 @@ fn run(job: &Job) -> Sample {
         },
         || {
             let tx = &tx;
-            let mut tag = capacity as u64;
-            move || {
-                tag += 1;
+            counting(capacity as u64, move |tag| {
                 // Built before the section: only the send is the crate's.
                 let msg = message(job.size, parts, tag);
-                let sent = if with_freeq {
-                    let _s = freeq::section();
-                    tx.send(msg)
-                } else {
-                    tx.send(msg)
-                };
+                let sent = section_if(with_freeq, || tx.send(msg));
                 // Fails only without a lagging receiver, once the
                 // waiting threads have stopped and dropped theirs.
                 drop(sent);
-            }
+            })
         },
     );
     drop(lagger);

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cached::Cached;
 use cached::proc_macro::cached;
-use case_studies::harness::{self, Config, Defaults, Flag, Job, Rng, Sample, Study, value};
+use case_studies::harness::{
+    self, Config, Defaults, Flag, Job, Rng, Sample, Study, section_if, value,
+};
 
 static STUDY: Study = Study {
     name: "cached",
@@ -58,16 +60,6 @@ fn main() -> ExitCode {
     harness::main(&STUDY, run)
 }
 
-#[inline(always)]
-fn call<R>(section: bool, f: impl FnOnce() -> R) -> R {
-    if section {
-        let _s = freeq::section();
-        f()
-    } else {
-        f()
-    }
-}
-
 fn run(job: &Job) -> Sample {
     let section = match job.config.as_str() {
         "published" => false,
@@ -93,17 +85,17 @@ fn run(job: &Job) -> Sample {
                 let k = top - 1 - rng.below(CAPACITY / 2);
                 // The returned Arc drops outside the lock (the cache keeps
                 // its own reference).
-                std::hint::black_box(call(section, || lookup(k)));
+                std::hint::black_box(section_if(section, || lookup(k)));
             }
         },
         || {
             let mut next = CAPACITY;
             move || {
-                std::hint::black_box(call(section, || lookup(next)));
+                std::hint::black_box(section_if(section, || lookup(next)));
                 next += 1;
                 newest.store(next as usize, Ordering::Relaxed);
                 if clear_every != 0 && next.is_multiple_of(clear_every) {
-                    call(section, || LOOKUP.write().cache_clear());
+                    section_if(section, || LOOKUP.write().cache_clear());
                 }
             }
         },

@@ -19,7 +19,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use case_studies::harness::{
-    self, Config, Counters, Defaults, Flag, Job, Rng, Sample, Study, value,
+    self, Config, Counters, Defaults, Flag, Job, Rng, Sample, Study, counting, section_if,
+    value_parts,
 };
 use foyer_memory::{Cache, LruConfig};
 
@@ -52,22 +53,12 @@ fn run(job: &Job) -> Sample {
         .with_shards(1)
         .with_eviction_config(LruConfig::default())
         .build();
-    let make = |tag: u64| -> Vec<Vec<u8>> {
-        (0..parts as u64)
-            .map(|p| value(job.size, tag ^ p))
-            .collect()
-    };
     let next_key = AtomicU64::new(0);
     let insert = |tag: u64| {
         let key = next_key.load(Ordering::Relaxed);
         // Built before the section: only the insert is the crate's.
-        let v = make(tag);
-        if with_freeq {
-            let _s = freeq::section();
-            drop(cache.insert(key, v));
-        } else {
-            drop(cache.insert(key, v));
-        }
+        let v = value_parts(job.size, parts, tag);
+        section_if(with_freeq, || drop(cache.insert(key, v)));
         next_key.store(key + 1, Ordering::Relaxed);
     };
     for tag in 0..cap as u64 {
@@ -87,24 +78,12 @@ fn run(job: &Job) -> Sample {
                 let key = next_key
                     .load(Ordering::Relaxed)
                     .saturating_sub(1 + rng.below(cap as u64 / 2));
-                let hit = if with_freeq {
-                    let _s = freeq::section();
-                    cache.get(&key).is_some()
-                } else {
-                    cache.get(&key).is_some()
-                };
+                let hit = section_if(with_freeq, || cache.get(&key).is_some());
                 tally.add(0, 1);
                 tally.add(1, hit as u64);
             }
         },
-        || {
-            let insert = &insert;
-            let mut tag = cap as u64;
-            move || {
-                tag += 1;
-                insert(tag);
-            }
-        },
+        || counting(cap as u64, &insert),
     );
     counts.ratios(&mut sample, &["hit_rate"]);
     sample.extra.insert("entries".into(), cap as f64);

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use case_studies::harness::{
-    self, Config, Counters, Defaults, Flag, Job, Rng, Sample, Study, value,
+    self, Config, Counters, Defaults, Flag, Job, Rng, Sample, Study, counting, section_if,
+    value_parts,
 };
 use moka::sync::Cache;
 
@@ -61,10 +62,6 @@ fn main() -> ExitCode {
     harness::main(&STUDY, run)
 }
 
-fn make(size: usize, parts: usize, tag: u64) -> Val {
-    Arc::new((0..parts as u64).map(|p| value(size, tag ^ p)).collect())
-}
-
 fn run(job: &Job) -> Sample {
     let parts: usize = job.flag("parts");
     let write_pct: u64 = job.flag("write-pct");
@@ -80,13 +77,8 @@ fn run(job: &Job) -> Sample {
     let insert = |tag: u64| {
         let key = next_key.fetch_add(1, Ordering::Relaxed);
         // Built before the section: only the insert is the crate's.
-        let v = make(job.size, parts, tag);
-        if with_freeq {
-            let _s = freeq::section();
-            cache.insert(key, v);
-        } else {
-            cache.insert(key, v);
-        }
+        let v = Arc::new(value_parts(job.size, parts, tag));
+        section_if(with_freeq, || cache.insert(key, v));
         inserted.fetch_max(key, Ordering::Relaxed);
     };
     // Fill it.
@@ -113,12 +105,7 @@ fn run(job: &Job) -> Sample {
                 }
                 let last = inserted.load(Ordering::Relaxed);
                 let key = last.saturating_sub(rng.below(cap / 2));
-                let got = if with_freeq {
-                    let _s = freeq::section();
-                    cache.get(&key)
-                } else {
-                    cache.get(&key)
-                };
+                let got = section_if(with_freeq, || cache.get(&key));
                 tally.add(0, 1);
                 tally.add(1, got.is_some() as u64);
                 // Dropped after the section: the last reference only if
@@ -126,14 +113,7 @@ fn run(job: &Job) -> Sample {
                 drop(got);
             }
         },
-        || {
-            let insert = &insert;
-            let mut tag = cap;
-            move || {
-                tag += 1;
-                insert(tag);
-            }
-        },
+        || counting(cap, &insert),
     );
     counts.ratios(&mut sample, &["hit_rate"]);
     sample.extra.insert("entries".into(), cap as f64);

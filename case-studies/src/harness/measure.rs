@@ -104,6 +104,18 @@ pub fn untimed<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Runs `f` inside a `freeq::section()` when `section` is set: a
+/// study's call into its crate, in the configurations that open one.
+#[inline(always)]
+pub fn section_if<R>(section: bool, f: impl FnOnce() -> R) -> R {
+    if section {
+        let _s = freeq::section();
+        f()
+    } else {
+        f()
+    }
+}
+
 /// Times `op` into `h`, less what it ran in [`untimed`].
 #[inline(always)]
 fn timed(h: &mut Histogram<u64>, op: &mut impl FnMut()) {
