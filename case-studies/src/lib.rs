@@ -4,8 +4,13 @@
 //! Every binary is one study built on the shared [`harness`]:
 //!
 //! ```ignore
-//! static STUDY: harness::Study = harness::Study { name: "lru", run, configs: &[..], .. };
-//! fn main() -> std::process::ExitCode { harness::main(&STUDY) }
+//! static STUDY: harness::Study = harness::Study {
+//!     name: "lru",
+//!     configs: &[harness::Config::published("lru as published, plain calls"), ..],
+//!     defaults: harness::Defaults::SHORT,
+//!     ..
+//! };
+//! fn main() -> std::process::ExitCode { harness::main(&STUDY, run) }
 //! fn run(job: &harness::Job) -> harness::Sample {
 //!     harness::run(job, job.waiters, |i| move || { /* one timed waiting op */ }, || move || { /* one freeing op */ })
 //! }

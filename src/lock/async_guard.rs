@@ -209,8 +209,9 @@ impl Future for YieldOnce {
 /// guard (`mem::forget`) leaks its lock and its bin.
 ///
 /// Works with tokio's, async-lock's, futures' and `std`'s guards alike;
-/// [`freeq::tokio`](crate::tokio) (feature `tokio`) has tokio's locks with
-/// these guards built in.
+#[cfg_attr(feature = "tokio", doc = "[`freeq::tokio`](crate::tokio)")]
+#[cfg_attr(not(feature = "tokio"), doc = "`freeq::tokio`")]
+/// (feature `tokio`) has tokio's locks with these guards built in.
 ///
 /// ```
 /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -449,9 +450,11 @@ impl<G> AsyncGuard<G> {
 
     /// Turns the wrapped guard into another (a mapped or downgraded one),
     /// keeping the bin: what was deferred is freed after the new guard's
-    /// release. The building block of the `map` and `downgrade` of
-    /// [`freeq::tokio`](crate::tokio)'s guards; use it for other crates'
-    /// guards.
+    /// release. The building block of the `map` and `downgrade` of the
+    /// guards of
+    #[cfg_attr(feature = "tokio", doc = "[`freeq::tokio`](crate::tokio)")]
+    #[cfg_attr(not(feature = "tokio"), doc = "`freeq::tokio`")]
+    /// (feature `tokio`); use it for other crates' guards.
     ///
     /// ```
     /// let m = std::sync::Mutex::new((1, String::from("x")));

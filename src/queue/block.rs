@@ -2,9 +2,9 @@
 //!
 //! A block is a link to the next block and then a run of 16-byte,
 //! 16-aligned slots. This file owns their layout and their allocation; the
-//! buffer (`buffer.rs`) decides what goes in them; the layout of an item
-//! (where its payload starts, how many slots it takes) is computed here. It calls nothing in
-//! freeq but the `sync` shim's `scaled`.
+//! buffer (`buffer/`) decides what goes in them; the layout of an item
+//! (where its payload starts, how many slots it takes) is computed here.
+//! It calls nothing in freeq but the `sync` shim's `scaled`.
 
 use std::alloc::{self, Layout};
 use std::mem::{self, MaybeUninit};

@@ -3,7 +3,7 @@
 //! The bottom of freeq. Sections fill a thread's queue; closing the
 //! outermost one yields a batch, which a drain offers to the caller's
 //! [`Sink`](sink::Sink) and otherwise frees here. `block.rs` and
-//! `buffer.rs` hold the only serious `unsafe` (type-erased items in chains
+//! `buffer/` hold the only serious `unsafe` (type-erased items in chains
 //! of blocks), and `hooks.rs` what a run of items is handed from outside;
 //! `held.rs` the array in which the allocator's held frees wait;
 //! `local.rs` the thread's state and its exit path; `section.rs` the

@@ -22,10 +22,11 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use case_studies::harness::{self, Config, Flag, Job, Sample, Study, value};
+use case_studies::harness::{
+    self, Config, Counters, Defaults, Flag, Job, Sample, Study, counting, section_if, value_parts,
+};
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
 /// One message: `--parts` buffers of the value size, shared by every
@@ -40,16 +41,8 @@ static STUDY: Study = Study {
             takes the tail mutex whenever they have caught up. With freeq: DeferFrees plus a \
             freeq::section() around each synchronous send and try_recv.",
     configs: &[
-        Config {
-            name: "published",
-            defer_frees: false,
-            about: "tokio as published, plain calls",
-        },
-        Config {
-            name: "freeq",
-            defer_frees: true,
-            about: "the same calls, each inside freeq::section()",
-        },
+        Config::published("tokio as published, plain calls"),
+        Config::IN_SECTION,
     ],
     flags: &[
         Flag {
@@ -74,19 +67,15 @@ static STUDY: Study = Study {
                    0: none (the waiting threads are the last readers, unless they fall behind)",
         },
     ],
-    default_sizes: &[16, 1 << 10, 16 << 10, 256 << 10, 1 << 20],
-    default_waiters: 1,
-    default_ms: 300,
-    default_rounds: 5,
-    run,
+    defaults: Defaults::LONG,
 };
 
 fn main() -> ExitCode {
-    harness::main(&STUDY)
+    harness::main(&STUDY, run)
 }
 
 fn message(size: usize, parts: usize, tag: u64) -> Msg {
-    Arc::new((0..parts as u64).map(|p| value(size, tag ^ p)).collect())
+    Arc::new(value_parts(size, parts, tag))
 }
 
 fn run(job: &Job) -> Sample {
@@ -106,39 +95,26 @@ fn run(job: &Job) -> Sample {
         let _ = tx.send(message(job.size, parts, tag));
     }
 
-    let polls = AtomicU64::new(0);
-    let received = AtomicU64::new(0);
-    let lagged = AtomicU64::new(0);
+    // Polls, messages received, lag reports.
+    let counts = Counters::<3>::new();
 
     let mut sample = harness::run(
         job,
         job.waiters,
         |_| {
             let mut rx = tx.subscribe();
-            let counts = Counts {
-                polls: &polls,
-                received: &received,
-                lagged: &lagged,
-                local: [0; 3],
-            };
-            let mut counts = counts;
+            let mut tally = counts.tally();
             move || {
-                let got = if with_freeq {
-                    let _s = freeq::section();
-                    rx.try_recv()
-                } else {
-                    rx.try_recv()
-                };
-                let counts = &mut counts;
-                counts.local[0] += 1;
+                let got = section_if(with_freeq, || rx.try_recv());
+                tally.add(0, 1);
                 match got {
                     // Dropped here, after the section: a message is the
                     // last reference only if the sender overwrote it.
                     Ok(msg) => {
-                        counts.local[1] += 1;
+                        tally.add(1, 1);
                         drop(msg);
                     }
-                    Err(TryRecvError::Lagged(_)) => counts.local[2] += 1,
+                    Err(TryRecvError::Lagged(_)) => tally.add(2, 1),
                     Err(TryRecvError::Empty) => {}
                     Err(TryRecvError::Closed) => unreachable!("the sender outlives the window"),
                 }
@@ -149,37 +125,19 @@ fn run(job: &Job) -> Sample {
         },
         || {
             let tx = &tx;
-            let mut tag = capacity as u64;
-            move || {
-                tag += 1;
+            counting(capacity as u64, move |tag| {
                 // Built before the section: only the send is the crate's.
                 let msg = message(job.size, parts, tag);
-                let sent = if with_freeq {
-                    let _s = freeq::section();
-                    tx.send(msg)
-                } else {
-                    tx.send(msg)
-                };
+                let sent = section_if(with_freeq, || tx.send(msg));
                 // Fails only without a lagging receiver, once the
                 // waiting threads have stopped and dropped theirs.
                 drop(sent);
-            }
+            })
         },
     );
     drop(lagger);
 
-    let polls = polls.load(Ordering::Relaxed) as f64;
-    if polls > 0.0 {
-        let extra = &mut sample.extra;
-        extra.insert(
-            "recv_per_poll".into(),
-            received.load(Ordering::Relaxed) as f64 / polls,
-        );
-        extra.insert(
-            "lagged_per_poll".into(),
-            lagged.load(Ordering::Relaxed) as f64 / polls,
-        );
-    }
+    counts.ratios(&mut sample, &["recv_per_poll", "lagged_per_poll"]);
     sample
 }
 
@@ -188,22 +146,5 @@ fn spin(d: Duration) {
     let t = Instant::now();
     while t.elapsed() < d {
         std::hint::spin_loop();
-    }
-}
-
-/// A waiting thread's counts, kept locally and added to the shared ones
-/// once, when its operation is dropped (warm-up included).
-struct Counts<'a> {
-    polls: &'a AtomicU64,
-    received: &'a AtomicU64,
-    lagged: &'a AtomicU64,
-    local: [u64; 3],
-}
-
-impl Drop for Counts<'_> {
-    fn drop(&mut self) {
-        self.polls.fetch_add(self.local[0], Ordering::Relaxed);
-        self.received.fetch_add(self.local[1], Ordering::Relaxed);
-        self.lagged.fetch_add(self.local[2], Ordering::Relaxed);
     }
 }

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cached::Cached;
 use cached::proc_macro::cached;
-use case_studies::harness::{self, Config, Flag, Job, Rng, Sample, Study, value};
+use case_studies::harness::{
+    self, Config, Defaults, Flag, Job, Rng, Sample, Study, section_if, value,
+};
 
 static STUDY: Study = Study {
     name: "cached",
@@ -26,11 +28,7 @@ static STUDY: Study = Study {
             under that lock) and clears the cache every --clear-every calls (a bulk free of 256 \
             values under the lock).",
     configs: &[
-        Config {
-            name: "published",
-            defer_frees: false,
-            about: "cached as published, plain calls",
-        },
+        Config::published("cached as published, plain calls"),
         Config {
             name: "section",
             defer_frees: true,
@@ -42,11 +40,7 @@ static STUDY: Study = Study {
         default: "256",
         help: "misses between two clears (0: never clear, evictions only)",
     }],
-    default_sizes: &[16, 256, 4 << 10, 64 << 10, 1 << 20],
-    default_waiters: 1,
-    default_ms: 200,
-    default_rounds: 3,
-    run,
+    defaults: Defaults::SHORT,
 };
 
 /// The cache's capacity (the macro takes a literal).
@@ -63,17 +57,7 @@ fn lookup(k: u64) -> Arc<Vec<u8>> {
 }
 
 fn main() -> ExitCode {
-    harness::main(&STUDY)
-}
-
-#[inline(always)]
-fn call<R>(section: bool, f: impl FnOnce() -> R) -> R {
-    if section {
-        let _s = freeq::section();
-        f()
-    } else {
-        f()
-    }
+    harness::main(&STUDY, run)
 }
 
 fn run(job: &Job) -> Sample {
@@ -101,17 +85,17 @@ fn run(job: &Job) -> Sample {
                 let k = top - 1 - rng.below(CAPACITY / 2);
                 // The returned Arc drops outside the lock (the cache keeps
                 // its own reference).
-                std::hint::black_box(call(section, || lookup(k)));
+                std::hint::black_box(section_if(section, || lookup(k)));
             }
         },
         || {
             let mut next = CAPACITY;
             move || {
-                std::hint::black_box(call(section, || lookup(next)));
+                std::hint::black_box(section_if(section, || lookup(next)));
                 next += 1;
                 newest.store(next as usize, Ordering::Relaxed);
                 if clear_every != 0 && next.is_multiple_of(clear_every) {
-                    call(section, || LOOKUP.write().cache_clear());
+                    section_if(section, || LOOKUP.write().cache_clear());
                 }
             }
         },

@@ -16,7 +16,9 @@
 
 use std::process::ExitCode;
 
-use case_studies::harness::{self, Config, Flag, Job, Rng, Sample, Study, untimed, value};
+use case_studies::harness::{
+    self, Config, Defaults, Flag, Job, Rng, Sample, Study, section_if, untimed, value,
+};
 
 static STUDY: Study = Study {
     name: "dashmap",
@@ -28,11 +30,7 @@ static STUDY: Study = Study {
             table under the shard's write lock), removes them, and shrink_to_fit()s, while the \
             workers get and insert as above.",
     configs: &[
-        Config {
-            name: "published",
-            defer_frees: false,
-            about: "dashmap as published, plain calls",
-        },
+        Config::published("dashmap as published, plain calls"),
         Config {
             name: "section",
             defer_frees: true,
@@ -71,15 +69,11 @@ static STUDY: Study = Study {
             help: "percentage of worker operations that insert (replace) instead of get",
         },
     ],
-    default_sizes: &[16, 256, 4 << 10, 64 << 10, 1 << 20],
-    default_waiters: 1,
-    default_ms: 200,
-    default_rounds: 3,
-    run,
+    defaults: Defaults::SHORT,
 };
 
 fn main() -> ExitCode {
-    harness::main(&STUDY)
+    harness::main(&STUDY, run)
 }
 
 /// The calls the workload makes, for both dashmaps (the published one
@@ -144,17 +138,6 @@ fn run(job: &Job) -> Sample {
     }
 }
 
-/// Runs `f` inside a freeq section when `section` is set.
-#[inline(always)]
-fn call<R>(section: bool, f: impl FnOnce() -> R) -> R {
-    if section {
-        let _s = freeq::section();
-        f()
-    } else {
-        f()
-    }
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Retain,
@@ -192,9 +175,9 @@ fn go<M: Map>(job: &Job, section: bool) -> Sample {
                 let k = rng.below(keys);
                 if rng.below(100) < insert_pct {
                     let v = untimed(|| value(size, k));
-                    call(section, || map.insert(k, v));
+                    section_if(section, || map.insert(k, v));
                 } else {
-                    std::hint::black_box(call(section, || map.get_len(k)));
+                    std::hint::black_box(section_if(section, || map.get_len(k)));
                 }
             }
         },
@@ -205,12 +188,12 @@ fn go<M: Map>(job: &Job, section: bool) -> Sample {
                 Mode::Retain | Mode::Clear => {
                     for j in 0..batch {
                         let v = value(size, j);
-                        call(section, || map.insert(keys + j, v));
+                        section_if(section, || map.insert(keys + j, v));
                     }
                     if mode == Mode::Retain {
-                        call(section, || map.retain_below(keys));
+                        section_if(section, || map.retain_below(keys));
                     } else {
-                        call(section, || map.clear());
+                        section_if(section, || map.clear());
                     }
                 }
                 Mode::Growth => {
@@ -218,16 +201,16 @@ fn go<M: Map>(job: &Job, section: bool) -> Sample {
                     // growing, then remove them one by one, then shrink.
                     if !removing {
                         let v = value(size, next);
-                        call(section, || map.insert(keys + next, v));
+                        section_if(section, || map.insert(keys + next, v));
                         next += 1;
                         if next == batch {
                             removing = true;
                         }
                     } else if next > 0 {
                         next -= 1;
-                        call(section, || map.remove(keys + next));
+                        section_if(section, || map.remove(keys + next));
                     } else {
-                        call(section, || map.shrink_to_fit());
+                        section_if(section, || map.shrink_to_fit());
                         removing = false;
                     }
                 }

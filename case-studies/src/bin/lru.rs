@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 use std::sync::Mutex as StdMutex;
 
-use case_studies::harness::{self, Config, Flag, Job, Rng, Sample, Study, value};
+use case_studies::harness::{self, Config, Defaults, Flag, Job, Rng, Sample, Study, value};
 use lru::LruCache;
 
 static STUDY: Study = Study {
@@ -24,11 +24,7 @@ static STUDY: Study = Study {
             the crate) and clears the cache every --clear-every puts (a bulk free of --capacity \
             values); waiting threads time their gets on the same mutex.",
     configs: &[
-        Config {
-            name: "published",
-            defer_frees: false,
-            about: "std::sync::Mutex<LruCache>",
-        },
+        Config::published("std::sync::Mutex<LruCache>"),
         Config {
             name: "freeq",
             defer_frees: true,
@@ -52,15 +48,11 @@ static STUDY: Study = Study {
             help: "puts between two clears (0: never clear, evictions only)",
         },
     ],
-    default_sizes: &[16, 256, 4 << 10, 64 << 10, 1 << 20],
-    default_waiters: 1,
-    default_ms: 200,
-    default_rounds: 3,
-    run,
+    defaults: Defaults::SHORT,
 };
 
 fn main() -> ExitCode {
-    harness::main(&STUDY)
+    harness::main(&STUDY, run)
 }
 
 /// What the three configurations share: a cache behind some mutex.

@@ -27,7 +27,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use case_studies::harness::{self, Config, Flag, Job, Rng, Sample, Study, value};
+use case_studies::harness::{
+    self, Config, Counters, Defaults, Flag, Job, Rng, Sample, Study, counting, section_if,
+    value_parts,
+};
 use moka::sync::Cache;
 
 type Val = Arc<Vec<Vec<u8>>>;
@@ -40,56 +43,23 @@ static STUDY: Study = Study {
             Waiting threads get recent keys and insert --write-pct percent of the time. With freeq: \
             DeferFrees plus a freeq::section() around each call.",
     configs: &[
-        Config {
-            name: "published",
-            defer_frees: false,
-            about: "moka as published, plain calls",
-        },
-        Config {
-            name: "freeq",
-            defer_frees: true,
-            about: "the same calls, each inside freeq::section()",
-        },
+        Config::published("moka as published, plain calls"),
+        Config::IN_SECTION,
     ],
     flags: &[
-        Flag {
-            name: "entries",
-            default: "0",
-            help: "the cache's capacity in entries; 0: 64 MiB of values, between 64 and 4096",
-        },
-        Flag {
-            name: "parts",
-            default: "1",
-            help: "heap buffers of the value size per value",
-        },
+        Flag::ENTRIES,
+        Flag::PARTS,
         Flag {
             name: "write-pct",
             default: "25",
             help: "percent of a waiting thread's operations that insert a fresh key (the rest get)",
         },
     ],
-    default_sizes: &[16, 1 << 10, 16 << 10, 256 << 10, 1 << 20],
-    default_waiters: 1,
-    default_ms: 300,
-    default_rounds: 5,
-    run,
+    defaults: Defaults::LONG,
 };
 
 fn main() -> ExitCode {
-    harness::main(&STUDY)
-}
-
-fn make(size: usize, parts: usize, tag: u64) -> Val {
-    Arc::new((0..parts as u64).map(|p| value(size, tag ^ p)).collect())
-}
-
-/// The capacity in entries: `--entries`, or 64 MiB of values.
-pub fn capacity(job: &Job, parts: usize) -> u64 {
-    let entries: u64 = job.flag("entries");
-    if entries > 0 {
-        return entries;
-    }
-    ((64u64 << 20) / (job.size * parts) as u64).clamp(64, 4096)
+    harness::main(&STUDY, run)
 }
 
 fn run(job: &Job) -> Sample {
@@ -98,7 +68,7 @@ fn run(job: &Job) -> Sample {
     assert!(parts > 0, "--parts: at least 1");
     assert!(write_pct <= 100, "--write-pct: at most 100");
     let with_freeq = job.is("freeq");
-    let cap = capacity(job, parts);
+    let cap = job.entries(parts);
 
     let cache: Cache<u64, Val> = Cache::builder().max_capacity(cap).build();
     // Keys are handed out in order; `inserted` is the last one in.
@@ -107,13 +77,8 @@ fn run(job: &Job) -> Sample {
     let insert = |tag: u64| {
         let key = next_key.fetch_add(1, Ordering::Relaxed);
         // Built before the section: only the insert is the crate's.
-        let v = make(job.size, parts, tag);
-        if with_freeq {
-            let _s = freeq::section();
-            cache.insert(key, v);
-        } else {
-            cache.insert(key, v);
-        }
+        let v = Arc::new(value_parts(job.size, parts, tag));
+        section_if(with_freeq, || cache.insert(key, v));
         inserted.fetch_max(key, Ordering::Relaxed);
     };
     // Fill it.
@@ -122,18 +87,14 @@ fn run(job: &Job) -> Sample {
     }
     cache.run_pending_tasks();
 
-    let hits = AtomicU64::new(0);
-    let gets = AtomicU64::new(0);
+    // Gets, hits.
+    let counts = Counters::<2>::new();
     let mut sample = harness::run(
         job,
         job.waiters,
         |i| {
             let mut rng = Rng::new(0x5eed + i as u64);
-            let mut tally = Tally {
-                hits: &hits,
-                gets: &gets,
-                local: [0; 2],
-            };
+            let mut tally = counts.tally();
             let insert = &insert;
             let cache = &cache;
             let inserted = &inserted;
@@ -144,51 +105,17 @@ fn run(job: &Job) -> Sample {
                 }
                 let last = inserted.load(Ordering::Relaxed);
                 let key = last.saturating_sub(rng.below(cap / 2));
-                let got = if with_freeq {
-                    let _s = freeq::section();
-                    cache.get(&key)
-                } else {
-                    cache.get(&key)
-                };
-                let t = &mut tally;
-                t.local[0] += 1;
-                t.local[1] += got.is_some() as u64;
+                let got = section_if(with_freeq, || cache.get(&key));
+                tally.add(0, 1);
+                tally.add(1, got.is_some() as u64);
                 // Dropped after the section: the last reference only if
                 // the entry was evicted meanwhile.
                 drop(got);
             }
         },
-        || {
-            let insert = &insert;
-            let mut tag = cap;
-            move || {
-                tag += 1;
-                insert(tag);
-            }
-        },
+        || counting(cap, &insert),
     );
-    let gets = gets.load(Ordering::Relaxed) as f64;
-    if gets > 0.0 {
-        sample.extra.insert(
-            "hit_rate".into(),
-            hits.load(Ordering::Relaxed) as f64 / gets,
-        );
-    }
+    counts.ratios(&mut sample, &["hit_rate"]);
     sample.extra.insert("entries".into(), cap as f64);
     sample
-}
-
-/// A waiting thread's get counts, added to the shared ones when its
-/// operation is dropped (warm-up included).
-struct Tally<'a> {
-    hits: &'a AtomicU64,
-    gets: &'a AtomicU64,
-    local: [u64; 2],
-}
-
-impl Drop for Tally<'_> {
-    fn drop(&mut self) {
-        self.gets.fetch_add(self.local[0], Ordering::Relaxed);
-        self.hits.fetch_add(self.local[1], Ordering::Relaxed);
-    }
 }

@@ -1,13 +1,134 @@
-//! Command-line parsing (lexopt): the options every study shares, plus
-//! the study's own `--NAME VALUE` options.
+//! A study's declaration and its command line: what `--help` prints
+//! (the study's configurations, its own `--NAME VALUE` options, the
+//! defaults), and the parsing (lexopt) of the options every study shares.
+//! The first module of the harness: it uses none of the others but the
+//! allocator's names.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::alloc::Alloc;
-use super::driver::Study;
-use super::report::size_name;
+
+/// One configuration of a study: the crate as published, or with freeq.
+#[derive(Debug)]
+pub struct Config {
+    /// Short name, used on the command line (`--configs`) and in tables.
+    pub name: &'static str,
+    /// Whether the process runs with `freeq::alloc::DeferFrees` around
+    /// its allocator.
+    pub defer_frees: bool,
+    /// One line for `--help`.
+    pub about: &'static str,
+}
+
+impl Config {
+    /// The baseline every study starts with: the crate as published,
+    /// plain calls, no `DeferFrees`; `about` says which crate and how.
+    pub const fn published(about: &'static str) -> Config {
+        Config {
+            name: "published",
+            defer_frees: false,
+            about,
+        }
+    }
+
+    /// `freeq`: the published crate's calls, each inside a
+    /// `freeq::section()`, with `DeferFrees`.
+    pub const IN_SECTION: Config = Config {
+        name: "freeq",
+        defer_frees: true,
+        about: "the same calls, each inside freeq::section()",
+    };
+}
+
+/// A study-specific option: `--NAME VALUE`.
+#[derive(Debug)]
+pub struct Flag {
+    /// The option's name, without dashes.
+    pub name: &'static str,
+    /// Its default value.
+    pub default: &'static str,
+    /// One line for `--help`.
+    pub help: &'static str,
+}
+
+impl Flag {
+    /// `--entries`: a cache's capacity (read with `Job::entries`).
+    pub const ENTRIES: Flag = Flag {
+        name: "entries",
+        default: "0",
+        help: "the cache's capacity in entries; 0: 64 MiB of values, between 64 and 4096",
+    };
+
+    /// `--parts`: heap buffers per cached value.
+    pub const PARTS: Flag = Flag {
+        name: "parts",
+        default: "1",
+        help: "heap buffers of the value size per value",
+    };
+}
+
+/// What a study runs when the command line does not say.
+#[derive(Debug)]
+pub struct Defaults {
+    /// Value sizes, in bytes.
+    pub sizes: &'static [usize],
+    /// Waiting threads.
+    pub waiters: usize,
+    /// Milliseconds timed per round.
+    pub ms: u64,
+    /// Rounds per configuration.
+    pub rounds: u32,
+}
+
+impl Defaults {
+    /// Sizes 16 B to 1 MiB by 16x, 3 rounds of 200 ms, one waiting thread.
+    pub const SHORT: Defaults = Defaults {
+        sizes: &[16, 256, 4 << 10, 64 << 10, 1 << 20],
+        waiters: 1,
+        ms: 200,
+        rounds: 3,
+    };
+
+    /// Sizes 16 B, 1 KiB, 16 KiB, 256 KiB and 1 MiB, 5 rounds of 300 ms,
+    /// one waiting thread.
+    pub const LONG: Defaults = Defaults {
+        sizes: &[16, 1 << 10, 16 << 10, 256 << 10, 1 << 20],
+        waiters: 1,
+        ms: 300,
+        rounds: 5,
+    };
+}
+
+/// A case study, as its command line shows it: what `--help` says, its
+/// configurations (the first is the baseline every ratio is taken
+/// against), its own options and its defaults. The function a child runs
+/// goes to `harness::main` beside it.
+#[derive(Debug)]
+pub struct Study {
+    /// The binary's name.
+    pub name: &'static str,
+    /// What it measures, for `--help`.
+    pub about: &'static str,
+    /// The configurations; the first is the baseline.
+    pub configs: &'static [Config],
+    /// Study-specific options.
+    pub flags: &'static [Flag],
+    /// What runs by default.
+    pub defaults: Defaults,
+}
+
+/// `16 B`, `4 KiB`, `1 MiB`.
+pub fn size_name(b: usize) -> String {
+    if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
+        format!("{}MiB", b >> 20)
+    } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
+        format!("{}KiB", b >> 10)
+    } else {
+        format!("{b}B")
+    }
+}
 
 /// The driver's options.
 #[derive(Debug)]
@@ -59,7 +180,7 @@ fn list<T>(v: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, Str
 }
 
 fn help(study: &Study) {
-    let sizes: Vec<String> = study.default_sizes.iter().map(|&s| size_name(s)).collect();
+    let sizes: Vec<String> = study.defaults.sizes.iter().map(|&s| size_name(s)).collect();
     println!("{}\n\n{}\n", study.name, study.about.trim());
     println!(
         "Usage: cargo run --release --manifest-path case-studies/Cargo.toml --bin {} -- [OPTIONS]\n",
@@ -81,15 +202,15 @@ fn help(study: &Study) {
     );
     println!(
         "  --rounds N       rounds per configuration [default: {}]",
-        study.default_rounds
+        study.defaults.rounds
     );
     println!(
         "  --ms N           milliseconds timed per round, after a quarter as warm-up [default: {}]",
-        study.default_ms
+        study.defaults.ms
     );
     println!(
         "  --waiters N      waiting threads [default: {}]",
-        study.default_waiters
+        study.defaults.waiters
     );
     println!("  --configs LIST   run only these configurations [default: all]");
     println!("  --json FILE      also write every sample as JSON");
@@ -112,10 +233,10 @@ pub fn parse_args(
     use lexopt::prelude::*;
     let mut o = Options {
         allocs: Alloc::ALL.to_vec(),
-        sizes: study.default_sizes.to_vec(),
-        rounds: study.default_rounds,
-        ms: study.default_ms,
-        waiters: study.default_waiters,
+        sizes: study.defaults.sizes.to_vec(),
+        rounds: study.defaults.rounds,
+        ms: study.defaults.ms,
+        waiters: study.defaults.waiters,
         configs: Vec::new(),
         flags: study
             .flags

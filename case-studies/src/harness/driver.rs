@@ -1,74 +1,29 @@
-//! The driver: parses the command line, re-executes this binary once per
-//! (allocator, value size, round, configuration) with the job in the
-//! environment, interleaving the configurations round by round, and
-//! prints the medians side by side. In a child, runs the one job and
-//! prints its [`Sample`] as JSON.
+//! The driver: re-executes this binary once per (allocator, value size,
+//! round, configuration) with the [`Job`] in the environment,
+//! interleaving the configurations round by round, and hands each
+//! (allocator, size) group of results on as it completes. A child reads
+//! its job here and prints its result back.
+//!
+//! The driver knows what a child runs (a [`Job`], built from the
+//! command line's options), not what it measures: a result is any type
+//! that serializes, passed through as JSON.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::alloc::{ALLOC_ENV, Alloc, active};
-use super::args::{Options, parse_args};
-use super::measure::{Sample, cores};
-use super::report::print_group;
+use super::alloc::{ALLOC_ENV, Alloc};
+use super::args::{Config, Options, Study};
 
 /// The environment variable that carries a child's [`Job`] as JSON.
 pub const JOB_ENV: &str = "CASE_STUDIES_JOB";
 
 /// Marks the child's result line on its standard output.
 const RESULT_PREFIX: &str = "CASE-RESULT ";
-
-/// One configuration of a study: the crate as published, or with freeq.
-#[derive(Debug)]
-pub struct Config {
-    /// Short name, used on the command line (`--configs`) and in tables.
-    pub name: &'static str,
-    /// Whether the process runs with `freeq::alloc::DeferFrees` around
-    /// its allocator.
-    pub defer_frees: bool,
-    /// One line for `--help`.
-    pub about: &'static str,
-}
-
-/// A study-specific option: `--NAME VALUE`.
-#[derive(Debug)]
-pub struct Flag {
-    /// The option's name, without dashes.
-    pub name: &'static str,
-    /// Its default value.
-    pub default: &'static str,
-    /// One line for `--help`.
-    pub help: &'static str,
-}
-
-/// A case study: what `--help` says, its configurations (the first is
-/// the baseline every ratio is taken against), its own options, and the
-/// function a child runs.
-#[derive(Debug)]
-pub struct Study {
-    /// The binary's name.
-    pub name: &'static str,
-    /// What it measures, for `--help`.
-    pub about: &'static str,
-    /// The configurations; the first is the baseline.
-    pub configs: &'static [Config],
-    /// Study-specific options.
-    pub flags: &'static [Flag],
-    /// Value sizes run by default, in bytes.
-    pub default_sizes: &'static [usize],
-    /// Waiting threads by default.
-    pub default_waiters: usize,
-    /// Milliseconds timed per round by default.
-    pub default_ms: u64,
-    /// Rounds by default.
-    pub default_rounds: u32,
-    /// Runs one job in a child process.
-    pub run: fn(&Job) -> Sample,
-}
 
 /// What one child process runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,62 +61,41 @@ impl Job {
     pub fn is(&self, name: &str) -> bool {
         self.config == name
     }
-}
 
-/// The whole of a study's `main`: `fn main() -> ExitCode { harness::main(&STUDY) }`.
-pub fn main(study: &Study) -> ExitCode {
-    if let Some(job) = std::env::var_os(JOB_ENV) {
-        return child(study, &job.to_string_lossy());
-    }
-    let opts = match parse_args(study, std::env::args_os().skip(1)) {
-        Ok(Some(o)) => o,
-        Ok(None) => return ExitCode::SUCCESS, // --help
-        Err(e) => {
-            eprintln!("{}: {e}\nTry '{} --help'.", study.name, study.name);
-            return ExitCode::from(2);
+    /// A cache's capacity in entries, for a study that declares
+    /// [`Flag::ENTRIES`](super::args::Flag::ENTRIES): `--entries`, or
+    /// 64 MiB of values of `parts` buffers each, between 64 and 4096.
+    pub fn entries(&self, parts: usize) -> u64 {
+        let entries: u64 = self.flag("entries");
+        if entries > 0 {
+            return entries;
         }
-    };
-    match drive(study, &opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}: {e}", study.name);
-            ExitCode::FAILURE
-        }
+        ((64u64 << 20) / (self.size * parts) as u64).clamp(64, 4096)
     }
 }
 
-fn child(study: &Study, job: &str) -> ExitCode {
-    let job: Job = match serde_json::from_str(job) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("{}: bad {JOB_ENV}: {e}", study.name);
-            return ExitCode::from(2);
-        }
-    };
-    // Read the CPU set before anything pins a thread.
-    let _ = cores();
-    let a = active();
-    assert!(
-        a.alloc == job.alloc && a.defer_frees == job.defer_frees,
-        "the child runs on {a:?}, its job asks for {:?} (defer_frees {})",
-        job.alloc,
-        job.defer_frees
-    );
-    let sample = (study.run)(&job);
-    let line = serde_json::to_string(&sample).expect("a sample serializes");
+/// In a child process, its job (`Err` if it does not parse); `None` in
+/// the driver.
+pub fn child_job() -> Option<Result<Job, String>> {
+    let job = std::env::var_os(JOB_ENV)?;
+    Some(serde_json::from_str(&job.to_string_lossy()).map_err(|e| format!("bad {JOB_ENV}: {e}")))
+}
+
+/// In a child process, prints its result for the driver to read.
+pub fn print_result(result: &impl Serialize) {
+    let line = serde_json::to_string(result).expect("a result serializes");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{RESULT_PREFIX}{line}");
-    ExitCode::SUCCESS
 }
 
 /// One child's job and result, as `--json` writes them.
 #[derive(Serialize)]
-struct Record<'a> {
+struct Record<'a, R> {
     job: &'a Job,
-    sample: &'a Sample,
+    sample: &'a R,
 }
 
-fn run_child(study: &Study, job: &Job) -> Result<Sample, String> {
+fn run_child<R: DeserializeOwned>(study: &Study, job: &Job) -> Result<R, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let out = Command::new(exe)
         .env(ALLOC_ENV, job.alloc.env_value(job.defer_frees))
@@ -191,13 +125,22 @@ fn run_child(study: &Study, job: &Job) -> Result<Sample, String> {
     serde_json::from_str(line).map_err(|e| format!("a child's result does not parse: {e}"))
 }
 
-fn drive(study: &Study, opts: &Options) -> Result<(), String> {
+/// Runs every job of `opts` in a child of its own, `cpus` being the
+/// CPUs the children may use, and calls `group` with each (allocator,
+/// size) group's results, one list per configuration, in the order of
+/// `configs` it is given; writes `--json` at the end.
+pub fn drive<R: Serialize + DeserializeOwned + Clone>(
+    study: &Study,
+    opts: &Options,
+    cpus: usize,
+    mut group: impl FnMut(Alloc, usize, &[&Config], &[Vec<R>]),
+) -> Result<(), String> {
     let configs: Vec<&Config> = study
         .configs
         .iter()
         .filter(|c| opts.configs.is_empty() || opts.configs.iter().any(|n| n == c.name))
         .collect();
-    let n = cores().len();
+    let n = cpus;
     println!(
         "{}: {} configuration(s), {} round(s) of {} ms each, {} waiting thread(s) + 1 freeing thread, {n} CPU(s){}",
         study.name,
@@ -222,7 +165,7 @@ fn drive(study: &Study, opts: &Options) -> Result<(), String> {
     let mut records = Vec::new();
     for &alloc in &opts.allocs {
         for &size in &opts.sizes {
-            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
+            let mut results: Vec<Vec<R>> = vec![Vec::new(); configs.len()];
             for round in 0..opts.rounds {
                 // Interleave, and rotate the order each round so that no
                 // configuration always runs first.
@@ -239,16 +182,16 @@ fn drive(study: &Study, opts: &Options) -> Result<(), String> {
                         round,
                         flags: opts.flags.clone(),
                     };
-                    let s = run_child(study, &job)?;
-                    records.push((job, s.clone()));
-                    samples[i].push(s);
+                    let r: R = run_child(study, &job)?;
+                    records.push((job, r.clone()));
+                    results[i].push(r);
                 }
             }
-            print_group(study, alloc, size, &configs, &samples, opts.rounds);
+            group(alloc, size, &configs, &results);
         }
     }
     if let Some(path) = &opts.json {
-        let rows: Vec<Record> = records
+        let rows: Vec<Record<R>> = records
             .iter()
             .map(|(job, sample)| Record { job, sample })
             .collect();

@@ -1,9 +1,10 @@
 //! Timed runs inside a child process: threads pinned to distinct cores,
 //! every waiting operation timed into an HDR histogram, the freeing
-//! thread's operations counted and timed too.
+//! thread's operations counted and timed too, and a study's own counts
+//! of what its waiting operations found.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,18 @@ pub fn untimed<R>(f: impl FnOnce() -> R) -> R {
     let ns = t.elapsed().as_nanos() as u64;
     UNTIMED_NS.with(|c| c.set(c.get() + ns));
     r
+}
+
+/// Runs `f` inside a `freeq::section()` when `section` is set: a
+/// study's call into its crate, in the configurations that open one.
+#[inline(always)]
+pub fn section_if<R>(section: bool, f: impl FnOnce() -> R) -> R {
+    if section {
+        let _s = freeq::section();
+        f()
+    } else {
+        f()
+    }
 }
 
 /// Times `op` into `h`, less what it ran in [`untimed`].
@@ -206,5 +219,71 @@ where
         free_ops_per_s: free_ops as f64 / secs,
         pinned_apart: pinned.load(Ordering::Relaxed) && n_cores >= threads,
         extra: BTreeMap::new(),
+    }
+}
+
+/// Counts of a study's waiting operations (gets and hits, polls and
+/// messages received), shared by the waiting threads. Each thread counts
+/// into its own [`Tally`], added here once, when the thread's operation
+/// is dropped (warm-up included).
+#[derive(Debug)]
+pub struct Counters<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Counters<N> {
+    /// `N` counters at zero.
+    pub fn new() -> Self {
+        Counters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    /// A waiting thread's own counts, added to these when dropped.
+    pub fn tally(&self) -> Tally<'_, N> {
+        Tally {
+            shared: self,
+            local: [0; N],
+        }
+    }
+
+    /// Records `names[i - 1]` = counter `i` / counter 0 in `sample`'s
+    /// extra figures, for each counter after the first (the operations
+    /// counted), when any operation was counted.
+    pub fn ratios(&self, sample: &mut Sample, names: &[&str]) {
+        assert_eq!(names.len() + 1, N, "one name per counter after the first");
+        let total = self.0[0].load(Ordering::Relaxed) as f64;
+        if total > 0.0 {
+            for (name, c) in names.iter().zip(&self.0[1..]) {
+                sample
+                    .extra
+                    .insert(name.to_string(), c.load(Ordering::Relaxed) as f64 / total);
+            }
+        }
+    }
+}
+
+impl<const N: usize> Default for Counters<N> {
+    fn default() -> Self {
+        Counters::new()
+    }
+}
+
+/// One waiting thread's counts (see [`Counters`]).
+#[derive(Debug)]
+pub struct Tally<'a, const N: usize> {
+    shared: &'a Counters<N>,
+    local: [u64; N],
+}
+
+impl<const N: usize> Tally<'_, N> {
+    /// Adds `n` to counter `i`.
+    #[inline]
+    pub fn add(&mut self, i: usize, n: u64) {
+        self.local[i] += n;
+    }
+}
+
+impl<const N: usize> Drop for Tally<'_, N> {
+    fn drop(&mut self) {
+        for (shared, &n) in self.shared.0.iter().zip(&self.local) {
+            shared.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }

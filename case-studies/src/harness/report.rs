@@ -1,20 +1,10 @@
 //! The driver's tables: medians over rounds, ratios against the first
-//! configuration.
+//! configuration. The last module of the harness: it reads what the
+//! others made.
 
 use super::alloc::Alloc;
-use super::driver::{Config, Study};
+use super::args::{Config, Study, size_name};
 use super::measure::Sample;
-
-/// `16 B`, `4 KiB`, `1 MiB`.
-pub fn size_name(b: usize) -> String {
-    if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
-        format!("{}MiB", b >> 20)
-    } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
-        format!("{}KiB", b >> 10)
-    } else {
-        format!("{b}B")
-    }
-}
 
 /// The median of `xs` (the mean of the middle two for an even count).
 pub fn median(mut xs: Vec<f64>) -> f64 {

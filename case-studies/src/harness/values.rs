@@ -1,4 +1,5 @@
-//! Values of a given size, and a small random number generator.
+//! Values of a given size, fresh tags for them, and a small random number
+//! generator.
 
 /// A heap buffer of `size` bytes, every byte written (as a `String` or a
 /// `Vec` a program fills is): one allocation, one free. From 16 bytes (a
@@ -6,6 +7,22 @@
 /// `munmap`).
 pub fn value(size: usize, tag: u64) -> Vec<u8> {
     vec![(tag as u8) | 1; size]
+}
+
+/// `parts` values of `size` bytes (see [`value`]), one composite value of
+/// `parts` + 1 allocations.
+pub fn value_parts(size: usize, parts: usize, tag: u64) -> Vec<Vec<u8>> {
+    (0..parts as u64).map(|p| value(size, tag ^ p)).collect()
+}
+
+/// An operation that calls `f` with `after + 1`, `after + 2`, and so on,
+/// one tag per call: the freeing thread's fresh keys or messages.
+pub fn counting(after: u64, mut f: impl FnMut(u64)) -> impl FnMut() {
+    let mut tag = after;
+    move || {
+        tag += 1;
+        f(tag);
+    }
 }
 
 /// xorshift64*: cheap, deterministic per seed.
