@@ -23,7 +23,7 @@ use crate::reclaim::policy::{Policy, default_policy, store_default};
 use crate::reclaim::pool;
 use crate::reclaim::reclaimer::Reclaimer;
 use crate::reclaim::thresholds::{offload_threshold_ns, worth_offloading};
-use crate::stats;
+use crate::stats::count_late;
 
 use std::panic::{self as std_panic, AssertUnwindSafe};
 
@@ -126,7 +126,7 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
             Ok(_) => {
                 // Counted as deferred here, as `defer_heavy` counts its
                 // value: the reclaimer counts them as freed.
-                stats::count_late(items, 0, 0);
+                count_late(items, 0, 0);
                 resume(first);
                 return;
             }
