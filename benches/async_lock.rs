@@ -7,8 +7,9 @@
 //! Strategies, run interleaved in the same process, `--rounds` times each:
 //!
 //! - `under`: tokio's `Mutex`, the old value dropped under the lock;
-//! - `freeq-drop`: `freeq::tokio::Mutex`, `defer(old)`, the guard dropped
-//!   (release, then free, in the same poll);
+//! - `freeq-drop`: `freeq::tokio::Mutex`, `defer(old)`, the guard dropped,
+//!   as most code releases a lock (release; a bin whose learned cost is
+//!   high leaves the thread, a cheap one is freed in the same poll);
 //! - `freeq-unlock`: the same, then `unlock().await` (release, yield once,
 //!   free);
 //! - `defer-drop`: tokio's `Mutex` over `defer_drop::DeferDrop<Value>`:
@@ -17,7 +18,10 @@
 //!   waits) with `freeq::defer`: the synchronous reference;
 //! - `freeq-nodefer` (cheap values only): `freeq::tokio::Mutex`, the old
 //!   value dropped under the lock, nothing deferred: what the guard
-//!   itself costs.
+//!   itself costs;
+//! - `async-lock-drop` and `futures-drop`: `freeq::AsyncGuard` over
+//!   async-lock's and futures' `Mutex` guards, `defer(old)`, the guard
+//!   dropped.
 //!
 //! Reported per configuration, medians over the rounds: lock-wait
 //! p50/p99/p99.9 (from calling `lock()` to holding the guard), hand-off
@@ -28,7 +32,12 @@
 //! cheap value (one small box) to check that freeq costs no throughput
 //! when there is nothing expensive to free.
 //!
-//! `cargo bench --bench async_lock --features tokio` (about 1–2 minutes on
+//! Each process's figures depend on its heap and on where the runtime put
+//! its tasks, so the bench runs itself `--processes` times (default 3),
+//! each a fresh process, and prints every figure as the min–max range
+//! over them; `--processes 1` prints one process's full tables.
+//!
+//! `cargo bench --bench async_lock --features tokio` (about 3–5 minutes on
 //! 2 cores); `-- --help` for the options.
 
 use std::hint::black_box;
@@ -49,15 +58,19 @@ enum Strategy {
     DeferDrop,
     StdFreeq,
     FreeqPlain,
+    AsyncLockDrop,
+    FuturesDrop,
 }
 
 impl Strategy {
-    const ALL: [Strategy; 5] = [
+    const ALL: [Strategy; 7] = [
         Strategy::Under,
         Strategy::FreeqDrop,
         Strategy::FreeqUnlock,
         Strategy::DeferDrop,
         Strategy::StdFreeq,
+        Strategy::AsyncLockDrop,
+        Strategy::FuturesDrop,
     ];
 
     fn name(self) -> &'static str {
@@ -68,6 +81,8 @@ impl Strategy {
             Strategy::DeferDrop => "defer-drop",
             Strategy::StdFreeq => "std-freeq",
             Strategy::FreeqPlain => "freeq-nodefer",
+            Strategy::AsyncLockDrop => "async-lock-drop",
+            Strategy::FuturesDrop => "futures-drop",
         }
     }
 }
@@ -78,6 +93,8 @@ enum Lock {
     Freeq(freeq::tokio::Mutex<Value>),
     DeferDrop(tokio::sync::Mutex<DeferDrop<Value>>),
     Std(freeq::Mutex<Value>),
+    AsyncLock(async_lock::Mutex<Value>),
+    Futures(futures::lock::Mutex<Value>),
 }
 
 struct Shared {
@@ -187,6 +204,22 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 drop(old); // sent to defer-drop's thread, under the lock
                 drop(g);
             }
+            (Lock::AsyncLock(m), _) => {
+                let mut g = freeq::AsyncGuard::new(m.lock().await);
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                g.defer(old);
+                s.released.store(s.now(), Relaxed);
+                drop(g);
+            }
+            (Lock::Futures(m), _) => {
+                let mut g = freeq::AsyncGuard::new(m.lock().await);
+                acquired(&s, &mut h, asked);
+                let old = std::mem::replace(&mut *g, fresh);
+                g.defer(old);
+                s.released.store(s.now(), Relaxed);
+                drop(g);
+            }
             (Lock::Std(m), _) => {
                 let mut g = m.lock().unwrap();
                 acquired(&s, &mut h, asked);
@@ -215,6 +248,8 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         }
         Strategy::DeferDrop => Lock::DeferDrop(tokio::sync::Mutex::new(DeferDrop::new(initial))),
         Strategy::StdFreeq => Lock::Std(freeq::Mutex::new(initial)),
+        Strategy::AsyncLockDrop => Lock::AsyncLock(async_lock::Mutex::new(initial)),
+        Strategy::FuturesDrop => Lock::Futures(futures::lock::Mutex::new(initial)),
     };
     let s = Arc::new(Shared {
         lock,
@@ -322,6 +357,18 @@ fn compare(
             us(row.1[1]),
             row.2
         );
+        row_line(
+            &format!("{title}, {} tasks", c.tasks),
+            s.name(),
+            &[
+                row.0[0] as f64,
+                row.0[1] as f64,
+                row.0[2] as f64,
+                row.1[0] as f64,
+                row.1[1] as f64,
+                row.2,
+            ],
+        );
         med.push(row);
     }
     println!("(times in us; medians of {rounds} interleaved rounds)");
@@ -389,6 +436,18 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
             s.name(),
             us(rows[i].0),
             us(rows[i].1)
+        );
+        row_line(
+            &format!("hand-off, {title}"),
+            s.name(),
+            &[
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
+                rows[i].0 as f64,
+                rows[i].1 as f64,
+                f64::NAN,
+            ],
         );
     }
     for (i, &s) in strategies.iter().enumerate().skip(1) {
@@ -480,7 +539,118 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
     (hist, free)
 }
 
+/// One strategy's medians in one table, for the parent process: the
+/// section, the strategy, then wait p50/p99/p99.9 and hand-off p50/p99
+/// (ns) and throughput (ops/s); NaN where the table has no such column.
+fn row_line(section: &str, strategy: &str, values: &[f64; 6]) {
+    if std::env::var_os(ONE_PROCESS).is_none() {
+        return;
+    }
+    let v: Vec<String> = values.iter().map(|x| x.to_string()).collect();
+    println!("@row\t{section}\t{strategy}\t{}", v.join("\t"));
+}
+
+/// Runs this bench `processes` times, each a fresh process with the same
+/// options, and prints each figure as its min–max range over them, and
+/// each ratio to the table's first strategy the same way.
+fn over_processes(processes: usize) {
+    type Rows = Vec<(String, String, Vec<Vec<f64>>)>;
+    let mut rows: Rows = Vec::new();
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for p in 1..=processes {
+        eprintln!("async_lock: process {p} of {processes}");
+        let out = std::process::Command::new(&exe)
+            .args(&args)
+            .env(ONE_PROCESS, "1")
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run the bench in a child process");
+        if !out.status.success() {
+            eprintln!("async_lock: process {p} failed: {}", out.status);
+            std::process::exit(1);
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut f = line.split('\t');
+            if f.next() != Some("@row") {
+                continue;
+            }
+            let (section, strategy) = (f.next().unwrap(), f.next().unwrap());
+            let values: Vec<f64> = f.map(|x| x.parse().unwrap()).collect();
+            match rows.iter_mut().find(|r| r.0 == section && r.1 == strategy) {
+                Some(r) => r.2.push(values),
+                None => rows.push((section.into(), strategy.into(), vec![values])),
+            }
+        }
+    }
+    let range = |v: &[f64], scale: f64, digits: usize| -> String {
+        let v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return "-".into();
+        }
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min) / scale;
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max) / scale;
+        format!("{lo:.digits$}–{hi:.digits$}")
+    };
+    println!("# async_lock over {processes} processes: min–max of each process's medians");
+    let mut section = String::new();
+    let mut base: Vec<Vec<f64>> = Vec::new();
+    for (sec, strategy, runs) in &rows {
+        if *sec != section {
+            section = sec.clone();
+            base = runs.clone();
+            println!("\n## {sec}");
+            println!(
+                "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} | {:>15} {:>13}",
+                "strategy",
+                "wait p50 us",
+                "wait p99 us",
+                "wait p99.9 us",
+                "handoff p50",
+                "handoff p99",
+                "ops/s",
+                "wait p99 ratio",
+                "ops/s ratio"
+            );
+        }
+        let col = |i: usize| -> Vec<f64> { runs.iter().map(|r| r[i]).collect() };
+        // Per process: the base's figure over this one's (wait: higher is
+        // better), this one's over the base's (throughput).
+        let ratio = |i: usize, inverse: bool| -> Vec<f64> {
+            runs.iter()
+                .zip(&base)
+                .map(|(r, b)| {
+                    if inverse {
+                        b[i] / r[i].max(1.0)
+                    } else {
+                        r[i] / b[i]
+                    }
+                })
+                .collect()
+        };
+        println!(
+            "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} | {:>14}x {:>12}x",
+            strategy,
+            range(&col(0), 1e3, 1),
+            range(&col(1), 1e3, 1),
+            range(&col(2), 1e3, 1),
+            range(&col(3), 1e3, 1),
+            range(&col(4), 1e3, 1),
+            range(&col(5), 1.0, 0),
+            range(&ratio(1, true), 1.0, 1),
+            range(&ratio(5, false), 1.0, 3),
+        );
+    }
+    println!(
+        "\n(ratios per process against the section's first row: wait p99 base/this, higher is better; ops/s this/base)"
+    );
+}
+
+/// Set in the child processes that [`over_processes`] starts.
+const ONE_PROCESS: &str = "FREEQ_ASYNC_LOCK_ONE_PROCESS";
+
 struct Options {
+    processes: usize,
     tasks: Vec<usize>,
     ops: usize,
     allocs: usize,
@@ -503,11 +673,14 @@ Options:
   --rounds N       interleaved rounds per configuration (default 3)
   --cheap-ops N    operations of the cheap-value run (default 100000)
   --handoff-reps N releases measured per hand-off round (default 100)
+  --processes N    fresh processes, figures given as ranges over them (default 3;
+                   1 prints that one process's full tables)
   -h, --help       this text
 ";
 
 fn parse() -> Options {
     let mut o = Options {
+        processes: 3,
         tasks: vec![16, 256],
         ops: 600,
         allocs: 30_000,
@@ -559,6 +732,7 @@ fn parse() -> Options {
             "--rounds" => o.rounds = number(value(), 1, 100),
             "--cheap-ops" => o.cheap_ops = number(value(), 1, 100_000_000),
             "--handoff-reps" => o.handoff_reps = number(value(), 1, 100_000),
+            "--processes" => o.processes = number(value(), 1, 100),
             other => fail(format!("unknown argument {other:?}")),
         }
     }
@@ -567,6 +741,10 @@ fn parse() -> Options {
 
 fn main() {
     let o = parse();
+    if o.processes > 1 && std::env::var_os(ONE_PROCESS).is_none() {
+        over_processes(o.processes);
+        return;
+    }
     let think = Duration::from_micros(o.think_us);
     let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
