@@ -93,7 +93,7 @@ enum Lock {
     Freeq(freeq::tokio::Mutex<Value>),
     DeferDrop(tokio::sync::Mutex<DeferDrop<Value>>),
     Std(freeq::Mutex<Value>),
-    AsyncLock(async_lock::Mutex<Value>),
+    AsyncMutex(async_lock::Mutex<Value>),
     Futures(futures::lock::Mutex<Value>),
 }
 
@@ -204,7 +204,7 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 drop(old); // sent to defer-drop's thread, under the lock
                 drop(g);
             }
-            (Lock::AsyncLock(m), _) => {
+            (Lock::AsyncMutex(m), _) => {
                 let mut g = freeq::AsyncGuard::new(m.lock().await);
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
@@ -248,7 +248,7 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         }
         Strategy::DeferDrop => Lock::DeferDrop(tokio::sync::Mutex::new(DeferDrop::new(initial))),
         Strategy::StdFreeq => Lock::Std(freeq::Mutex::new(initial)),
-        Strategy::AsyncLockDrop => Lock::AsyncLock(async_lock::Mutex::new(initial)),
+        Strategy::AsyncLockDrop => Lock::AsyncMutex(async_lock::Mutex::new(initial)),
         Strategy::FuturesDrop => Lock::Futures(futures::lock::Mutex::new(initial)),
     };
     let s = Arc::new(Shared {
