@@ -27,7 +27,10 @@
 //! p50/p99/p99.9 (from calling `lock()` to holding the guard), hand-off
 //! (from the end of a holder's work, the value swapped, to the next
 //! acquisition by a task that was already waiting; it includes whatever
-//! the strategy does before its release) p50/p99, and throughput; then ratios against `under`. A second
+//! the strategy does before its release) p50/p99, and throughput to full
+//! reclamation (until every replaced value is freed, by `quiesce` for
+//! freeq's reclaimers and a marker for defer-drop's thread); then ratios
+//! against `under`. A second
 //! part runs the same on a current-thread runtime, and a third replaces a
 //! cheap value (one small box) to check that freeq costs no throughput
 //! when there is nothing expensive to free.
@@ -270,12 +273,14 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         }
         all
     });
-    let elapsed = started.elapsed();
     black_box(&s);
+    // Throughput counts until every replaced value is freed: values still
+    // waiting on a reclaimer or on defer-drop's thread are part of the run.
+    freeq::quiesce();
     if strategy == Strategy::DeferDrop {
         // defer-drop's thread may still be freeing this run's values: wait
-        // for it (it frees in order), so its backlog does not run into the
-        // next configuration.
+        // for it (it frees in order), so that its backlog counts in this
+        // run and does not run into the next configuration.
         struct Marker(std::sync::mpsc::Sender<()>);
         impl Drop for Marker {
             fn drop(&mut self) {
@@ -286,6 +291,7 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         drop(DeferDrop::new(Marker(tx)));
         rx.recv().unwrap();
     }
+    let elapsed = started.elapsed();
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
     Run {
         wait: [
