@@ -24,11 +24,13 @@
 //! }
 //! ```
 //!
-//! Why a yield: tokio hands a released mutex straight to the first queued
-//! waiter and wakes it into the releasing worker's next slot, which runs
-//! only when the releasing task's poll ends. Freeing in `Drop` keeps the
-//! frees out of the lock for tasks that come later, but a waiter already
-//! queued still waits for them; `unlock().await` lets it run first.
+//! Why it matters where the frees run: tokio hands a released mutex
+//! straight to the first queued waiter and wakes it into the releasing
+//! worker's next slot, which runs only when the releasing task's poll
+//! ends. Frees made in that poll delay the waiter. So a plain drop frees a
+//! cheap bin in place and hands a costly one (by its types' learned drop
+//! cost) to freeq's reclaimers, and `unlock().await` yields once, letting
+//! the waiter run, before it frees in place.
 //!
 //! `mutex.rs` has [`Mutex`] and its guards, `rwlock.rs` [`RwLock`] and its
 //! guards. Both wrap `tokio::sync` and build each guard's `map`, `try_map`
