@@ -5,6 +5,8 @@
 //! futures' single-thread executor and a tokio current-thread runtime).
 //! Neither needs the runtime's help: the bin goes to freeq's reclaimers.
 
+#![cfg(not(loom))]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
