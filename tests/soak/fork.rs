@@ -80,7 +80,7 @@ fn child(
         let v = Tracked::new(16);
         ids.push(v.id());
         freeq::defer_heavy(v);
-        freeq::set_offload_executor(|batch| drop(batch));
+        freeq::set_offload_executor(drop);
     }
     if use_offload {
         freeq::set_policy(Policy::Offload);
