@@ -150,7 +150,7 @@ pub fn snapshot() -> Profile {
         UNSET => 0,
         n => n,
     };
-    Profile::build(every, table::collect())
+    Profile::build(every, table::collect(), table::ns_per_tick())
 }
 
 /// Reads `FREEQ_PROFILE` (once): the sampling rate it sets, or 0. With a

@@ -30,7 +30,7 @@ const PENDING: u8 = 1;
 const OPEN: u8 = 2;
 
 /// Whether sampling may be on: the only test on the path of a section
-/// that is not sampled. True before the environment was read.
+/// when the profile is off. True before the environment was read.
 #[inline(always)]
 pub(crate) fn on() -> bool {
     EVERY.load(Relaxed) != 0
@@ -44,7 +44,7 @@ pub(crate) struct Probe {
     phase: Cell<u8>,
     /// The sampled section's slot in the thread's table.
     slot: Cell<usize>,
-    /// The acquisition call, and the lock held (nanoseconds).
+    /// The acquisition call, and the lock held (clock ticks).
     t0: Cell<u64>,
     t1: Cell<u64>,
     /// The thread's table (from `Arc::into_raw`), null until the thread
@@ -101,10 +101,22 @@ impl Probe {
 
     /// An outermost section is about to be acquired (the lock not taken
     /// yet) at `at`: whether the countdown samples it. If so, its clock
-    /// starts now. Called only when [`on`] and no section is open.
+    /// starts now. Called only when [`on`] and no section is open; a
+    /// section the countdown passes over costs a decrement.
+    #[inline]
+    pub(crate) fn begin(&self, at: &'static Location<'static>, kind: LockKind) -> bool {
+        let left = self.countdown.get();
+        if left != 0 && left < EVERY.load(Relaxed) {
+            self.countdown.set(left - 1);
+            return false;
+        }
+        self.sample(at, kind)
+    }
+
+    /// [`begin`](Self::begin) when the countdown has run out.
     #[cold]
     #[inline(never)]
-    pub(crate) fn begin(&self, at: &'static Location<'static>, kind: LockKind) -> bool {
+    fn sample(&self, at: &'static Location<'static>, kind: LockKind) -> bool {
         self.phase.set(IDLE);
         let every = every();
         if every == 0 {
@@ -130,14 +142,14 @@ impl Probe {
         };
         self.slot.set(slot);
         self.phase.set(PENDING);
-        self.t0.set(table::now_ns());
+        self.t0.set(table::now());
         true
     }
 
     /// The sampled acquisition holds its lock now.
     pub(crate) fn acquired(&self) {
         if self.phase.get() == PENDING {
-            self.t1.set(table::now_ns());
+            self.t1.set(table::now());
             self.phase.set(OPEN);
         }
     }
@@ -172,7 +184,7 @@ impl Probe {
             return None;
         }
         self.phase.set(IDLE);
-        let t2 = table::now_ns();
+        let t2 = table::now();
         let (t0, t1) = (self.t0.get(), self.t1.get());
         let mut sample = Sample::default();
         sample.times[WAITED] = t1.saturating_sub(t0);
@@ -240,7 +252,7 @@ impl Closing<'_> {
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
         if self.base.is_some() {
-            self.sample.times[MOVED] = table::now_ns().saturating_sub(self.t2);
+            self.sample.times[MOVED] = table::now().saturating_sub(self.t2);
         }
         let t = self.probe.table.get();
         if !t.is_null() {

@@ -43,7 +43,10 @@ pub struct Site {
     line: u32,
     column: u32,
     kind: LockKind,
+    /// Times in clock ticks.
     tally: Tally,
+    /// Nanoseconds per tick.
+    scale: f64,
 }
 
 impl Site {
@@ -76,19 +79,27 @@ impl Site {
     /// Total time the sampled sections waited for their lock: from the
     /// acquisition call until the lock was held.
     pub fn waited(&self) -> Duration {
-        Duration::from_nanos(self.tally.times[WAITED])
+        Duration::from_nanos(self.total_ns(WAITED))
     }
 
     /// Total time the sampled sections held their lock (until the
     /// outermost release, nested sections included).
     pub fn held(&self) -> Duration {
-        Duration::from_nanos(self.tally.times[HELD])
+        Duration::from_nanos(self.total_ns(HELD))
     }
 
     /// Total time spent freeing the sampled sections' queues after the
     /// release: the frees freeq moved out of the lock.
     pub fn moved(&self) -> Duration {
-        Duration::from_nanos(self.tally.times[MOVED])
+        Duration::from_nanos(self.total_ns(MOVED))
+    }
+
+    fn total_ns(&self, which: usize) -> u64 {
+        (self.tally.times[which] as f64 * self.scale) as u64
+    }
+
+    fn quantile_ns(&self, which: usize, q: f64) -> u64 {
+        (self.tally.quantile(which, q) as f64 * self.scale) as u64
     }
 
     /// Values the sampled sections deferred (and retired), with those
@@ -120,7 +131,7 @@ impl Site {
     /// # freeq::profile::disable();
     /// ```
     pub fn percentile(&self, measure: Measure, p: f64) -> Duration {
-        Duration::from_nanos(self.tally.quantile(measure.index(), p))
+        Duration::from_nanos(self.quantile_ns(measure.index(), p))
     }
 
     fn label(&self) -> String {
@@ -142,7 +153,9 @@ pub struct Profile {
 }
 
 impl Profile {
-    pub(crate) fn build(every: u32, rows: Rows) -> Profile {
+    /// The profile of `rows`, whose times are clock ticks of `scale`
+    /// nanoseconds.
+    pub(crate) fn build(every: u32, rows: Rows, scale: f64) -> Profile {
         let mut sites: Vec<Site> = rows
             .0
             .into_iter()
@@ -153,6 +166,7 @@ impl Profile {
                     column: k.at.column(),
                     kind: k.kind,
                     tally,
+                    scale,
                 },
                 None => Site {
                     file: OTHER_FILE,
@@ -160,6 +174,7 @@ impl Profile {
                     column: 0,
                     kind: LockKind::Other,
                     tally,
+                    scale,
                 },
             })
             .collect();
@@ -183,6 +198,7 @@ impl Profile {
                 column: 0,
                 kind: LockKind::Other,
                 tally: other,
+                scale,
             });
             sort(&mut sites);
         }
@@ -271,9 +287,9 @@ impl fmt::Display for Profile {
         let times = |s: &Site, i: usize| {
             format!(
                 "{} ({} / {})",
-                short(s.tally.times[i]),
-                short(s.tally.quantile(i, 0.5)),
-                short(s.tally.quantile(i, 0.99))
+                short(s.total_ns(i)),
+                short(s.quantile_ns(i, 0.5)),
+                short(s.quantile_ns(i, 0.99))
             )
         };
         let rows: Vec<[String; 3]> = self
@@ -313,6 +329,7 @@ impl serde::Serialize for Site {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let t = &self.tally;
+        let (total, q) = (|i| self.total_ns(i), |i, p| self.quantile_ns(i, p));
         let mut s = serializer.serialize_struct("Site", 16)?;
         s.serialize_field("file", self.file)?;
         s.serialize_field("line", &self.line)?;
@@ -321,15 +338,15 @@ impl serde::Serialize for Site {
         s.serialize_field("sections", &t.sections)?;
         s.serialize_field("values", &t.values)?;
         s.serialize_field("frees", &t.frees)?;
-        s.serialize_field("waited_ns", &t.times[WAITED])?;
-        s.serialize_field("waited_p50_ns", &t.quantile(WAITED, 0.5))?;
-        s.serialize_field("waited_p99_ns", &t.quantile(WAITED, 0.99))?;
-        s.serialize_field("held_ns", &t.times[HELD])?;
-        s.serialize_field("held_p50_ns", &t.quantile(HELD, 0.5))?;
-        s.serialize_field("held_p99_ns", &t.quantile(HELD, 0.99))?;
-        s.serialize_field("moved_ns", &t.times[MOVED])?;
-        s.serialize_field("moved_p50_ns", &t.quantile(MOVED, 0.5))?;
-        s.serialize_field("moved_p99_ns", &t.quantile(MOVED, 0.99))?;
+        s.serialize_field("waited_ns", &total(WAITED))?;
+        s.serialize_field("waited_p50_ns", &q(WAITED, 0.5))?;
+        s.serialize_field("waited_p99_ns", &q(WAITED, 0.99))?;
+        s.serialize_field("held_ns", &total(HELD))?;
+        s.serialize_field("held_p50_ns", &q(HELD, 0.5))?;
+        s.serialize_field("held_p99_ns", &q(HELD, 0.99))?;
+        s.serialize_field("moved_ns", &total(MOVED))?;
+        s.serialize_field("moved_p50_ns", &q(MOVED, 0.5))?;
+        s.serialize_field("moved_p99_ns", &q(MOVED, 0.99))?;
         s.end()
     }
 }

@@ -30,10 +30,10 @@ pub(crate) const MAX_SITES: usize = scaled(64, 4);
 /// "other sites" row.
 const MAX_EXITED: usize = 4 * MAX_SITES;
 
-/// Buckets of each time histogram: two per power of two of nanoseconds,
-/// up to about 4.3 s (the last bucket takes everything longer). (16 under
-/// Miri and loom, up to 256 ns.)
-pub(crate) const BUCKETS: usize = scaled(64, 16);
+/// Buckets of each time histogram: two per power of two of clock ticks,
+/// up to 2^36 ticks (about 25 s at 2.5 GHz; the last bucket takes
+/// everything longer). (16 under Miri and loom.)
+pub(crate) const BUCKETS: usize = scaled(72, 16);
 
 /// `EVERY` before the environment was read.
 pub(crate) const UNSET: u32 = u32::MAX;
@@ -123,7 +123,7 @@ impl PartialEq for Key {
     }
 }
 
-/// One sampled section's figures; times in nanoseconds.
+/// One sampled section's figures; times in clock ticks ([`now`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Sample {
     pub(crate) times: [u64; 3],
@@ -444,11 +444,81 @@ pub(crate) fn collect() -> Rows {
     rows
 }
 
-/// Nanoseconds on a monotonic clock (0 where there is none).
+/// The profile's clock: the time-stamp counter where it ticks at a
+/// constant rate in every power state (x86-64 with an invariant TSC),
+/// read in a few nanoseconds; elsewhere nanoseconds from `Instant`
+/// (0 where there is no clock). [`ns_per_tick`] converts.
+struct Clock {
+    tsc: bool,
+    base: Instant,
+    base_tick: u64,
+}
+
+fn clock() -> &'static Clock {
+    static CLOCK: OnceLock<Clock> = OnceLock::new();
+    CLOCK.get_or_init(|| {
+        let tsc = invariant_tsc();
+        Clock {
+            tsc,
+            base: Instant::now(),
+            base_tick: if tsc { tsc_now() } else { 0 },
+        }
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+fn invariant_tsc() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // Leaf 0x8000_0007, EDX bit 8: the TSC runs at a constant rate in
+    // every P-, C- and T-state.
+    __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
+fn invariant_tsc() -> bool {
+    false
+}
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[inline(always)]
+fn tsc_now() -> u64 {
+    // SAFETY: (1) `rdtsc` has no preconditions on x86-64: it reads the
+    // time-stamp counter and touches no memory.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+#[cfg(not(all(target_arch = "x86_64", not(miri))))]
+#[inline(always)]
+fn tsc_now() -> u64 {
+    0
+}
+
+/// The clock, in ticks: see [`ns_per_tick`].
 #[inline]
-pub(crate) fn now_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+pub(crate) fn now() -> u64 {
+    let c = clock();
+    if c.tsc {
+        return tsc_now();
+    }
+    c.base.elapsed().as_nanos() as u64
+}
+
+/// Nanoseconds per tick of [`now`]: 1 without the time-stamp counter;
+/// with it, measured against `Instant` over the time since the clock's
+/// first reading (at least 2 ms, waited for if need be).
+pub(crate) fn ns_per_tick() -> f64 {
+    let c = clock();
+    if !c.tsc {
+        return 1.0;
+    }
+    loop {
+        let ns = c.base.elapsed();
+        let ticks = tsc_now().wrapping_sub(c.base_tick);
+        if ns >= std::time::Duration::from_millis(2) && ticks != 0 {
+            return ns.as_nanos() as f64 / ticks as f64;
+        }
+        std::thread::yield_now();
+    }
 }
 
 #[cfg(test)]
