@@ -92,7 +92,7 @@ fn read(shared: &Shared, key: u64) -> usize {
 
 /// Looks a key up in the index; now and then rebuilds it.
 fn index(shared: &Shared, i: u64) -> bool {
-    if i % 64 == 0 {
+    if i.is_multiple_of(64) {
         let fresh: Vec<u64> = (0..1024).map(|k| k * 3 + i).collect();
         let mut index = shared.index.write();
         freeq::defer(std::mem::replace(&mut *index, fresh));
