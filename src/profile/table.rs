@@ -9,7 +9,11 @@
 //! registry's lock. [`reset`] clears the exited sums and moves the
 //! registry to a new epoch: a table of an older epoch is left out of
 //! snapshots, and its owner clears it before it records again. A thread's
-//! table is folded into the exited sums when the thread exits.
+//! table is folded into the exited sums when the thread exits. The
+//! registry's lock is never held while a table is read: under loom the
+//! tables' atomics are model steps, and a thread switched out there while
+//! holding a `std` lock would block the model. A snapshot that a `reset`
+//! overtook reads again.
 //!
 //! This file calls the `sync` shim and `platform` (the clock and the fork
 //! handlers).
@@ -23,8 +27,9 @@ use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use crate::sync::{AtomicU32, AtomicU64, StaticAtomicU32, StaticAtomicU64, scaled};
 
 /// Sites a thread's table keeps apart; later ones share its "other sites"
-/// slot. (4 under Miri and loom.)
-pub(crate) const MAX_SITES: usize = scaled(64, 4);
+/// slot. (4 under Miri and loom, 2 under loom, where every atomic is a
+/// step of the model.)
+pub(crate) const MAX_SITES: usize = if cfg!(loom) { 2 } else { scaled(64, 4) };
 
 /// Rows the exited threads' sums keep apart; later sites share one
 /// "other sites" row.
@@ -32,8 +37,8 @@ const MAX_EXITED: usize = 4 * MAX_SITES;
 
 /// Buckets of each time histogram: two per power of two of clock ticks,
 /// up to 2^36 ticks (about 25 s at 2.5 GHz; the last bucket takes
-/// everything longer). (16 under Miri and loom.)
-pub(crate) const BUCKETS: usize = scaled(72, 16);
+/// everything longer). (16 under Miri, 4 under loom.)
+pub(crate) const BUCKETS: usize = if cfg!(loom) { 4 } else { scaled(72, 16) };
 
 /// `EVERY` before the environment was read.
 pub(crate) const UNSET: u32 = u32::MAX;
@@ -400,26 +405,24 @@ mod fork_safe {
 
 /// A new table for the calling thread, in the registry.
 pub(crate) fn register() -> Arc<Table> {
-    let mut reg = registry();
-    let table = Arc::new(Table::new(EPOCH.load(Relaxed)));
-    reg.live.push(table.clone());
+    // Built before the lock is taken: see the module docs.
+    let table = Arc::new(Table::new(EPOCH.load(Acquire)));
+    registry().live.push(table.clone());
     table
 }
 
 /// Thread exit: folds `table` into the exited threads' sums (if it belongs
 /// to the current epoch) and drops it from the registry.
 pub(crate) fn unregister(table: &Arc<Table>) {
+    let epoch = EPOCH.load(Acquire);
+    let mut mine = Rows::default();
+    table.read_into(epoch, &mut mine);
     let mut reg = registry();
-    let epoch = EPOCH.load(Relaxed);
-    let mut exited = std::mem::take(&mut reg.exited);
-    if table.epoch.load(Acquire) == epoch {
-        let mut mine = Rows::default();
-        table.read_into(epoch, &mut mine);
+    if EPOCH.load(Relaxed) == epoch {
         for (key, tally) in &mine.0 {
-            exited.add(*key, tally, MAX_EXITED);
+            reg.exited.add(*key, tally, MAX_EXITED);
         }
     }
-    reg.exited = exited;
     reg.live.retain(|t| !Arc::ptr_eq(t, table));
 }
 
@@ -432,16 +435,25 @@ pub(crate) fn reset() {
 
 /// Every site's sums, live and exited threads together.
 pub(crate) fn collect() -> Rows {
-    let reg = registry();
-    let epoch = EPOCH.load(Relaxed);
-    let mut rows = Rows::default();
-    for (key, tally) in &reg.exited.0 {
-        rows.add(*key, tally, usize::MAX);
+    loop {
+        let (epoch, live, mut rows) = {
+            let reg = registry();
+            let mut rows = Rows::default();
+            for (key, tally) in &reg.exited.0 {
+                rows.add(*key, tally, usize::MAX);
+            }
+            (EPOCH.load(Relaxed), reg.live.clone(), rows)
+        };
+        for table in &live {
+            table.read_into(epoch, &mut rows);
+        }
+        // Overtaken by a reset: read again. (A thread that exited
+        // meanwhile is counted once: its table was read here, and its
+        // exited sums are not in `rows`.)
+        if EPOCH.load(Acquire) == epoch {
+            return rows;
+        }
     }
-    for table in &reg.live {
-        table.read_into(epoch, &mut rows);
-    }
-    rows
 }
 
 /// The profile's clock: the time-stamp counter where it ticks at a
