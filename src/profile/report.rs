@@ -253,8 +253,9 @@ impl fmt::Display for Profile {
     ///
     /// ```
     /// freeq::profile::enable(1);
+    /// let m = freeq::Mutex::new(());
     /// {
-    ///     let _g = freeq::Mutex::new(()).lock().unwrap();
+    ///     let _g = m.lock().unwrap();
     ///     freeq::defer(vec![0u8; 64]);
     /// }
     /// let table = freeq::profile::snapshot().to_string();
