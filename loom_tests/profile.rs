@@ -3,7 +3,9 @@
 //! takes snapshots or resets, and a thread's table joins the exited
 //! threads' sums when it exits.
 //!
-//! The profile is process-wide: each model iteration resets it first.
+//! The profile is process-wide: the models take `SERIAL` (the test
+//! harness runs them on parallel threads), and each model iteration
+//! resets the profile first.
 //!
 //! Run with `scripts/loom.sh`.
 #![cfg(loom)]
@@ -12,6 +14,8 @@ mod common;
 
 use common::{Arc, defer_mutex};
 use loom::thread;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One sampled critical section on a deferring mutex, deferring a value.
 fn one_section(m: &Arc<common::DeferMutex<u32>>) {
@@ -25,6 +29,7 @@ fn one_section(m: &Arc<common::DeferMutex<u32>>) {
 // are never both counted, nor neither.
 #[test]
 fn snapshots_count_each_section_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     loom::model(|| {
         freeq::profile::enable(1);
         freeq::profile::reset();
@@ -48,6 +53,7 @@ fn snapshots_count_each_section_once() {
 // the rest, and what follows the reset is counted.
 #[test]
 fn reset_races_a_section() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     loom::model(|| {
         freeq::profile::enable(1);
         freeq::profile::reset();

@@ -95,6 +95,11 @@ fn each_lock_kind_files_its_caller() {
     });
     let p = profile::snapshot();
     for &(kind, line) in lines.lock().unwrap().iter() {
+        if cfg!(miri) && no_site(&p, line) {
+            // Under Miri a thread's table keeps 4 sites; the rest are in
+            // the "other sites" row.
+            continue;
+        }
         let s = site(&p, line);
         assert_eq!(s.kind(), kind, "line {line}\n{p}");
         assert_eq!(s.sections(), 1, "line {line}\n{p}");
@@ -118,7 +123,10 @@ fn moved_is_the_free_after_the_release() {
     assert_eq!(s.values(), 1);
     assert!(s.moved() >= 20 * MS, "{p}");
     assert!(s.held() < s.moved(), "{p}");
-    assert!(s.percentile(Measure::Moved, 0.5) >= 10 * MS, "{p}");
+    if !cfg!(miri) {
+        // Under Miri the histograms stop at 256 ns.
+        assert!(s.percentile(Measure::Moved, 0.5) >= 10 * MS, "{p}");
+    }
     assert_eq!(p.sites()[0].line(), s.line(), "sorted by moved");
 }
 
@@ -222,8 +230,13 @@ fn a_contended_waiter_reports_its_wait() {
     let at = waiter.join().unwrap();
     let p = profile::snapshot();
     let s = site(&p, at);
-    assert!(s.waited() >= 20 * MS, "{p}");
-    assert!(s.held() < s.waited(), "{p}");
+    assert_eq!(s.sections(), 1, "{p}");
+    if !cfg!(miri) {
+        // Miri's clock is virtual, and its scheduler may run the waiter
+        // only once the sleep is over.
+        assert!(s.waited() >= 20 * MS, "{p}");
+        assert!(s.held() < s.waited(), "{p}");
+    }
 }
 
 #[test]
