@@ -10,26 +10,32 @@
 //! registry to a new epoch: a table of an older epoch is left out of
 //! snapshots, and its owner clears it before it records again. A thread's
 //! table is folded into the exited sums when the thread exits. The
-//! registry's lock is never held while a table is read: under loom the
-//! tables' atomics are model steps, and a thread switched out there while
-//! holding a `std` lock would block the model. A snapshot that a `reset`
-//! overtook reads again.
+//! registry's lock is never held while a table is read (tables can be
+//! large, and sections must never wait for a snapshot); a snapshot that a
+//! `reset` overtook reads again.
 //!
-//! This file calls the `sync` shim and `platform` (the clock and the fork
-//! handlers).
+//! This file calls the `sync` shim (static atomics, constants scaled
+//! under Miri) and `platform` (the clock and the fork handlers).
 
 use std::fmt;
 use std::panic::Location;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
+// The tables' atomics are `std`'s in loom builds too, like `stats`'s
+// slots: tables are published to other threads through the registry's
+// `std` lock, which loom cannot see, so loom would take every read of a
+// table for a race with its creation. The loom models explore the
+// interleavings of sampled sections, snapshots and resets at freeq's
+// locks.
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
 use crate::platform::Instant;
-use crate::sync::Ordering::{Acquire, Relaxed, Release};
-use crate::sync::{AtomicU32, AtomicU64, StaticAtomicU32, StaticAtomicU64, scaled};
+use crate::sync::{StaticAtomicU32, StaticAtomicU64, scaled};
 
 /// Sites a thread's table keeps apart; later ones share its "other sites"
-/// slot. (4 under Miri and loom, 2 under loom, where every atomic is a
-/// step of the model.)
-pub(crate) const MAX_SITES: usize = if cfg!(loom) { 2 } else { scaled(64, 4) };
+/// slot. (4 under Miri and loom.)
+pub(crate) const MAX_SITES: usize = scaled(64, 4);
 
 /// Rows the exited threads' sums keep apart; later sites share one
 /// "other sites" row.
@@ -37,8 +43,8 @@ const MAX_EXITED: usize = 4 * MAX_SITES;
 
 /// Buckets of each time histogram: two per power of two of clock ticks,
 /// up to 2^36 ticks (about 25 s at 2.5 GHz; the last bucket takes
-/// everything longer). (16 under Miri, 4 under loom.)
-pub(crate) const BUCKETS: usize = if cfg!(loom) { 4 } else { scaled(72, 16) };
+/// everything longer). (16 under Miri and loom.)
+pub(crate) const BUCKETS: usize = scaled(72, 16);
 
 /// `EVERY` before the environment was read.
 pub(crate) const UNSET: u32 = u32::MAX;
