@@ -16,6 +16,7 @@ BASELINES = {  # group prefix -> baseline function
     "drain": "Vec push+clear",
     "hold_time": "hand-written",
     "contention": "hand-written",
+    "profile": "off",
 }
 
 

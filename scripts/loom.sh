@@ -21,7 +21,7 @@ export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"
 
 # freeq's own models.
-cargo test --release --test loom_core --test loom_reclaim --test loom_condvar "$@"
+cargo test --release --test loom_core --test loom_reclaim --test loom_condvar --test loom_profile "$@"
 
 # A crate built on freeq, model-checking its own code: freeq's public locks
 # must be loom's under `--cfg loom`. It shares this target directory.

@@ -348,7 +348,8 @@ pub fn held() -> Held {
 /// [`defer`](crate::defer)red inside `f` are freed at the same point. If
 /// `f` panics, the section still closes and frees while the panic
 /// unwinds. Inside another section, the frees wait for the outermost one.
-/// Never hold it across `.await`: `f` is synchronous.
+/// Never hold it across `.await`: `f` is synchronous. For
+/// [`freeq::profile`](crate::profile), the call is the section's site.
 ///
 /// ```
 /// let cache = std::sync::Mutex::new(vec![String::from("evicted"); 8]);
@@ -362,6 +363,7 @@ pub fn held() -> Held {
 /// assert!(n >= 8);
 /// ```
 #[inline]
+#[track_caller]
 pub fn frees_after<R>(f: impl FnOnce() -> R) -> R {
     let _section = open_section();
     f()

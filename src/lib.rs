@@ -93,6 +93,7 @@ mod lock;
 // Under loom, freeq registers no process hooks and sets no priorities.
 #[cfg_attr(loom, allow(dead_code))]
 mod platform;
+pub mod profile;
 mod queue;
 mod reclaim;
 mod stats;

@@ -63,7 +63,8 @@ impl<T: ?Sized> NoPoison for loom::sync::RwLock<T> {}
 /// live in statics, and settings are not what the models check, so these
 /// are `std`'s in both modes.
 pub(crate) use std::sync::atomic::{
-    AtomicU8 as StaticAtomicU8, AtomicU64 as StaticAtomicU64, AtomicUsize as StaticAtomicUsize,
+    AtomicU8 as StaticAtomicU8, AtomicU32 as StaticAtomicU32, AtomicU64 as StaticAtomicU64,
+    AtomicUsize as StaticAtomicUsize,
 };
 
 /// `thread_local!` with a `const` initialiser under `std` (the fast,

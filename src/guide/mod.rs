@@ -10,6 +10,7 @@
 //! | [`edges`] | edges to know: leaked guards, thread-locals, process exit, `fork()`, condvar waits with your own notify |
 //! | [`offload`] | `Policy::Offload` and its reclaimers, the cost rule, executors, `quiesce`, and which policy per allocator |
 //! | [`allocator`] | [`DeferFrees`](crate::alloc::DeferFrees): every `free` under a lock made after the unlock, its rules, and its physics per allocator |
+//! | [`profile`] | [`freeq::profile`](crate::profile): reading its table per lock site, what `moved` estimates, and what it costs |
 //! | [`comparison`] | freeq beside the hand-written `Vec` pattern, crossbeam-epoch, defer-drop, basedrop and parking_lot's `unlocked` |
 //! | [`platforms`] | what each platform provides and what freeq falls back to |
 //! | [`loom`] | testing your own code with loom on freeq's locks, and what differs under loom |
@@ -60,6 +61,9 @@ pub mod offload {}
 
 #[doc = include_str!("allocator.md")]
 pub mod allocator {}
+
+#[doc = include_str!("profile.md")]
+pub mod profile {}
 
 #[doc = include_str!("comparison.md")]
 pub mod comparison {}

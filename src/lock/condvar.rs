@@ -14,13 +14,17 @@
 //! `defer_fn(move || cv.notify_one())` before `cv.wait(guard)`, meant for
 //! other threads) never takes that waiter: it wakes another one, or none.
 //!
+//! A wait's re-acquisition is a site of its own for the profile (kind
+//! `Condvar`): the `wait` call for [`Condvar`], lock_api's for
+//! [`RawDeferredCondvar`] (whose `wait` does not pass its caller on).
+//!
 //! This file calls the std-backed and raw locks of this layer, the queue's
-//! panic helpers and the `sync` shim.
+//! panic helpers, the profile's lock kinds and the `sync` shim.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic::{self, AssertUnwindSafe, Location};
 use std::ptr;
 use std::sync::{LockResult, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,6 +33,7 @@ use lock_api::{RawCondvar, RawCondvarTimed, RawMutex, RawMutexTimed};
 
 use crate::lock::raw::{DeferredGuard, RawDeferred};
 use crate::lock::std_lock::MutexGuard as FreeqMutexGuard;
+use crate::profile::table::LockKind;
 use crate::queue::panic::{Panic, drop_quietly, resume};
 use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering::*, park_timeout, thread};
 
@@ -251,6 +256,7 @@ impl<M> RawDeferredCondvar<M> {
 
     /// # Safety
     /// As for [`RawCondvar::wait`].
+    #[track_caller]
     unsafe fn wait_deadline(
         &self,
         mutex: &RawDeferred<M>,
@@ -263,6 +269,7 @@ impl<M> RawDeferredCondvar<M> {
         // Before anything is moved out: a wait with a second mutex panics
         // with the lock held and `guard` intact, as lock_api allows.
         let w = self.queue.register(address(mutex));
+        let at = Location::caller();
         // SAFETY: (1) the caller holds `mutex` with state `guard`. The state
         // is moved out here and a fresh one written back below before anyone
         // can observe `guard`; `AbortOnUnwind` turns any unwind in between
@@ -273,7 +280,7 @@ impl<M> RawDeferredCondvar<M> {
             w,
             // SAFETY: (2) `state` is this thread's acquisition of `mutex`.
             move || unsafe { mutex.unlock(state) },
-            || <RawDeferred<M> as RawMutex>::lock(mutex),
+            || mutex.lock_at(at, LockKind::Condvar),
             deadline,
         );
         // SAFETY: (3) `guard` holds a stale copy of the released state,
@@ -309,6 +316,7 @@ unsafe impl<M: RawMutex> RawCondvar for RawDeferredCondvar<M> {
     const INIT: Self = RawDeferredCondvar::new();
     type RawMutex = RawDeferred<M>;
 
+    #[track_caller]
     unsafe fn wait(&self, mutex: &Self::RawMutex, guard: &mut DeferredGuard<M::Guard>) {
         // SAFETY: (5) forwarded from the caller.
         unsafe { self.wait_deadline(mutex, guard, None) };
@@ -332,6 +340,7 @@ where
         Instant::now().checked_add(*timeout)
     }
 
+    #[track_caller]
     unsafe fn wait_until(
         &self,
         mutex: &Self::RawMutex,
@@ -388,18 +397,20 @@ impl Condvar {
         }
     }
 
+    #[track_caller]
     fn wait_deadline<'a, T: ?Sized>(
         &self,
         guard: FreeqMutexGuard<'a, T>,
         deadline: Option<Instant>,
     ) -> (LockResult<FreeqMutexGuard<'a, T>>, bool) {
         let mutex = guard.guard.mutex;
+        let at = Location::caller();
         // A wait with a second mutex panics here, still holding the lock.
         let w = self.queue.register(address(mutex));
         let (fresh, notified, released) = self.queue.wait(
             w,
             move || drop(guard),
-            || crate::lock::std_lock::Mutex::relock(mutex),
+            || crate::lock::std_lock::Mutex::relock(mutex, at, LockKind::Condvar),
             deadline,
         );
         match released {
@@ -425,6 +436,7 @@ impl Condvar {
     /// mutex" (the guard is dropped, unlocking and poisoning the mutex). A
     /// condvar may move to another mutex once no one waits on it. The same
     /// holds for every wait below.
+    #[track_caller]
     pub fn wait<'a, T: ?Sized>(
         &self,
         guard: FreeqMutexGuard<'a, T>,
@@ -433,6 +445,7 @@ impl Condvar {
     }
 
     /// Waits while `condition` holds.
+    #[track_caller]
     pub fn wait_while<'a, T: ?Sized, F>(
         &self,
         mut guard: FreeqMutexGuard<'a, T>,
@@ -448,6 +461,7 @@ impl Condvar {
     }
 
     /// Waits for a notification or until `timeout` has elapsed.
+    #[track_caller]
     pub fn wait_timeout<'a, T: ?Sized>(
         &self,
         guard: FreeqMutexGuard<'a, T>,
@@ -464,6 +478,7 @@ impl Condvar {
 
     /// Waits while `condition` holds, for at most `timeout` in all. Times
     /// out if the condition still holds when the time is up.
+    #[track_caller]
     pub fn wait_timeout_while<'a, T: ?Sized, F>(
         &self,
         mut guard: FreeqMutexGuard<'a, T>,

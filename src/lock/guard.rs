@@ -2,12 +2,15 @@
 //! deferring one.
 //!
 //! Opening and closing a section goes through the dispatcher in `reclaim`
-//! (closing the outermost one drains); this file calls nothing else.
+//! (closing the outermost one drains); each names its caller and kind to
+//! the profile. This file calls nothing else.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::panic::Location;
 
+use crate::profile::table::LockKind;
 use crate::reclaim::dispatch;
 
 /// An open section without a lock. While it lives, [`defer`](crate::defer)ed
@@ -43,12 +46,28 @@ pub struct Section {
     _not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
-/// Opens a section on this thread; see [`Section`].
+/// Opens a section on this thread; see [`Section`]. For
+/// [`freeq::profile`](crate::profile), the call is the section's site.
 #[inline]
+#[track_caller]
 pub fn section() -> Section {
-    dispatch::prepare_and_enter();
-    Section {
-        _not_send: PhantomData,
+    Section::open(Location::caller(), LockKind::Section)
+}
+
+impl Section {
+    /// Opens a section whose profile site is `at`.
+    #[inline]
+    pub(crate) fn open(at: &'static Location<'static>, kind: LockKind) -> Section {
+        dispatch::prepare_and_enter(at, kind);
+        Section::entered()
+    }
+
+    /// The section the caller has just entered.
+    #[inline]
+    pub(crate) fn entered() -> Section {
+        Section {
+            _not_send: PhantomData,
+        }
     }
 }
 
@@ -121,11 +140,31 @@ impl<G> LockGuard<G> {
     /// let mut g = freeq::LockGuard::new(m.lock().unwrap());
     /// freeq::defer(std::mem::take(&mut *g));
     /// ```
+    ///
+    /// For [`freeq::profile`](crate::profile), the call to `new` is the
+    /// section's site; the lock was taken before, so no wait is measured.
     #[inline]
+    #[track_caller]
     pub fn new(guard: G) -> Self {
         LockGuard {
             guard,
-            _section: section(),
+            _section: Section::open(Location::caller(), LockKind::Guard),
+        }
+    }
+
+    /// Wraps `guard`, whose acquisition readied the thread and may have
+    /// been sampled by the profile (`dispatch::prepare_at`): opens its
+    /// section.
+    #[inline]
+    pub(crate) fn entered(guard: G, sampled: bool) -> Self {
+        if sampled {
+            dispatch::enter_sampled();
+        } else {
+            dispatch::enter();
+        }
+        LockGuard {
+            guard,
+            _section: Section::entered(),
         }
     }
 

@@ -9,7 +9,11 @@
 //! open: the guard is still held, so nothing drains. With feature
 //! `lock_api_04`, the same holds for lock_api 0.4 raw locks (`raw04.rs`).
 //!
-//! This file calls the dispatcher's section entries and lock_api.
+//! Every acquisition is `#[track_caller]`, as lock_api 0.5's methods
+//! are, so the profile files a section under the user's `lock()` call.
+//!
+//! This file calls the dispatcher's section entries, the profile's lock
+//! kinds and lock_api.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -20,7 +24,10 @@ use lock_api::{
     RawRwLockUpgradeFair, RawRwLockUpgradeTimed,
 };
 
-use crate::reclaim::dispatch::{enter, leave, prepare_thread};
+use std::panic::Location;
+
+use crate::profile::table::LockKind;
+use crate::reclaim::dispatch::{cancel_sample, enter, enter_sampled, leave, prepare_at};
 
 /// A lock_api raw lock `R` whose acquisitions are freeq sections.
 ///
@@ -122,22 +129,58 @@ impl<G> fmt::Debug for DeferredGuard<G> {
 
 /// Readies the thread (before the inner lock is taken, so nothing is set
 /// up or allocated while it is held), runs the acquisition, and opens its
-/// section.
+/// section; the caller's call is the profile's site.
 #[inline]
-fn acquire<G>(lock: impl FnOnce() -> G) -> DeferredGuard<G> {
-    prepare_thread();
+#[track_caller]
+fn acquire<G>(kind: LockKind, lock: impl FnOnce() -> G) -> DeferredGuard<G> {
+    acquire_at(Location::caller(), kind, lock)
+}
+
+#[inline]
+fn acquire_at<G>(
+    at: &'static Location<'static>,
+    kind: LockKind,
+    lock: impl FnOnce() -> G,
+) -> DeferredGuard<G> {
+    let sampled = prepare_at(at, kind);
     let inner = lock();
-    enter();
+    if sampled {
+        enter_sampled();
+    } else {
+        enter();
+    }
     DeferredGuard::new(inner)
 }
 
 /// [`acquire`] for an attempt that may fail: a section only on success.
 #[inline]
-fn acquire_opt<G>(lock: impl FnOnce() -> Option<G>) -> Option<DeferredGuard<G>> {
-    prepare_thread();
-    let inner = lock()?;
-    enter();
+#[track_caller]
+fn acquire_opt<G>(kind: LockKind, lock: impl FnOnce() -> Option<G>) -> Option<DeferredGuard<G>> {
+    let sampled = prepare_at(Location::caller(), kind);
+    let Some(inner) = lock() else {
+        if sampled {
+            cancel_sample();
+        }
+        return None;
+    };
+    if sampled {
+        enter_sampled();
+    } else {
+        enter();
+    }
     Some(DeferredGuard::new(inner))
+}
+
+impl<R: RawMutex> RawDeferred<R> {
+    /// Locks, as [`RawMutex::lock`], for an acquisition the profile files
+    /// under `at`, of `kind` (a condvar's re-acquisition).
+    pub(crate) fn lock_at(
+        &self,
+        at: &'static Location<'static>,
+        kind: LockKind,
+    ) -> DeferredGuard<R::Guard> {
+        acquire_at(at, kind, || self.inner.lock())
+    }
 }
 
 /// Re-wraps a state that changes kind (upgrade, downgrade): same section.
@@ -181,13 +224,15 @@ unsafe impl<R: RawMutex> RawMutex for RawDeferred<R> {
     type Guard = DeferredGuard<R::Guard>;
 
     #[inline]
+    #[track_caller]
     fn lock(&self) -> Self::Guard {
-        acquire(|| self.inner.lock())
+        acquire(LockKind::RawMutex, || self.inner.lock())
     }
 
     #[inline]
+    #[track_caller]
     fn try_lock(&self) -> Option<Self::Guard> {
-        acquire_opt(|| self.inner.try_lock())
+        acquire_opt(LockKind::RawMutex, || self.inner.try_lock())
     }
 
     #[inline]
@@ -223,12 +268,14 @@ unsafe impl<R: RawMutexTimed> RawMutexTimed for RawDeferred<R> {
     type Duration = R::Duration;
     type Instant = R::Instant;
 
+    #[track_caller]
     fn try_lock_for(&self, timeout: Self::Duration) -> Option<Self::Guard> {
-        acquire_opt(|| self.inner.try_lock_for(timeout))
+        acquire_opt(LockKind::RawMutex, || self.inner.try_lock_for(timeout))
     }
 
+    #[track_caller]
     fn try_lock_until(&self, timeout: Self::Instant) -> Option<Self::Guard> {
-        acquire_opt(|| self.inner.try_lock_until(timeout))
+        acquire_opt(LockKind::RawMutex, || self.inner.try_lock_until(timeout))
     }
 }
 
@@ -240,13 +287,15 @@ unsafe impl<R: RawRwLock> RawRwLock for RawDeferred<R> {
     type ExclusiveGuard = DeferredGuard<R::ExclusiveGuard>;
 
     #[inline]
+    #[track_caller]
     fn lock_shared(&self) -> Self::SharedGuard {
-        acquire(|| self.inner.lock_shared())
+        acquire(LockKind::RawRead, || self.inner.lock_shared())
     }
 
     #[inline]
+    #[track_caller]
     fn try_lock_shared(&self) -> Option<Self::SharedGuard> {
-        acquire_opt(|| self.inner.try_lock_shared())
+        acquire_opt(LockKind::RawRead, || self.inner.try_lock_shared())
     }
 
     #[inline]
@@ -257,13 +306,15 @@ unsafe impl<R: RawRwLock> RawRwLock for RawDeferred<R> {
     }
 
     #[inline]
+    #[track_caller]
     fn lock_exclusive(&self) -> Self::ExclusiveGuard {
-        acquire(|| self.inner.lock_exclusive())
+        acquire(LockKind::RawWrite, || self.inner.lock_exclusive())
     }
 
     #[inline]
+    #[track_caller]
     fn try_lock_exclusive(&self) -> Option<Self::ExclusiveGuard> {
-        acquire_opt(|| self.inner.try_lock_exclusive())
+        acquire_opt(LockKind::RawWrite, || self.inner.try_lock_exclusive())
     }
 
     #[inline]
@@ -325,20 +376,32 @@ unsafe impl<R: RawRwLockTimed> RawRwLockTimed for RawDeferred<R> {
     type Duration = R::Duration;
     type Instant = R::Instant;
 
+    #[track_caller]
     fn try_lock_shared_for(&self, timeout: Self::Duration) -> Option<Self::SharedGuard> {
-        acquire_opt(|| self.inner.try_lock_shared_for(timeout))
+        acquire_opt(LockKind::RawRead, || {
+            self.inner.try_lock_shared_for(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_shared_until(&self, timeout: Self::Instant) -> Option<Self::SharedGuard> {
-        acquire_opt(|| self.inner.try_lock_shared_until(timeout))
+        acquire_opt(LockKind::RawRead, || {
+            self.inner.try_lock_shared_until(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_exclusive_for(&self, timeout: Self::Duration) -> Option<Self::ExclusiveGuard> {
-        acquire_opt(|| self.inner.try_lock_exclusive_for(timeout))
+        acquire_opt(LockKind::RawWrite, || {
+            self.inner.try_lock_exclusive_for(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_exclusive_until(&self, timeout: Self::Instant) -> Option<Self::ExclusiveGuard> {
-        acquire_opt(|| self.inner.try_lock_exclusive_until(timeout))
+        acquire_opt(LockKind::RawWrite, || {
+            self.inner.try_lock_exclusive_until(timeout)
+        })
     }
 }
 
@@ -346,12 +409,14 @@ unsafe impl<R: RawRwLockTimed> RawRwLockTimed for RawDeferred<R> {
 unsafe impl<R: RawRwLockUpgrade> RawRwLockUpgrade for RawDeferred<R> {
     type UpgradableGuard = DeferredGuard<R::UpgradableGuard>;
 
+    #[track_caller]
     fn lock_upgradable(&self) -> Self::UpgradableGuard {
-        acquire(|| self.inner.lock_upgradable())
+        acquire(LockKind::RawUpgradable, || self.inner.lock_upgradable())
     }
 
+    #[track_caller]
     fn try_lock_upgradable(&self) -> Option<Self::UpgradableGuard> {
-        acquire_opt(|| self.inner.try_lock_upgradable())
+        acquire_opt(LockKind::RawUpgradable, || self.inner.try_lock_upgradable())
     }
 
     unsafe fn unlock_upgradable(&self, guard: Self::UpgradableGuard) {
@@ -415,12 +480,18 @@ unsafe impl<R: RawRwLockUpgradeDowngrade> RawRwLockUpgradeDowngrade for RawDefer
 
 // SAFETY: see (1).
 unsafe impl<R: RawRwLockUpgradeTimed> RawRwLockUpgradeTimed for RawDeferred<R> {
+    #[track_caller]
     fn try_lock_upgradable_for(&self, timeout: Self::Duration) -> Option<Self::UpgradableGuard> {
-        acquire_opt(|| self.inner.try_lock_upgradable_for(timeout))
+        acquire_opt(LockKind::RawUpgradable, || {
+            self.inner.try_lock_upgradable_for(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_upgradable_until(&self, timeout: Self::Instant) -> Option<Self::UpgradableGuard> {
-        acquire_opt(|| self.inner.try_lock_upgradable_until(timeout))
+        acquire_opt(LockKind::RawUpgradable, || {
+            self.inner.try_lock_upgradable_until(timeout)
+        })
     }
 
     unsafe fn try_upgrade_for(

@@ -21,28 +21,43 @@
 //! assert_send(m.lock());
 //! ```
 //!
-//! This file calls the reclaim layer's section entries and `raw.rs`.
+//! This file calls the reclaim layer's section entries, the profile's
+//! lock kinds and `raw.rs`.
 
 use lock_api04 as la;
 
-use crate::lock::raw::{Leave, RawDeferred};
-use crate::reclaim::dispatch::{enter, prepare_thread};
+use std::panic::Location;
 
-/// Readies the thread, takes the inner lock, opens the section.
+use crate::lock::raw::{Leave, RawDeferred};
+use crate::profile::table::LockKind;
+use crate::reclaim::dispatch::{cancel_sample, enter, enter_sampled, prepare_at};
+
+/// Readies the thread, takes the inner lock, opens the section. lock_api
+/// 0.4's methods do not pass their caller on: the profile's site is the
+/// line of lock_api 0.4 that called here.
 #[inline]
-fn acquire(lock: impl FnOnce()) {
-    prepare_thread();
+#[track_caller]
+fn acquire(kind: LockKind, lock: impl FnOnce()) {
+    let sampled = prepare_at(Location::caller(), kind);
     lock();
-    enter();
+    if sampled {
+        enter_sampled();
+    } else {
+        enter();
+    }
 }
 
 /// [`acquire`] for an attempt: a section only on success.
 #[inline]
-fn acquire_if(lock: impl FnOnce() -> bool) -> bool {
-    prepare_thread();
+#[track_caller]
+fn acquire_if(kind: LockKind, lock: impl FnOnce() -> bool) -> bool {
+    let sampled = prepare_at(Location::caller(), kind);
     let got = lock();
-    if got {
-        enter();
+    match (got, sampled) {
+        (true, true) => enter_sampled(),
+        (true, false) => enter(),
+        (false, true) => cancel_sample(),
+        (false, false) => {}
     }
     got
 }
@@ -70,13 +85,15 @@ unsafe impl<R: la::RawMutex> la::RawMutex for RawDeferred<R> {
     type GuardMarker = la::GuardNoSend;
 
     #[inline]
+    #[track_caller]
     fn lock(&self) {
-        acquire(|| self.inner.lock())
+        acquire(LockKind::RawMutex, || self.inner.lock())
     }
 
     #[inline]
+    #[track_caller]
     fn try_lock(&self) -> bool {
-        acquire_if(|| self.inner.try_lock())
+        acquire_if(LockKind::RawMutex, || self.inner.try_lock())
     }
 
     #[inline]
@@ -113,12 +130,14 @@ unsafe impl<R: la::RawMutexTimed> la::RawMutexTimed for RawDeferred<R> {
     type Duration = R::Duration;
     type Instant = R::Instant;
 
+    #[track_caller]
     fn try_lock_for(&self, timeout: Self::Duration) -> bool {
-        acquire_if(|| self.inner.try_lock_for(timeout))
+        acquire_if(LockKind::RawMutex, || self.inner.try_lock_for(timeout))
     }
 
+    #[track_caller]
     fn try_lock_until(&self, timeout: Self::Instant) -> bool {
-        acquire_if(|| self.inner.try_lock_until(timeout))
+        acquire_if(LockKind::RawMutex, || self.inner.try_lock_until(timeout))
     }
 }
 
@@ -130,13 +149,15 @@ unsafe impl<R: la::RawRwLock> la::RawRwLock for RawDeferred<R> {
     type GuardMarker = la::GuardNoSend;
 
     #[inline]
+    #[track_caller]
     fn lock_shared(&self) {
-        acquire(|| self.inner.lock_shared())
+        acquire(LockKind::RawRead, || self.inner.lock_shared())
     }
 
     #[inline]
+    #[track_caller]
     fn try_lock_shared(&self) -> bool {
-        acquire_if(|| self.inner.try_lock_shared())
+        acquire_if(LockKind::RawRead, || self.inner.try_lock_shared())
     }
 
     #[inline]
@@ -147,13 +168,15 @@ unsafe impl<R: la::RawRwLock> la::RawRwLock for RawDeferred<R> {
     }
 
     #[inline]
+    #[track_caller]
     fn lock_exclusive(&self) {
-        acquire(|| self.inner.lock_exclusive())
+        acquire(LockKind::RawWrite, || self.inner.lock_exclusive())
     }
 
     #[inline]
+    #[track_caller]
     fn try_lock_exclusive(&self) -> bool {
-        acquire_if(|| self.inner.try_lock_exclusive())
+        acquire_if(LockKind::RawWrite, || self.inner.try_lock_exclusive())
     }
 
     #[inline]
@@ -215,44 +238,64 @@ unsafe impl<R: la::RawRwLockTimed> la::RawRwLockTimed for RawDeferred<R> {
     type Duration = R::Duration;
     type Instant = R::Instant;
 
+    #[track_caller]
     fn try_lock_shared_for(&self, timeout: Self::Duration) -> bool {
-        acquire_if(|| self.inner.try_lock_shared_for(timeout))
+        acquire_if(LockKind::RawRead, || {
+            self.inner.try_lock_shared_for(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_shared_until(&self, timeout: Self::Instant) -> bool {
-        acquire_if(|| self.inner.try_lock_shared_until(timeout))
+        acquire_if(LockKind::RawRead, || {
+            self.inner.try_lock_shared_until(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_exclusive_for(&self, timeout: Self::Duration) -> bool {
-        acquire_if(|| self.inner.try_lock_exclusive_for(timeout))
+        acquire_if(LockKind::RawWrite, || {
+            self.inner.try_lock_exclusive_for(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_exclusive_until(&self, timeout: Self::Instant) -> bool {
-        acquire_if(|| self.inner.try_lock_exclusive_until(timeout))
+        acquire_if(LockKind::RawWrite, || {
+            self.inner.try_lock_exclusive_until(timeout)
+        })
     }
 }
 
 // SAFETY: see (v1); a recursive read is one more section.
 #[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockRecursive> la::RawRwLockRecursive for RawDeferred<R> {
+    #[track_caller]
     fn lock_shared_recursive(&self) {
-        acquire(|| self.inner.lock_shared_recursive())
+        acquire(LockKind::RawRead, || self.inner.lock_shared_recursive())
     }
 
+    #[track_caller]
     fn try_lock_shared_recursive(&self) -> bool {
-        acquire_if(|| self.inner.try_lock_shared_recursive())
+        acquire_if(LockKind::RawRead, || self.inner.try_lock_shared_recursive())
     }
 }
 
 // SAFETY: see (v1).
 #[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockRecursiveTimed> la::RawRwLockRecursiveTimed for RawDeferred<R> {
+    #[track_caller]
     fn try_lock_shared_recursive_for(&self, timeout: Self::Duration) -> bool {
-        acquire_if(|| self.inner.try_lock_shared_recursive_for(timeout))
+        acquire_if(LockKind::RawRead, || {
+            self.inner.try_lock_shared_recursive_for(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_shared_recursive_until(&self, timeout: Self::Instant) -> bool {
-        acquire_if(|| self.inner.try_lock_shared_recursive_until(timeout))
+        acquire_if(LockKind::RawRead, || {
+            self.inner.try_lock_shared_recursive_until(timeout)
+        })
     }
 }
 
@@ -260,11 +303,12 @@ unsafe impl<R: la::RawRwLockRecursiveTimed> la::RawRwLockRecursiveTimed for RawD
 #[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockUpgrade> la::RawRwLockUpgrade for RawDeferred<R> {
     fn lock_upgradable(&self) {
-        acquire(|| self.inner.lock_upgradable())
+        acquire(LockKind::RawMutex, || self.inner.lock_upgradable())
     }
 
+    #[track_caller]
     fn try_lock_upgradable(&self) -> bool {
-        acquire_if(|| self.inner.try_lock_upgradable())
+        acquire_if(LockKind::RawMutex, || self.inner.try_lock_upgradable())
     }
 
     unsafe fn unlock_upgradable(&self) {
@@ -317,12 +361,18 @@ unsafe impl<R: la::RawRwLockUpgradeDowngrade> la::RawRwLockUpgradeDowngrade for 
 // SAFETY: see (v1).
 #[cfg_attr(docsrs, doc(cfg(feature = "lock_api_04")))]
 unsafe impl<R: la::RawRwLockUpgradeTimed> la::RawRwLockUpgradeTimed for RawDeferred<R> {
+    #[track_caller]
     fn try_lock_upgradable_for(&self, timeout: Self::Duration) -> bool {
-        acquire_if(|| self.inner.try_lock_upgradable_for(timeout))
+        acquire_if(LockKind::RawMutex, || {
+            self.inner.try_lock_upgradable_for(timeout)
+        })
     }
 
+    #[track_caller]
     fn try_lock_upgradable_until(&self, timeout: Self::Instant) -> bool {
-        acquire_if(|| self.inner.try_lock_upgradable_until(timeout))
+        acquire_if(LockKind::RawMutex, || {
+            self.inner.try_lock_upgradable_until(timeout)
+        })
     }
 
     unsafe fn try_upgrade_for(&self, timeout: Self::Duration) -> bool {

@@ -1,8 +1,9 @@
 //! `std`-backed deferring locks with `std`'s API, poisoning included.
 //!
-//! Every acquisition readies the thread ([`prepare_thread`]) before it
-//! calls the inner lock, so nothing is set up or allocated while it is held.
-//! This file calls the dispatcher's section entries, [`LockGuard`],
+//! Every acquisition readies the thread (`prepare_at`, which also tells
+//! the profile the caller's site) before it calls the inner lock, so
+//! nothing is set up or allocated while it is held. This file calls the
+//! dispatcher's section entries, [`LockGuard`], the profile's lock kinds,
 //! `defer` and the `sync` shim's std-or-loom locks.
 
 use std::fmt;
@@ -12,8 +13,11 @@ use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
 use crate::sync::NoPoison as _;
 use crate::sync::std_locks as stdsync;
 
+use std::panic::Location;
+
 use crate::lock::guard::LockGuard;
-use crate::reclaim::dispatch::prepare_thread;
+use crate::profile::table::LockKind;
+use crate::reclaim::dispatch::{cancel_sample, prepare_at};
 
 /// Guard of a [`Mutex`]: `std`'s guard (with its mutex, for
 /// [`Condvar`](crate::Condvar) waits) in a [`LockGuard`].
@@ -63,19 +67,32 @@ pub type RwLockReadGuard<'a, T> = LockGuard<stdsync::RwLockReadGuard<'a, T>>;
 /// Exclusive guard of a [`RwLock`].
 pub type RwLockWriteGuard<'a, T> = LockGuard<stdsync::RwLockWriteGuard<'a, T>>;
 
-fn wrap<G, H>(r: LockResult<G>, f: impl FnOnce(G) -> H) -> LockResult<LockGuard<H>> {
+/// Wraps an acquisition's result; `sampled`: what `prepare_at` said.
+fn wrap<G, H>(r: LockResult<G>, sampled: bool, f: impl FnOnce(G) -> H) -> LockResult<LockGuard<H>> {
     match r {
-        Ok(g) => Ok(LockGuard::new(f(g))),
-        Err(e) => Err(PoisonError::new(LockGuard::new(f(e.into_inner())))),
+        Ok(g) => Ok(LockGuard::entered(f(g), sampled)),
+        Err(e) => Err(PoisonError::new(LockGuard::entered(
+            f(e.into_inner()),
+            sampled,
+        ))),
     }
 }
 
-fn wrap_try<G, H>(r: TryLockResult<G>, f: impl FnOnce(G) -> H) -> TryLockResult<LockGuard<H>> {
+fn wrap_try<G, H>(
+    r: TryLockResult<G>,
+    sampled: bool,
+    f: impl FnOnce(G) -> H,
+) -> TryLockResult<LockGuard<H>> {
     match r {
-        Ok(g) => Ok(LockGuard::new(f(g))),
-        Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
+        Ok(g) => Ok(LockGuard::entered(f(g), sampled)),
+        Err(TryLockError::WouldBlock) => {
+            if sampled {
+                cancel_sample();
+            }
+            Err(TryLockError::WouldBlock)
+        }
         Err(TryLockError::Poisoned(e)) => Err(TryLockError::Poisoned(PoisonError::new(
-            LockGuard::new(f(e.into_inner())),
+            LockGuard::entered(f(e.into_inner()), sampled),
         ))),
     }
 }
@@ -142,6 +159,7 @@ impl<T: Send + 'static> Mutex<T> {
     /// m.set(Vec::new()).unwrap();
     /// assert!(m.lock().unwrap().is_empty());
     /// ```
+    #[track_caller]
     pub fn set(&self, value: T) -> Result<(), PoisonError<T>> {
         let old = self.replace(value)?;
         free_after_unlock(old);
@@ -168,6 +186,7 @@ impl<T> Mutex<T> {
     /// let m = freeq::Mutex::new(String::from("old"));
     /// assert_eq!(m.replace(String::from("new")).unwrap(), "old");
     /// ```
+    #[track_caller]
     pub fn replace(&self, value: T) -> LockResult<T> {
         match self.lock() {
             Ok(mut guard) => Ok(std::mem::replace(&mut *guard, value)),
@@ -181,6 +200,7 @@ impl<T> Mutex<T> {
     /// let m = freeq::Mutex::new(7);
     /// assert_eq!(m.get_cloned().unwrap(), 7);
     /// ```
+    #[track_caller]
     pub fn get_cloned(&self) -> Result<T, PoisonError<()>>
     where
         T: Clone,
@@ -194,21 +214,35 @@ impl<T> Mutex<T> {
 
 impl<T: ?Sized> Mutex<T> {
     /// Blocks until the lock is acquired; an error if poisoned (the guard
-    /// is still inside it).
+    /// is still inside it). For [`freeq::profile`](crate::profile), the
+    /// call is the section's site (as for every acquisition below).
+    #[track_caller]
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
-        Self::relock(&self.inner)
+        Self::relock(&self.inner, Location::caller(), LockKind::Mutex)
     }
 
-    pub(crate) fn relock(mutex: &stdsync::Mutex<T>) -> LockResult<MutexGuard<'_, T>> {
-        prepare_thread();
-        wrap(mutex.lock(), |guard| StdMutexGuard { mutex, guard })
+    /// Locks `mutex`, an acquisition at `at` of `kind` for the profile.
+    pub(crate) fn relock<'a>(
+        mutex: &'a stdsync::Mutex<T>,
+        at: &'static Location<'static>,
+        kind: LockKind,
+    ) -> LockResult<MutexGuard<'a, T>> {
+        let sampled = prepare_at(at, kind);
+        wrap(mutex.lock(), sampled, |guard| StdMutexGuard {
+            mutex,
+            guard,
+        })
     }
 
     /// Acquires the lock if it is free.
+    #[track_caller]
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
         let mutex = &self.inner;
-        prepare_thread();
-        wrap_try(mutex.try_lock(), |guard| StdMutexGuard { mutex, guard })
+        let sampled = prepare_at(Location::caller(), LockKind::Mutex);
+        wrap_try(mutex.try_lock(), sampled, |guard| StdMutexGuard {
+            mutex,
+            guard,
+        })
     }
 
     /// Whether a thread panicked while holding the lock. Under loom always
@@ -293,6 +327,7 @@ impl<T: Send + 'static> RwLock<T> {
     /// rw.set(Vec::new()).unwrap();
     /// assert!(rw.read().unwrap().is_empty());
     /// ```
+    #[track_caller]
     pub fn set(&self, value: T) -> Result<(), PoisonError<T>> {
         let old = self.replace(value)?;
         free_after_unlock(old);
@@ -304,6 +339,7 @@ impl<T> RwLock<T> {
     /// Replaces the value, returning the old one (after the unlock). If the
     /// lock is poisoned nothing is stored, and `value` comes back in the
     /// error.
+    #[track_caller]
     pub fn replace(&self, value: T) -> LockResult<T> {
         match self.write() {
             Ok(mut guard) => Ok(std::mem::replace(&mut *guard, value)),
@@ -312,6 +348,7 @@ impl<T> RwLock<T> {
     }
 
     /// A clone of the value, under a read lock; an error if poisoned.
+    #[track_caller]
     pub fn get_cloned(&self) -> Result<T, PoisonError<()>>
     where
         T: Clone,
@@ -355,28 +392,33 @@ impl<'a, T: ?Sized> LockGuard<stdsync::RwLockWriteGuard<'a, T>> {
 }
 
 impl<T: ?Sized> RwLock<T> {
-    /// Shared access, blocking.
+    /// Shared access, blocking. For [`freeq::profile`](crate::profile),
+    /// the call is the section's site (as for every acquisition below).
+    #[track_caller]
     pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
-        prepare_thread();
-        wrap(self.inner.read(), same)
+        let sampled = prepare_at(Location::caller(), LockKind::RwLockRead);
+        wrap(self.inner.read(), sampled, same)
     }
 
     /// Shared access if available now.
+    #[track_caller]
     pub fn try_read(&self) -> TryLockResult<RwLockReadGuard<'_, T>> {
-        prepare_thread();
-        wrap_try(self.inner.try_read(), same)
+        let sampled = prepare_at(Location::caller(), LockKind::RwLockRead);
+        wrap_try(self.inner.try_read(), sampled, same)
     }
 
     /// Exclusive access, blocking.
+    #[track_caller]
     pub fn write(&self) -> LockResult<RwLockWriteGuard<'_, T>> {
-        prepare_thread();
-        wrap(self.inner.write(), same)
+        let sampled = prepare_at(Location::caller(), LockKind::RwLockWrite);
+        wrap(self.inner.write(), sampled, same)
     }
 
     /// Exclusive access if available now.
+    #[track_caller]
     pub fn try_write(&self) -> TryLockResult<RwLockWriteGuard<'_, T>> {
-        prepare_thread();
-        wrap_try(self.inner.try_write(), same)
+        let sampled = prepare_at(Location::caller(), LockKind::RwLockWrite);
+        wrap_try(self.inner.try_write(), sampled, same)
     }
 
     /// Whether a writer panicked while holding the lock. Under loom always

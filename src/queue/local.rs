@@ -10,12 +10,14 @@
 //! stack. Where retired items go and how frees are timed is the caller's
 //! [`Sink`], whose exit path the thread remembers the first time it is
 //! hooked. This file calls the buffer, the held frees' storage, `stats`
-//! (counters), `platform` (the thread-end key) and the `sync` shim;
+//! (counters), the profile's probe, `platform` (the thread-end key) and
+//! the `sync` shim;
 //! `section.rs` builds the section and drain entries on it.
 
 use std::mem::{self, ManuallyDrop};
 use std::panic::{self, AssertUnwindSafe};
 
+use crate::profile::probe::Probe;
 use crate::queue::buffer::Buffer;
 use crate::queue::held::HeldFrees;
 use crate::queue::hooks::DropTimer;
@@ -65,6 +67,9 @@ pub(crate) struct Local {
     /// outermost section frees them after the queue's own items (as does
     /// `flush`), and so does the exit path.
     pub(crate) held: HeldFrees,
+    /// The profile's sampling state: off, a byte the outermost close
+    /// tests.
+    pub(crate) probe: Probe,
 }
 
 freeq_thread_local! {
@@ -190,6 +195,7 @@ impl Local {
             counts: ManuallyDrop::new(LocalCounts::new()),
             exit_path: Cell::new(None),
             held: HeldFrees::new(),
+            probe: Probe::new(),
         }
     }
 
@@ -271,6 +277,7 @@ impl Local {
                 if !self.gone.replace(true) {
                     self.state.set(0);
                     self.counts.publish_at_exit();
+                    self.probe.exit();
                 }
             }
         }
@@ -298,6 +305,7 @@ impl Local {
         LocalCounts::add(&self.counts.deferred, queue.len() + retired.len());
         LocalCounts::add(&self.counts.retired, retired.len());
         self.counts.publish_at_exit();
+        self.probe.exit();
         retire_late::<S>(retired);
         run_late::<S::Timer>(queue);
         // Frees held by the sections those frees opened too; from here on

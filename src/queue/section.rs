@@ -20,9 +20,11 @@
 
 use std::alloc::Layout;
 use std::any::TypeId;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::profile::probe;
+use crate::profile::table::LockKind;
 use crate::queue::buffer::Buffer;
 use crate::queue::held::FreeFn;
 use crate::queue::hooks::{DropTimer, Watch};
@@ -69,6 +71,12 @@ impl Local {
     #[inline(never)]
     pub(crate) fn drain<S: Sink>(&self, flush: bool) {
         let draining = Draining::start(&self.state);
+        // A sampled outermost section (a flush is not its close): its
+        // drain is timed, and counted.
+        let mut sample = if flush { None } else { self.probe.close() };
+        if let Some(s) = &mut sample {
+            s.drain_starts(self.counts.deferred.get(), self.counts.deferred_frees.get());
+        }
         LocalCounts::add(&self.counts.drains, 1);
         let mut first: Option<Panic> = None;
         let stop = || !flush && self.depth() > 0;
@@ -152,7 +160,11 @@ impl Local {
             self.recycle(batch);
         }
         drop(draining);
+        if let Some(s) = &mut sample {
+            s.drain_ends(self.counts.deferred.get(), self.counts.deferred_frees.get());
+        }
         self.counts.publish();
+        drop(sample);
         resume(first);
     }
 
@@ -392,18 +404,60 @@ pub(crate) fn prepare_thread<S: Sink>() {
         if !l.is_ready() {
             prepare_cold::<S>(l);
         }
+        if probe::on() {
+            l.probe.ready();
+        }
     });
 }
 
-/// [`prepare_thread`] and [`enter`] in one visit to the thread's state, for
-/// a section that takes no lock in between.
+/// [`prepare_thread`] for an acquisition at `at`, of `kind`, that the
+/// caller is about to make: whether the profile samples it. If so, the
+/// caller calls [`acquired`] once it holds the lock, or [`cancel`] if it
+/// did not get it. Off, the profile costs one relaxed load here.
 #[inline]
-pub(crate) fn prepare_and_enter<S: Sink>() {
+pub(crate) fn prepare_at<S: Sink>(at: &'static Location<'static>, kind: LockKind) -> bool {
+    LOCAL
+        .try_with(|l| {
+            if !l.is_ready() {
+                prepare_cold::<S>(l);
+            }
+            probe::on() && l.state.get() == 0 && l.probe.begin(at, kind)
+        })
+        .unwrap_or(false)
+}
+
+/// The acquisition [`prepare_at`] sampled holds its lock now: opens its
+/// section and starts timing the hold.
+#[cold]
+#[inline(never)]
+pub(crate) fn enter_sampled() {
+    let _ = LOCAL.try_with(|l| {
+        l.state.set(l.state.get() + SECTION);
+        l.probe.acquired();
+    });
+}
+
+/// The acquisition [`prepare_at`] sampled did not get its lock.
+#[cold]
+#[inline(never)]
+pub(crate) fn cancel() {
+    let _ = LOCAL.try_with(|l| l.probe.cancel());
+}
+
+/// [`prepare_thread`] and [`enter`] in one visit to the thread's state, for
+/// a section that takes no lock in between (or whose lock is held
+/// already), opened at `at`: the profile may sample it, with no wait.
+#[inline]
+pub(crate) fn prepare_and_enter<S: Sink>(at: &'static Location<'static>, kind: LockKind) {
     let _ = LOCAL.try_with(|l| {
         if !l.is_ready() {
             prepare_cold::<S>(l);
         }
-        l.state.set(l.state.get() + SECTION);
+        let state = l.state.get();
+        if probe::on() && state == 0 && l.probe.begin(at, kind) {
+            l.probe.opened();
+        }
+        l.state.set(state + SECTION);
     });
 }
 
@@ -443,8 +497,13 @@ pub(crate) fn leave<S: Sink>() {
         let state = state.saturating_sub(SECTION);
         l.state.set(state);
         // Zero: no section left open and no drain running.
-        if state == 0 && l.has_work() {
-            l.drain::<S>(false);
+        if state == 0 {
+            if l.has_work() {
+                l.drain::<S>(false);
+            } else if l.probe.is_open() {
+                // A sampled section with nothing to free.
+                drop(l.probe.close());
+            }
         }
     });
 }

@@ -7,8 +7,8 @@
 //! timed by the cost model. The lock layer and the top-level entries
 //! (`defer`, `retire`, sections) call the queue through the functions
 //! here, which bind it to `Dispatch`, and the sinks that free batches get
-//! the same binding as a [`Frees`]. This file calls the queue layer and
-//! every other file of the reclaim layer; nothing in the reclaim layer
+//! the same binding as a [`Frees`]. This file calls the queue layer, the
+//! profile's lock kinds, and every other file of the reclaim layer; nothing in the reclaim layer
 //! calls it.
 
 use crate::queue::buffer::Buffer;
@@ -25,7 +25,9 @@ use crate::reclaim::reclaimer::Reclaimer;
 use crate::reclaim::thresholds::{offload_threshold_ns, worth_offloading};
 use crate::stats::count_late;
 
-use std::panic::{self as std_panic, AssertUnwindSafe};
+use std::panic::{self as std_panic, AssertUnwindSafe, Location};
+
+use crate::profile::table::LockKind;
 
 /// freeq's sink: the offload decision, the epoch and the cost model.
 pub(crate) struct Dispatch;
@@ -154,10 +156,33 @@ pub(crate) fn catch_end(aside: section::Aside, queue: &mut Buffer, retired: &mut
     section::catch_end::<Dispatch>(aside, queue, retired);
 }
 
-/// [`prepare_thread`] and [`enter`] in one visit to the thread's state.
+/// [`prepare_thread`] and [`enter`] in one visit to the thread's state,
+/// for a section opened at `at` with nothing to wait for (the profile
+/// may sample it).
 #[inline]
-pub(crate) fn prepare_and_enter() {
-    section::prepare_and_enter::<Dispatch>();
+pub(crate) fn prepare_and_enter(at: &'static Location<'static>, kind: LockKind) {
+    section::prepare_and_enter::<Dispatch>(at, kind);
+}
+
+/// [`prepare_thread`] before an acquisition at `at`: whether the profile
+/// samples it. The caller then calls [`enter_sampled`] instead of
+/// [`enter`] once it holds the lock, or [`cancel_sample`] if it did not
+/// get it.
+#[inline]
+pub(crate) fn prepare_at(at: &'static Location<'static>, kind: LockKind) -> bool {
+    section::prepare_at::<Dispatch>(at, kind)
+}
+
+/// [`enter`] for an acquisition [`prepare_at`] sampled.
+#[inline]
+pub(crate) fn enter_sampled() {
+    section::enter_sampled();
+}
+
+/// An acquisition [`prepare_at`] sampled did not get its lock.
+#[inline]
+pub(crate) fn cancel_sample() {
+    section::cancel();
 }
 
 /// Readies this thread for a critical section: sets up its freeq state and
