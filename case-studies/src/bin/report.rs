@@ -408,7 +408,7 @@ fn summarize(row: &Row, args: &[String], runs: &[Vec<Record>]) -> RowResult {
         .into_iter()
         .map(|(alloc, size)| {
             // per_run[k][c]: run k's named figures for configuration c.
-            let per_run: Vec<Vec<(BTreeMap<String, f64>, Vec<f64>)>> = runs
+            let per_run: Vec<Vec<RunFigures>> = runs
                 .iter()
                 .map(|run| {
                     configs
@@ -492,9 +492,13 @@ fn summarize(row: &Row, args: &[String], runs: &[Vec<Record>]) -> RowResult {
     }
 }
 
+/// One run's figures for one configuration, by name, and its latency
+/// curve.
+type RunFigures = (BTreeMap<String, f64>, Vec<f64>);
+
 /// One run's figures for one configuration: the medians over its rounds
 /// (latencies in µs), and its latency curve (median per quantile, µs).
-fn figures_of(samples: &[Sample]) -> (BTreeMap<String, f64>, Vec<f64>) {
+fn figures_of(samples: &[Sample]) -> RunFigures {
     let m = medians(samples);
     let mut f = BTreeMap::new();
     for (name, ns) in [
