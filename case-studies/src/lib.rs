@@ -24,3 +24,4 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod harness;
+pub mod results;

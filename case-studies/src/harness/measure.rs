@@ -64,6 +64,81 @@ impl Latency {
     }
 }
 
+/// The quantiles of a [`Sample`]'s `wait_curve`: p50 to p99.999, the
+/// points a latency-percentile plot draws.
+pub const CURVE_QUANTILES: [f64; 11] = [
+    0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99995, 0.99999,
+];
+
+/// The latency at each of [`CURVE_QUANTILES`], in nanoseconds.
+pub fn curve(h: &Histogram<u64>) -> Vec<f64> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    CURVE_QUANTILES
+        .iter()
+        .map(|&q| h.value_at_quantile(q) as f64)
+        .collect()
+}
+
+/// What the kernel counted for one thread over the timed window
+/// (`getrusage(RUSAGE_THREAD)`): the events that no timer load moves in
+/// number, unlike latencies.
+#[derive(Clone, Copy, Debug, Default)]
+struct Kernel {
+    /// Voluntary context switches: the thread slept (a lock's futex wait).
+    sleeps: i64,
+    /// Involuntary ones: it was preempted.
+    preempted: i64,
+    /// Minor page faults: pages touched first (after a heap trim, too).
+    faults: i64,
+}
+
+impl Kernel {
+    #[cfg(target_os = "linux")]
+    fn now() -> Kernel {
+        // SAFETY: `getrusage` writes the struct it is given; zeroed is a
+        // valid `rusage`. 1 is `RUSAGE_THREAD` on Linux.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(1, &mut u) } != 0 {
+            return Kernel::default();
+        }
+        Kernel {
+            sleeps: u.ru_nvcsw,
+            preempted: u.ru_nivcsw,
+            faults: u.ru_minflt,
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn now() -> Kernel {
+        Kernel::default()
+    }
+
+    fn since(self, start: Kernel) -> Kernel {
+        Kernel {
+            sleeps: self.sleeps - start.sleeps,
+            preempted: self.preempted - start.preempted,
+            faults: self.faults - start.faults,
+        }
+    }
+
+    fn add(self, o: Kernel) -> Kernel {
+        Kernel {
+            sleeps: self.sleeps + o.sleeps,
+            preempted: self.preempted + o.preempted,
+            faults: self.faults + o.faults,
+        }
+    }
+
+    /// Into `extra` as `{who}_sleeps`, `{who}_preempted`, `{who}_faults`.
+    fn record(self, who: &str, extra: &mut BTreeMap<String, f64>) {
+        extra.insert(format!("{who}_sleeps"), self.sleeps as f64);
+        extra.insert(format!("{who}_preempted"), self.preempted as f64);
+        extra.insert(format!("{who}_faults"), self.faults as f64);
+    }
+}
+
 /// One child's result.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Sample {
@@ -78,6 +153,10 @@ pub struct Sample {
     pub free_ops_per_s: f64,
     /// Whether every thread got a core of its own.
     pub pinned_apart: bool,
+    /// The waiting operations' latency at each of [`CURVE_QUANTILES`]
+    /// (ns).
+    #[serde(default)]
+    pub wait_curve: Vec<f64>,
     /// Study-specific figures (counts, sizes), reported as medians.
     pub extra: BTreeMap<String, f64>,
 }
@@ -153,7 +232,7 @@ where
     let start = Barrier::new(threads + 1);
     let pinned = AtomicBool::new(true);
     let window = Duration::from_millis(job.ms);
-    let (wait_hist, wait_ops, free_hist, free_ops, elapsed) = std::thread::scope(|s| {
+    let (wait_hist, wait_ops, free_hist, free_ops, elapsed, kernel) = std::thread::scope(|s| {
         let freer = s.spawn(|| {
             if !pin(0) {
                 pinned.store(false, Ordering::Relaxed);
@@ -166,11 +245,12 @@ where
             }
             h.reset();
             let mut n = 0u64;
+            let k0 = Kernel::now();
             while phase.load(Ordering::Relaxed) == MEASURE {
                 timed(&mut h, &mut op);
                 n += 1;
             }
-            (h, n)
+            (h, n, Kernel::now().since(k0))
         });
         let waiting: Vec<_> = (0..waiters)
             .map(|i| {
@@ -186,11 +266,12 @@ where
                         op();
                     }
                     let mut n = 0u64;
+                    let k0 = Kernel::now();
                     while phase.load(Ordering::Relaxed) == MEASURE {
                         timed(&mut h, &mut op);
                         n += 1;
                     }
-                    (h, n)
+                    (h, n, Kernel::now().since(k0))
                 })
             })
             .collect();
@@ -203,14 +284,20 @@ where
         let elapsed = t0.elapsed();
         let mut wait_hist = histogram();
         let mut wait_ops = 0;
+        let mut wait_kernel = Kernel::default();
         for w in waiting {
-            let (h, n) = w.join().expect("a waiting thread panicked");
+            let (h, n, k) = w.join().expect("a waiting thread panicked");
             wait_hist.add(&h).expect("same histogram bounds");
             wait_ops += n;
+            wait_kernel = wait_kernel.add(k);
         }
-        let (free_hist, free_ops) = freer.join().expect("the freeing thread panicked");
-        (wait_hist, wait_ops, free_hist, free_ops, elapsed)
+        let (free_hist, free_ops, free_kernel) = freer.join().expect("the freeing thread panicked");
+        let kernel = (wait_kernel, free_kernel);
+        (wait_hist, wait_ops, free_hist, free_ops, elapsed, kernel)
     });
+    let mut extra = BTreeMap::new();
+    kernel.0.record("wait", &mut extra);
+    kernel.1.record("free", &mut extra);
     let secs = elapsed.as_secs_f64();
     Sample {
         wait: Latency::of(&wait_hist),
@@ -218,7 +305,8 @@ where
         free: Latency::of(&free_hist),
         free_ops_per_s: free_ops as f64 / secs,
         pinned_apart: pinned.load(Ordering::Relaxed) && n_cores >= threads,
-        extra: BTreeMap::new(),
+        wait_curve: curve(&wait_hist),
+        extra,
     }
 }
 

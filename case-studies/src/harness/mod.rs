@@ -17,7 +17,9 @@ use std::process::ExitCode;
 pub use alloc::{Alloc, active};
 pub use args::{Config, Defaults, Flag, Study};
 pub use driver::Job;
-pub use measure::{Counters, Latency, Sample, Tally, cores, pin, run, section_if, untimed};
+pub use measure::{
+    CURVE_QUANTILES, Counters, Latency, Sample, Tally, cores, pin, run, section_if, untimed,
+};
 pub use values::{Rng, counting, value, value_parts};
 
 /// The whole of a study's `main`:
