@@ -6,24 +6,38 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::harness::CURVE_QUANTILES;
 use crate::harness::report::median;
 
 mod plot;
 
-/// One figure over runs.
-#[derive(Clone, Debug, Serialize)]
+/// One figure over runs. (A figure no run had is NaN, which JSON writes
+/// as `null` and reads back as NaN.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Figure {
     /// The median over runs.
+    #[serde(deserialize_with = "nan_if_null")]
     pub median: f64,
     /// The smallest run's.
+    #[serde(deserialize_with = "nan_if_null")]
     pub min: f64,
     /// The largest run's.
+    #[serde(deserialize_with = "nan_if_null")]
     pub max: f64,
     /// Each run's, in order.
+    #[serde(deserialize_with = "nans_if_null")]
     pub runs: Vec<f64>,
+}
+
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn nans_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let v = Vec::<Option<f64>>::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
 }
 
 impl Figure {
@@ -53,7 +67,7 @@ impl Figure {
 }
 
 /// One configuration of one (row, allocator, size) group.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Series {
     /// The study's configuration name.
     pub config: String,
@@ -66,7 +80,7 @@ pub struct Series {
 }
 
 /// One (allocator, value size) group of a row.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Group {
     /// The allocator.
     pub alloc: String,
@@ -77,7 +91,7 @@ pub struct Group {
 }
 
 /// One row: a study command, run `runs` times.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RowResult {
     /// The row's name (`--rows`).
     pub name: String,
@@ -257,6 +271,29 @@ fn count(x: f64) -> String {
 /// The file name of a group's plot.
 pub fn plot_name(row: &RowResult, g: &Group) -> String {
     format!("{}-{}-{}.svg", row.name, g.alloc, g.size)
+}
+
+/// Draws the plots of the `report.json` in `dir` again (after a change to
+/// the plots, without running anything); returns how many it wrote.
+pub fn replot(dir: &Path) -> Result<usize, String> {
+    #[derive(Deserialize)]
+    struct Saved {
+        rows: Vec<RowResult>,
+    }
+    let p = dir.join("report.json");
+    let text =
+        std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let saved: Saved = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut n = 0;
+    for row in &saved.rows {
+        for g in &row.groups {
+            let out = dir.join(plot_name(row, g));
+            std::fs::write(&out, plot::svg(row, g)?)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Writes `report.json`, `report.md` and the plots into `dir`.

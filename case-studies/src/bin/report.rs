@@ -156,6 +156,8 @@ struct Options {
     out: PathBuf,
     rounds: Option<u32>,
     ms: Option<u64>,
+    /// Only draw the plots again.
+    replot: bool,
 }
 
 fn help() {
@@ -184,6 +186,7 @@ fn help() {
     println!("  --out DIR        where to write [default: case-studies/results]");
     println!("  --rounds N       rounds per configuration in every study (replaces the row's)");
     println!("  --ms N           milliseconds per round in every study");
+    println!("  --replot         only draw the plots again from DIR/report.json");
     println!("  -h, --help       print this help");
 }
 
@@ -195,6 +198,7 @@ fn parse_args() -> Result<Option<Options>, String> {
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
         rounds: None,
         ms: None,
+        replot: false,
     };
     let mut p = lexopt::Parser::from_env();
     let err = |e: lexopt::Error| e.to_string();
@@ -226,6 +230,7 @@ fn parse_args() -> Result<Option<Options>, String> {
                 }
             }
             Long("out") => o.out = p.value().map_err(err)?.into(),
+            Long("replot") => o.replot = true,
             Long("rounds") => {
                 let n: u32 = p.value().map_err(err)?.parse().map_err(err)?;
                 if n == 0 {
@@ -255,6 +260,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if opts.replot {
+        return match results::replot(&opts.out) {
+            Ok(n) => {
+                println!("report: {n} plots drawn again in {}", opts.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("report: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! One group's latency-percentile plot: the waiting threads' latency (µs,
-//! log scale) against the percentile on a log-odds axis (p50, p90, p99,
-//! p99.9, … evenly apart, as HdrHistogram plots them), one curve per
+//! log scale) against the percentile on a log axis of the tail
+//! (`-log10(1 - q)`: p90, p99, p99.9, … evenly apart, as HdrHistogram
+//! plots them, with p50 at the left edge), one curve per
 //! configuration (the median over runs) in a band from the lowest run to
 //! the highest. A white background, so that it reads on light and dark
 //! pages alike.
@@ -18,15 +19,14 @@ const COLOURS: [RGBColor; 4] = [
     RGBColor(200, 120, 0),
 ];
 
-/// log10(q / (1 - q)): p50 at 0, p99 at 2, p99.9 at 3.
-fn log_odds(q: f64) -> f64 {
-    (q / (1.0 - q)).log10()
+/// -log10(1 - q): p50 at 0.3, p90 at 1, p99 at 2, p99.9 at 3.
+fn tail_position(q: f64) -> f64 {
+    -(1.0 - q).log10()
 }
 
 fn percentile_label(x: f64) -> String {
-    let q = 1.0 / (1.0 + 10f64.powf(-x));
-    let p = q * 100.0;
-    // p50, p91, p99, p99.9, p99.99: the digits that tell them apart.
+    let p = (1.0 - 10f64.powf(-x)) * 100.0;
+    // p90, p99, p99.9, p99.99: the digits that tell them apart.
     let digits = (x - 2.0).round().max(0.0) as usize;
     let s = format!("{p:.digits$}");
     format!("p{s}")
@@ -43,7 +43,7 @@ fn us_label(y: f64) -> String {
 /// The SVG text of `g`'s plot.
 pub fn svg(row: &RowResult, g: &Group) -> Result<String, String> {
     let err = |e: &dyn std::fmt::Display| format!("plot {}: {e}", row.name);
-    let xs: Vec<f64> = CURVE_QUANTILES.iter().map(|&q| log_odds(q)).collect();
+    let xs: Vec<f64> = CURVE_QUANTILES.iter().map(|&q| tail_position(q)).collect();
     let n = g.series.iter().map(|s| s.curve.len()).min().unwrap_or(0);
     let values = g
         .series
@@ -56,6 +56,9 @@ pub fn svg(row: &RowResult, g: &Group) -> Result<String, String> {
         return Err(format!("plot {}: no latency curve to draw", row.name));
     }
     let (lo, hi) = (lo / 1.5, hi * 1.5);
+    // p50 at the left edge, then p90, p99, p99.9, ... up to the last
+    // quantile drawn.
+    let top = (xs[n - 1] - 1e-9).ceil();
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, (720, 440)).into_drawing_area();
@@ -66,13 +69,14 @@ pub fn svg(row: &RowResult, g: &Group) -> Result<String, String> {
                 ("sans-serif", 18).into_font().color(&BLACK),
             )
             .margin(12)
+            .margin_right(36)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(0f64..xs[n - 1].ceil(), (lo..hi).log_scale())
+            .build_cartesian_2d(xs[0]..top, (lo..hi).log_scale())
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
-            .x_labels(xs[n - 1].ceil() as usize + 1)
+            .x_labels(top as usize + 1)
             .x_label_formatter(&|x| percentile_label(*x))
             .y_label_formatter(&|y| us_label(*y))
             .y_desc("µs")
@@ -83,6 +87,14 @@ pub fn svg(row: &RowResult, g: &Group) -> Result<String, String> {
             .bold_line_style(RGBColor(210, 210, 210))
             .draw()
             .map_err(|e| err(&e))?;
+        // The mesh labels whole steps (p90, p99, ...); p50 is the left edge.
+        let (px, py) = chart.backend_coord(&(xs[0], lo));
+        root.draw(&Text::new(
+            "p50",
+            (px - 10, py + 8),
+            ("sans-serif", 13).into_font().color(&BLACK),
+        ))
+        .map_err(|e| err(&e))?;
         for (i, s) in g.series.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
             let mut band: Vec<(f64, f64)> =
