@@ -67,16 +67,44 @@ impl Local {
     /// a freed item leaves a section open on this thread. Retired items go
     /// to `S` as one batch (the epoch); each batch of deferred items is
     /// offered to `S` (a reclaimer may take it) before it is freed here.
+    #[inline]
+    pub(crate) fn drain<S: Sink>(&self, flush: bool) {
+        // A sampled outermost section (a flush is not its close): its
+        // drain is timed, and counted, out of line. Otherwise the profile
+        // costs this one test.
+        if !flush && self.probe.is_open() {
+            return self.drain_sampled::<S>();
+        }
+        let first = self.drain_items::<S>(flush, None);
+        resume(first);
+    }
+
+    /// [`drain`](Self::drain) of a sampled outermost section: the drain is
+    /// timed and its counts recorded, also when a free panics (the panic
+    /// resumes once the sample is recorded).
     #[cold]
     #[inline(never)]
-    pub(crate) fn drain<S: Sink>(&self, flush: bool) {
-        let draining = Draining::start(&self.state);
-        // A sampled outermost section (a flush is not its close): its
-        // drain is timed, and counted.
-        let mut sample = if flush { None } else { self.probe.close() };
+    fn drain_sampled<S: Sink>(&self) {
+        let mut sample = self.probe.close();
         if let Some(s) = &mut sample {
             s.drain_starts(self.counts.deferred.get(), self.counts.deferred_frees.get());
         }
+        let first = self.drain_items::<S>(false, sample.as_mut());
+        drop(sample);
+        resume(first);
+    }
+
+    /// The drain itself; returns the first panic of a free, to be resumed
+    /// by the caller. A sampled section's `sample` reads the thread's
+    /// counts before they are published.
+    #[cold]
+    #[inline(never)]
+    fn drain_items<S: Sink>(
+        &self,
+        flush: bool,
+        sample: Option<&mut probe::Closing<'_>>,
+    ) -> Option<Panic> {
+        let draining = Draining::start(&self.state);
         LocalCounts::add(&self.counts.drains, 1);
         let mut first: Option<Panic> = None;
         let stop = || !flush && self.depth() > 0;
@@ -160,12 +188,11 @@ impl Local {
             self.recycle(batch);
         }
         drop(draining);
-        if let Some(s) = &mut sample {
+        if let Some(s) = sample {
             s.drain_ends(self.counts.deferred.get(), self.counts.deferred_frees.get());
         }
         self.counts.publish();
-        drop(sample);
-        resume(first);
+        first
     }
 
     /// Gives an emptied buffer's blocks to the queue, within the retention
