@@ -657,6 +657,8 @@ const ONE_PROCESS: &str = "FREEQ_ASYNC_LOCK_ONE_PROCESS";
 
 struct Options {
     processes: usize,
+    /// freeq's reclaimers at normal priority instead of idle.
+    normal_reclaimers: bool,
     tasks: Vec<usize>,
     ops: usize,
     allocs: usize,
@@ -681,12 +683,14 @@ Options:
   --handoff-reps N releases measured per hand-off round (default 100)
   --processes N    fresh processes, figures given as ranges over them (default 3;
                    1 prints that one process's full tables)
+  --reclaimers P   freeq's reclaimer priority, idle or normal (default idle)
   -h, --help       this text
 ";
 
 fn parse() -> Options {
     let mut o = Options {
         processes: 3,
+        normal_reclaimers: false,
         tasks: vec![16, 256],
         ops: 600,
         allocs: 30_000,
@@ -739,6 +743,13 @@ fn parse() -> Options {
             "--cheap-ops" => o.cheap_ops = number(value(), 1, 100_000_000),
             "--handoff-reps" => o.handoff_reps = number(value(), 1, 100_000),
             "--processes" => o.processes = number(value(), 1, 100),
+            "--reclaimers" => {
+                o.normal_reclaimers = match value().as_str() {
+                    "idle" => false,
+                    "normal" => true,
+                    other => fail(format!("--reclaimers: idle or normal, got {other:?}")),
+                }
+            }
             other => fail(format!("unknown argument {other:?}")),
         }
     }
@@ -752,6 +763,9 @@ fn main() {
         return;
     }
     let think = Duration::from_micros(o.think_us);
+    if o.normal_reclaimers {
+        freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    }
     let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -759,7 +773,10 @@ fn main() {
     let current = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    println!("# async_lock (tokio, 2 workers unless current-thread)");
+    println!(
+        "# async_lock (tokio, 2 workers unless current-thread; freeq's reclaimers at {} priority)",
+        if o.normal_reclaimers { "normal" } else { "idle" }
+    );
     // First, while nothing else (defer-drop's thread) is busy.
     handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
     handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
