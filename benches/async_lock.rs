@@ -775,7 +775,11 @@ fn main() {
         .unwrap();
     println!(
         "# async_lock (tokio, 2 workers unless current-thread; freeq's reclaimers at {} priority)",
-        if o.normal_reclaimers { "normal" } else { "idle" }
+        if o.normal_reclaimers {
+            "normal"
+        } else {
+            "idle"
+        }
     );
     // First, while nothing else (defer-drop's thread) is busy.
     handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);

@@ -567,3 +567,75 @@ fn a_forked_child_never_frees_what_the_parent_retired() {
     );
     println!("forked child ok");
 }
+
+/// The profile across `fork()`: children forked while other threads take
+/// sampled sections, take snapshots, reset and exit (each of which takes
+/// the profile's registry or a table) start consistent. Each child
+/// samples its own sections, finds them under their site, snapshots and
+/// resets, and never hangs.
+#[test]
+fn children_forked_while_threads_profile_start_consistent() {
+    if std::env::var_os("FREEQ_FORK_CHILD").is_none() {
+        return run_forking_process("children_forked_while_threads_profile_start_consistent");
+    }
+    freeq::profile::enable(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..3)
+        .map(|i| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let m = freeq::Mutex::new(0u64);
+                while !stop.load(SeqCst) {
+                    match i {
+                        0 => std::hint::black_box(freeq::profile::snapshot())
+                            .sites()
+                            .len(),
+                        1 => {
+                            // A thread's first sample makes its table; its
+                            // exit folds it into the exited threads' sums.
+                            thread::spawn(|| drop(freeq::section())).join().unwrap();
+                            0
+                        }
+                        _ => {
+                            let mut g = m.lock().unwrap();
+                            *g += 1;
+                            freeq::defer(Box::new(*g));
+                            if (*g).is_multiple_of(1000) {
+                                freeq::profile::reset();
+                            }
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    for _ in 0..if cfg!(debug_assertions) { 100 } else { 300 } {
+        fork_and_check(|| {
+            std::hint::black_box(freeq::profile::snapshot());
+            freeq::profile::reset();
+            let m = freeq::Mutex::new(0u32);
+            let at = line!() + 2;
+            for _ in 0..10 {
+                let g = m.lock().unwrap();
+                freeq::defer(Box::new(*g));
+            }
+            thread::spawn(|| drop(freeq::section())).join().unwrap();
+            let p = freeq::profile::snapshot();
+            let mine = p
+                .sites()
+                .iter()
+                .find(|s| s.file().ends_with("fork.rs") && s.line() == at)
+                .expect("the child's own site");
+            assert_eq!(mine.sections(), 10, "{p}");
+            assert_eq!(mine.values(), 10, "{p}");
+            freeq::profile::disable();
+        });
+    }
+    stop.store(true, SeqCst);
+    for t in busy {
+        t.join().unwrap();
+    }
+    freeq::profile::disable();
+    println!("forked child ok");
+}
