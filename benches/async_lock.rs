@@ -191,14 +191,7 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 drop(old); // nothing deferred: the guard's bin stays empty
                 drop(g);
             }
-            (Lock::Freeq(m), _) => {
-                let mut g = m.lock().await;
-                acquired(&s, &mut h, asked);
-                let old = std::mem::replace(&mut *g, fresh);
-                g.defer(old);
-                s.released.store(s.now(), Relaxed);
-                drop(g);
-            }
+            (Lock::Freeq(m), _) => plain_drop(&s, &mut h, asked, m.lock().await, fresh),
             (Lock::DeferDrop(m), _) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
@@ -208,20 +201,12 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 drop(g);
             }
             (Lock::AsyncMutex(m), _) => {
-                let mut g = freeq::AsyncGuard::new(m.lock().await);
-                acquired(&s, &mut h, asked);
-                let old = std::mem::replace(&mut *g, fresh);
-                g.defer(old);
-                s.released.store(s.now(), Relaxed);
-                drop(g);
+                let g = freeq::AsyncGuard::new(m.lock().await);
+                plain_drop(&s, &mut h, asked, g, fresh)
             }
             (Lock::Futures(m), _) => {
-                let mut g = freeq::AsyncGuard::new(m.lock().await);
-                acquired(&s, &mut h, asked);
-                let old = std::mem::replace(&mut *g, fresh);
-                g.defer(old);
-                s.released.store(s.now(), Relaxed);
-                drop(g);
+                let g = freeq::AsyncGuard::new(m.lock().await);
+                plain_drop(&s, &mut h, asked, g, fresh)
             }
             (Lock::Std(m), _) => {
                 let mut g = m.lock().unwrap();
@@ -234,6 +219,22 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
         }
     }
     h
+}
+
+/// The plain drop most code writes: the old value deferred into the
+/// guard's bin, the guard dropped.
+fn plain_drop<G: std::ops::DerefMut<Target = Value>>(
+    s: &Shared,
+    h: &mut Hists,
+    asked: u64,
+    mut g: freeq::AsyncGuard<G>,
+    fresh: Value,
+) {
+    acquired(s, h, asked);
+    let old = std::mem::replace(&mut *g, fresh);
+    g.defer(old);
+    s.released.store(s.now(), Relaxed);
+    drop(g);
 }
 
 struct Run {
