@@ -27,6 +27,8 @@ for san in "${@:-thread address}"; do
             --skip a_child_forked_while_quiesce_frees_does_not_hang
             --skip children_forked_while_threads_use_freeq_do_not_hang
             --skip a_forked_child_leaves_the_parents_waiting_batches_to_the_parent
+            --skip a_forked_child_never_calls_the_parents_executor
+            --skip children_forked_while_threads_profile_start_consistent
         )
         # The soak (tests/soak/) does not fork under ThreadSanitizer either.
         soak_fork=1
