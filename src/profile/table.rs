@@ -476,12 +476,43 @@ fn clock() -> &'static Clock {
     static CLOCK: OnceLock<Clock> = OnceLock::new();
     CLOCK.get_or_init(|| {
         let tsc = invariant_tsc();
+        if !tsc {
+            return Clock {
+                tsc,
+                base: Instant::now(),
+                base_tick: 0,
+            };
+        }
+        let (base, base_tick) = paired_reading(Instant::now);
         Clock {
             tsc,
-            base: Instant::now(),
-            base_tick: if tsc { tsc_now() } else { 0 },
+            base,
+            base_tick,
         }
     })
+}
+
+/// Most ticks allowed between the two counter readings around one
+/// `Instant` reading (a few µs at any TSC rate in use): more means the
+/// thread was preempted between them, and the pair is read again.
+const PAIR_TICKS: u64 = 20_000;
+
+/// `read()` and the counter at the same moment: the counter is read
+/// before and after, and the pair kept only when the two readings are
+/// close (see [`PAIR_TICKS`]), taking their middle. A preemption between
+/// the readings would otherwise skew the conversion on a busy machine.
+fn paired_reading<T>(read: impl Fn() -> T) -> (T, u64) {
+    let mut tries = 0;
+    loop {
+        let before = tsc_now();
+        let value = read();
+        let after = tsc_now();
+        let apart = after.wrapping_sub(before);
+        tries += 1;
+        if apart <= PAIR_TICKS || tries >= 1000 {
+            return (value, before.wrapping_add(apart / 2));
+        }
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", not(miri)))]
@@ -523,19 +554,20 @@ pub(crate) fn now() -> u64 {
 
 /// Nanoseconds per tick of [`now`]: 1 without the time-stamp counter;
 /// with it, measured against `Instant` over the time since the clock's
-/// first reading (at least 2 ms, waited for if need be).
+/// first reading (at least 20 ms, waited for if need be), each end read
+/// as a close pair (see [`paired_reading`]).
 pub(crate) fn ns_per_tick() -> f64 {
     let c = clock();
     if !c.tsc {
         return 1.0;
     }
     loop {
-        let ns = c.base.elapsed();
-        let ticks = tsc_now().wrapping_sub(c.base_tick);
-        if ns >= std::time::Duration::from_millis(2) && ticks != 0 {
+        let (ns, tick) = paired_reading(|| c.base.elapsed());
+        let ticks = tick.wrapping_sub(c.base_tick);
+        if ns >= std::time::Duration::from_millis(20) && ticks != 0 {
             return ns.as_nanos() as f64 / ticks as f64;
         }
-        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
