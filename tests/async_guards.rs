@@ -35,6 +35,13 @@ impl Held<'_> {
             Held::Futures(g) => g.defer(v),
         }
     }
+
+    fn with(&mut self, f: impl FnOnce()) {
+        match self {
+            Held::AsyncLock(g) => g.with(|_| f()),
+            Held::Futures(g) => g.with(|_| f()),
+        }
+    }
 }
 
 impl Lock {
@@ -134,16 +141,25 @@ impl Drop for Costly {
 async fn waiter_goes_first(
     lock: Lock,
     spawn: impl Fn(Pin<Box<dyn Future<Output = ()> + Send>>),
+    heavy: bool,
 ) -> Vec<bool> {
-    // Teach freeq the type's cost: the first bin is freed inline.
-    let mut g = lock.lock().await;
-    g.defer(Costly(None));
-    drop(g);
+    if !heavy {
+        // Teach freeq the type's cost: the first bin is freed inline.
+        let mut g = lock.lock().await;
+        g.defer(Costly(None));
+        drop(g);
+    }
     let flag = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(StdMutex::new(Vec::new()));
     let started = Arc::new(AtomicBool::new(false));
     let mut g = lock.lock().await;
-    g.defer(Costly(Some((flag.clone(), seen.clone()))));
+    let costly = Costly(Some((flag.clone(), seen.clone())));
+    if heavy {
+        // Sent off whatever freeq has learned of the type.
+        g.with(move || freeq::defer_heavy(costly));
+    } else {
+        g.defer(costly);
+    }
     let (l2, f2, s2) = (lock.clone(), flag.clone(), started.clone());
     spawn(Box::pin(async move {
         s2.store(true, SeqCst);
@@ -194,17 +210,50 @@ fn a_plain_drop_lets_a_queued_waiter_in_before_a_costly_bin() {
     for lock in Lock::both() {
         let mut pool = futures::executor::LocalPool::new();
         let spawner = pool.spawner();
-        let seen = pool.run_until(waiter_goes_first(lock.clone(), move |f| {
-            futures::task::LocalSpawnExt::spawn_local(&spawner, f).unwrap();
-        }));
+        let seen = pool.run_until(waiter_goes_first(
+            lock.clone(),
+            move |f| {
+                futures::task::LocalSpawnExt::spawn_local(&spawner, f).unwrap();
+            },
+            false,
+        ));
         assert_eq!(seen, [true], "{} on futures' executor", lock.name());
 
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let seen = rt.block_on(waiter_goes_first(lock.clone(), |f| {
-            tokio::spawn(f);
-        }));
+        let seen = rt.block_on(waiter_goes_first(
+            lock.clone(),
+            |f| {
+                tokio::spawn(f);
+            },
+            false,
+        ));
         assert_eq!(seen, [true], "{} on tokio", lock.name());
+    }
+}
+
+/// `defer_heavy` inside `with` sends a value off the releasing thread
+/// whatever freeq has learned of its type (here: nothing yet), so the
+/// waiter goes first from the very first value.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "starts freeq's process-lifetime reclaimer threads, which Miri reports as leaked"
+)]
+fn defer_heavy_inside_with_sends_a_value_off_from_the_first() {
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    for lock in Lock::both() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let seen = rt.block_on(waiter_goes_first(
+            lock.clone(),
+            |f| {
+                tokio::spawn(f);
+            },
+            true,
+        ));
+        assert_eq!(seen, [true], "{}", lock.name());
     }
 }
