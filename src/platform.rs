@@ -168,6 +168,26 @@ pub(crate) fn at_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: 
     let _ = (prepare, parent, child);
 }
 
+/// [`at_fork`], once per `registered` flag: the first caller registers,
+/// later ones go on at once. A flag, not a `Once`: a child forked while
+/// another thread was registering would inherit the `Once` running, and
+/// its first caller would wait for it forever. (A thread that takes the
+/// protected lock in the instant between another thread's first call and
+/// the end of its registration, and holds it across a fork in that
+/// instant, is not covered.)
+#[cfg_attr(not(all(unix, not(miri))), allow(dead_code))]
+pub(crate) fn at_fork_once(
+    registered: &std::sync::atomic::AtomicBool,
+    prepare: extern "C" fn(),
+    parent: extern "C" fn(),
+    child: extern "C" fn(),
+) {
+    use std::sync::atomic::Ordering::{Acquire, SeqCst};
+    if !registered.load(Acquire) && !registered.swap(true, SeqCst) {
+        at_fork(prepare, parent, child);
+    }
+}
+
 /// Makes `hook` run when the calling thread ends: on unix, from the
 /// destructor of a pthread key, which runs at thread exit (after the
 /// thread's `thread_local!` destructors) and never from `exit()`. `hook` is

@@ -162,7 +162,8 @@ fn slots() -> std::sync::MutexGuard<'static, Vec<Arc<Slot>>> {
 #[cfg(all(unix, not(miri)))]
 mod fork_safe {
     use std::cell::Cell;
-    use std::sync::{Arc, MutexGuard, Once};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, MutexGuard};
 
     use super::Slot;
 
@@ -187,8 +188,8 @@ mod fork_safe {
     /// child that forks while another thread holds the lock as before
     /// (documented).
     pub(super) fn install() {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(|| crate::platform::at_fork(prepare, release, release));
+        static REGISTERED: AtomicBool = AtomicBool::new(false);
+        crate::platform::at_fork_once(&REGISTERED, prepare, release, release);
     }
 }
 

@@ -384,7 +384,8 @@ fn registry() -> MutexGuard<'static, Registry> {
 #[cfg(all(unix, not(miri), not(loom)))]
 mod fork_safe {
     use std::cell::Cell;
-    use std::sync::{MutexGuard, Once};
+    use std::sync::MutexGuard;
+    use std::sync::atomic::AtomicBool;
 
     use super::Registry;
 
@@ -403,9 +404,10 @@ mod fork_safe {
         let _ = HELD.try_with(|h| drop(h.take()));
     }
 
+    /// Registers the fork handlers, once (see `platform::at_fork_once`).
     pub(super) fn install() {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(|| crate::platform::at_fork(prepare, release, release));
+        static REGISTERED: AtomicBool = AtomicBool::new(false);
+        crate::platform::at_fork_once(&REGISTERED, prepare, release, release);
     }
 }
 

@@ -180,7 +180,8 @@ pub fn clear_offload_executor() {
 #[cfg(all(unix, not(miri), not(loom)))]
 mod fork_safe {
     use std::cell::Cell;
-    use std::sync::{Once, RwLockWriteGuard};
+    use std::sync::RwLockWriteGuard;
+    use std::sync::atomic::AtomicBool;
 
     use super::{EXECUTOR, Executor, HAS_EXECUTOR, StaticSeqCst};
 
@@ -218,11 +219,12 @@ mod fork_safe {
         }
     }
 
-    /// Registers the fork handlers, once (before the lock is first taken
-    /// by a setter, so every later holder is covered).
+    /// Registers the fork handlers, once, before the caller first takes
+    /// the lock (see `platform::at_fork_once` for the one instant it does
+    /// not cover).
     pub(super) fn install() {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(|| crate::platform::at_fork(prepare, parent, child));
+        static REGISTERED: AtomicBool = AtomicBool::new(false);
+        crate::platform::at_fork_once(&REGISTERED, prepare, parent, child);
     }
 }
 
