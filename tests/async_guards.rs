@@ -193,6 +193,20 @@ async fn yield_once() {
     .await
 }
 
+/// [`waiter_goes_first`] on a tokio current-thread runtime.
+fn on_tokio(lock: &Lock, heavy: bool) -> Vec<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(waiter_goes_first(
+        lock.clone(),
+        |f| {
+            tokio::spawn(f);
+        },
+        heavy,
+    ))
+}
+
 /// A plain drop of a guard whose bin is costly to free lets a waiter
 /// queued on the lock take it before the bin is freed, on futures'
 /// single-thread executor and on a tokio current-thread runtime: the bin
@@ -219,17 +233,7 @@ fn a_plain_drop_lets_a_queued_waiter_in_before_a_costly_bin() {
         ));
         assert_eq!(seen, [true], "{} on futures' executor", lock.name());
 
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let seen = rt.block_on(waiter_goes_first(
-            lock.clone(),
-            |f| {
-                tokio::spawn(f);
-            },
-            false,
-        ));
-        assert_eq!(seen, [true], "{} on tokio", lock.name());
+        assert_eq!(on_tokio(&lock, false), [true], "{} on tokio", lock.name());
     }
 }
 
@@ -244,16 +248,6 @@ fn a_plain_drop_lets_a_queued_waiter_in_before_a_costly_bin() {
 fn defer_heavy_inside_with_sends_a_value_off_from_the_first() {
     freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
     for lock in Lock::both() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let seen = rt.block_on(waiter_goes_first(
-            lock.clone(),
-            |f| {
-                tokio::spawn(f);
-            },
-            true,
-        ));
-        assert_eq!(seen, [true], "{}", lock.name());
+        assert_eq!(on_tokio(&lock, true), [true], "{}", lock.name());
     }
 }
