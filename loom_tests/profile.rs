@@ -70,3 +70,64 @@ fn reset_races_a_section() {
         assert_eq!(freeq::profile::snapshot().sections(), raced + 1);
     });
 }
+
+/// Batches the models' offload executor was handed.
+static BATCHES: std::sync::Mutex<Vec<freeq::Batch>> = std::sync::Mutex::new(Vec::new());
+
+/// A sampled section on `m` whose value leaves the thread (`defer_heavy`):
+/// the batch lands in `BATCHES`, marked with the section's site.
+fn one_offloaded_section(m: &Arc<common::DeferMutex<u32>>) -> freeq::Batch {
+    freeq::set_offload_executor(|b| BATCHES.lock().unwrap().push(b));
+    {
+        let g = m.lock();
+        freeq::defer_heavy(vec![*g]);
+    }
+    freeq::clear_offload_executor();
+    BATCHES
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the batch went to the executor")
+}
+
+// A handed-off batch of a sampled section, freed on another thread while
+// a snapshot runs: its time is added to the site once, and a snapshot
+// taken meanwhile sees it added or not, never twice.
+#[test]
+fn an_offloaded_batch_is_added_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    loom::model(|| {
+        freeq::profile::enable(1);
+        freeq::profile::reset();
+        let m = defer_mutex(0u32);
+        let batch = one_offloaded_section(&m);
+        let t = thread::spawn(move || batch.free());
+        let during = freeq::profile::snapshot();
+        let added = |p: &freeq::profile::Profile| {
+            p.sites().iter().map(|s| s.offloaded_batches()).sum::<u64>()
+        };
+        assert!(added(&during) <= 1, "{during}");
+        t.join().unwrap();
+        let after = freeq::profile::snapshot();
+        assert_eq!(added(&after), 1, "{after}");
+        assert_eq!(after.sections(), 1, "{after}");
+    });
+}
+
+// A reset racing the free of a handed-off batch: the batch's time is
+// forgotten with the rest, whichever comes first, and nothing panics.
+#[test]
+fn a_reset_races_an_offloaded_free() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    loom::model(|| {
+        freeq::profile::enable(1);
+        freeq::profile::reset();
+        let m = defer_mutex(0u32);
+        let batch = one_offloaded_section(&m);
+        let t = thread::spawn(move || batch.free());
+        freeq::profile::reset();
+        t.join().unwrap();
+        let after = freeq::profile::snapshot();
+        assert_eq!(after.sites().len(), 0, "{after}");
+    });
+}

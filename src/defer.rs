@@ -163,7 +163,7 @@ pub fn defer_heavy<T: Send + 'static>(value: T) {
         let mut one = Buffer::new();
         one.push(move || drop(value));
         let mut first = None;
-        match dispatch::hand_off(one, &mut first) {
+        match dispatch::hand_off(one, &mut first, dispatch::sampled_mark()) {
             // The value now travels as an item of its own, which the
             // reclaimer counts as freed: count it as deferred too, so that
             // `stats()` balances (this action and the value, two items).

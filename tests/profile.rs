@@ -130,6 +130,108 @@ fn moved_is_the_free_after_the_release() {
     assert_eq!(p.sites()[0].line(), s.line(), "sorted by moved");
 }
 
+/// Clears the offload executor when a test ends, also by a panic.
+struct ClearExecutor;
+
+impl Drop for ClearExecutor {
+    fn drop(&mut self) {
+        freeq::clear_offload_executor();
+    }
+}
+
+#[test]
+fn a_batch_the_executor_frees_is_moved_time_of_its_site() {
+    let _p = start(1);
+    let (tx, rx) = std::sync::mpsc::channel::<freeq::Batch>();
+    let tx = StdMutex::new(tx);
+    freeq::set_offload_executor(move |batch| tx.lock().unwrap().send(batch).unwrap());
+    let _clear = ClearExecutor;
+    let (at, heavy_at) = on_a_thread(|| {
+        freeq::set_policy(freeq::Policy::Offload);
+        let m = freeq::Mutex::new(Some(Heavy(20 * MS)));
+        let mut g = m.lock().unwrap();
+        let at = line!() - 1;
+        freeq::defer(g.take());
+        drop(g);
+        // `defer_heavy`'s value leaves by itself, also marked.
+        let g = m.lock().unwrap();
+        let heavy_at = line!() - 1;
+        freeq::defer_heavy(Heavy(10 * MS));
+        drop(g);
+        (at, heavy_at)
+    });
+    // Nothing freed yet: the batches wait here.
+    let before = profile::snapshot();
+    assert_eq!(site(&before, at).offloaded_batches(), 0, "{before}");
+    assert!(site(&before, at).moved() < 20 * MS, "{before}");
+    for batch in rx.try_iter() {
+        batch.free();
+    }
+    let p = profile::snapshot();
+    let s = site(&p, at);
+    assert_eq!(s.offloaded_batches(), 1, "{p}");
+    assert!(s.offloaded() >= 20 * MS, "{p}");
+    assert!(s.moved() >= s.offloaded(), "{p}");
+    let h = site(&p, heavy_at);
+    assert_eq!(h.offloaded_batches(), 1, "{p}");
+    assert!(h.offloaded() >= 10 * MS, "{p}");
+    assert_eq!(
+        p.sites()[0].line(),
+        at,
+        "sorted by moved, offloaded included\n{p}"
+    );
+    assert!(p.to_string().contains("offloaded"), "{p}");
+    println!("{p}");
+}
+
+#[test]
+fn a_batch_a_reclaimer_frees_is_moved_time_of_its_site() {
+    let _p = start(1);
+    let at = on_a_thread(|| {
+        freeq::set_policy(freeq::Policy::Offload);
+        let m = freeq::Mutex::new(Some(Heavy(20 * MS)));
+        let mut g = m.lock().unwrap();
+        let at = line!() - 1;
+        freeq::defer(g.take());
+        drop(g);
+        at
+    });
+    // Frees what is still waiting on this thread if no reclaimer ran yet.
+    freeq::quiesce();
+    let p = profile::snapshot();
+    let s = site(&p, at);
+    assert_eq!(s.sections(), 1, "{p}");
+    if s.offloaded_batches() == 0 {
+        // The backlog bound or a reclaimer that could not start kept the
+        // batch inline: then it is the releasing thread's moved time.
+        assert!(s.moved() >= 20 * MS && s.offloaded().is_zero(), "{p}");
+    } else {
+        assert_eq!(s.offloaded_batches(), 1, "{p}");
+        assert!(s.offloaded() >= 20 * MS, "{p}");
+        assert!(s.moved() >= s.offloaded(), "{p}");
+    }
+}
+
+#[test]
+fn a_batch_freed_after_a_reset_is_not_added() {
+    let _p = start(1);
+    let (tx, rx) = std::sync::mpsc::channel::<freeq::Batch>();
+    let tx = StdMutex::new(tx);
+    freeq::set_offload_executor(move |batch| tx.lock().unwrap().send(batch).unwrap());
+    let _clear = ClearExecutor;
+    on_a_thread(|| {
+        freeq::set_policy(freeq::Policy::Offload);
+        let _g = freeq::section();
+        freeq::defer(Heavy(MS));
+    });
+    profile::reset();
+    let batches: Vec<freeq::Batch> = rx.try_iter().collect();
+    assert_eq!(batches.len(), 1);
+    batches.into_iter().for_each(freeq::Batch::free);
+    let p = profile::snapshot();
+    assert_eq!(p.sites().len(), 0, "{p}");
+}
+
 #[test]
 fn nested_sections_belong_to_the_outermost() {
     let _p = start(1);

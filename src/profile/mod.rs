@@ -72,10 +72,12 @@
 //!
 //! # Offload
 //!
-//! Under [`Policy::Offload`](crate::Policy), `moved` is the time the
-//! releasing thread spent on its drain: handing the batch off, and freeing
-//! what stayed inline. The time a reclaimer or your executor then spends
-//! freeing the batch is not attributed to the site.
+//! Under [`Policy::Offload`](crate::Policy), a sampled section's batch
+//! that leaves the thread (and a [`defer_heavy`](crate::defer_heavy)
+//! value) carries its site: the reclaimer or your executor that frees it
+//! adds the time it took to the site's [`moved`](Site::moved), when it is
+//! freed; [`Site::offloaded`] is that part. The releasing thread's part is
+//! the rest: handing the batch off, and freeing what stayed inline.
 //!
 //! # No code change
 //!
@@ -91,6 +93,7 @@
 //!
 //! The [guide chapter](crate::guide::profile) shows how to read the table.
 
+pub(crate) mod clock;
 pub(crate) mod probe;
 mod report;
 pub(crate) mod table;
@@ -150,7 +153,7 @@ pub fn snapshot() -> Profile {
         UNSET => 0,
         n => n,
     };
-    Profile::build(every, table::collect(), table::ns_per_tick())
+    Profile::build(every, table::collect(), clock::ns_per_tick())
 }
 
 /// Reads `FREEQ_PROFILE` (once): the sampling rate it sets, or 0. With a

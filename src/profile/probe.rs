@@ -17,8 +17,9 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::profile::clock::now;
 use crate::profile::table::{
-    self, EVERY, HELD, Key, LockKind, MOVED, Sample, Table, UNSET, WAITED,
+    self, EVERY, HELD, Key, LockKind, MOVED, Mark, Sample, Table, UNSET, WAITED, add_offloaded,
 };
 use crate::sync::Cell;
 
@@ -54,7 +55,13 @@ pub(crate) struct Probe {
     last: Cell<Option<(Key, usize)>>,
     /// The thread's exit path ran: it samples nothing more.
     gone: Cell<bool>,
+    /// The slot of the sampled section whose drain runs now, or
+    /// [`NOT_DRAINING`].
+    draining: Cell<usize>,
 }
+
+/// [`Probe::draining`] when no sampled drain runs.
+const NOT_DRAINING: usize = usize::MAX;
 
 impl Probe {
     pub(crate) const fn new() -> Self {
@@ -67,6 +74,7 @@ impl Probe {
             table: Cell::new(std::ptr::null()),
             last: Cell::new(None),
             gone: Cell::new(false),
+            draining: Cell::new(NOT_DRAINING),
         }
     }
 
@@ -142,14 +150,14 @@ impl Probe {
         };
         self.slot.set(slot);
         self.phase.set(PENDING);
-        self.t0.set(table::now());
+        self.t0.set(now());
         true
     }
 
     /// The sampled acquisition holds its lock now.
     pub(crate) fn acquired(&self) {
         if self.phase.get() == PENDING {
-            self.t1.set(table::now());
+            self.t1.set(now());
             self.phase.set(OPEN);
         }
     }
@@ -184,7 +192,7 @@ impl Probe {
             return None;
         }
         self.phase.set(IDLE);
-        let t2 = table::now();
+        let t2 = now();
         let (t0, t1) = (self.t0.get(), self.t1.get());
         let mut sample = Sample::default();
         sample.times[WAITED] = t1.saturating_sub(t0);
@@ -196,6 +204,20 @@ impl Probe {
             sample,
             base: None,
         })
+    }
+
+    /// In the drain of a sampled section: the mark a batch leaving the
+    /// thread (for a reclaimer or the user's executor) carries, so that
+    /// its free is added to the section's site ([`Freeing`]). May
+    /// allocate, once per site: called in drains only, after the unlock.
+    pub(crate) fn drain_mark(&self) -> Option<Mark> {
+        let slot = self.draining.get();
+        let t = self.table.get();
+        if slot == NOT_DRAINING || t.is_null() {
+            return None;
+        }
+        // SAFETY: (4) as in (1).
+        Some(unsafe { &*t }.mark(slot))
     }
 
     /// Thread exit: the thread's table joins the exited threads' sums.
@@ -238,6 +260,7 @@ impl Closing<'_> {
     /// and of frees held.
     pub(crate) fn drain_starts(&mut self, deferred: u64, frees: u64) {
         self.base = Some((deferred, frees));
+        self.probe.draining.set(self.slot);
     }
 
     /// The drain is done: the same counts, before they are published.
@@ -251,13 +274,40 @@ impl Closing<'_> {
 
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
+        self.probe.draining.set(NOT_DRAINING);
         if self.base.is_some() {
-            self.sample.times[MOVED] = table::now().saturating_sub(self.t2);
+            self.sample.times[MOVED] = now().saturating_sub(self.t2);
         }
         let t = self.probe.table.get();
         if !t.is_null() {
             // SAFETY: (3) as in (1).
             unsafe { &*t }.record(self.slot, &self.sample);
+        }
+    }
+}
+
+/// Times the free of a batch a sampled section handed off, wherever it
+/// runs (a reclaimer, the user's executor), and adds it to the section's
+/// site when dropped: also while a panic from a free unwinds.
+pub(crate) struct Freeing {
+    mark: Option<Mark>,
+    start: u64,
+}
+
+impl Freeing {
+    /// Starts timing the free of a batch marked `mark` (nothing if `None`).
+    #[inline]
+    pub(crate) fn start(mark: Option<Mark>) -> Freeing {
+        let start = if mark.is_some() { now() } else { 0 };
+        Freeing { mark, start }
+    }
+}
+
+impl Drop for Freeing {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(mark) = self.mark.take() {
+            add_offloaded(mark, now().saturating_sub(self.start));
         }
     }
 }

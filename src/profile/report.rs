@@ -89,9 +89,31 @@ impl Site {
     }
 
     /// Total time spent freeing the sampled sections' queues after the
-    /// release: the frees freeq moved out of the lock.
+    /// release: the frees freeq moved out of the lock. It includes the
+    /// [`offloaded`](Site::offloaded) time: the batches a reclaimer or
+    /// your executor freed, added when they were freed.
     pub fn moved(&self) -> Duration {
-        Duration::from_nanos(self.total_ns(MOVED))
+        Duration::from_nanos(self.total_ns(MOVED) + self.offloaded_ns())
+    }
+
+    /// The part of [`moved`](Site::moved) spent off the releasing thread:
+    /// freeing the sampled sections' batches that
+    /// [`Policy::Offload`](crate::Policy::Offload) sent to a reclaimer or
+    /// to your [`offload executor`](crate::set_offload_executor), timed
+    /// where they were freed. The releasing thread's own part (handing the
+    /// batch off, freeing what stayed) is the rest.
+    pub fn offloaded(&self) -> Duration {
+        Duration::from_nanos(self.offloaded_ns())
+    }
+
+    /// The sampled sections' batches freed off the releasing thread (see
+    /// [`offloaded`](Site::offloaded)).
+    pub fn offloaded_batches(&self) -> u64 {
+        self.tally.off_batches
+    }
+
+    fn offloaded_ns(&self) -> u64 {
+        (self.tally.off as f64 * self.scale) as u64
     }
 
     fn total_ns(&self, which: usize) -> u64 {
@@ -116,7 +138,8 @@ impl Site {
 
     /// The `p` quantile (0.0 to 1.0) of one section's `measure`, to the
     /// histogram's resolution: two buckets per power of two, so within
-    /// about 20%.
+    /// about 20%. For [`Measure::Moved`], the releasing thread's part of
+    /// each section (not its [`offloaded`](Site::offloaded) batches).
     ///
     /// ```
     /// use freeq::profile::Measure;
@@ -159,6 +182,8 @@ impl Profile {
         let mut sites: Vec<Site> = rows
             .0
             .into_iter()
+            // A row readied for offloaded batches that none reached.
+            .filter(|(_, t)| t.sections != 0 || t.off_batches != 0)
             .map(|(key, tally)| match key {
                 Some(k) => Site {
                     file: k.at.file(),
@@ -223,10 +248,8 @@ impl Profile {
 }
 
 fn sort(sites: &mut [Site]) {
-    sites.sort_by(|a, b| {
-        (b.tally.times[MOVED], b.tally.times[HELD])
-            .cmp(&(a.tally.times[MOVED], a.tally.times[HELD]))
-    });
+    let moved = |s: &Site| s.tally.times[MOVED] + s.tally.off;
+    sites.sort_by(|a, b| (moved(b), b.tally.times[HELD]).cmp(&(moved(a), a.tally.times[HELD])));
 }
 
 /// A duration in three significant figures: `812ns`, `4.10µs`, `12.3ms`.
@@ -274,9 +297,15 @@ impl fmt::Display for Profile {
             self.sections(),
             self.sites.len()
         )?;
+        let off = self.sites.iter().any(|s| s.tally.off_batches != 0);
         writeln!(
             f,
-            "times: total over the sampled sections (p50 / p99 of one section)"
+            "times: total over the sampled sections (p50 / p99 of one section{})",
+            if off {
+                "; moved includes offloaded: batches freed off the releasing thread"
+            } else {
+                ""
+            }
         )?;
         let labels: Vec<String> = self.sites.iter().map(Site::label).collect();
         let w = labels
@@ -286,17 +315,33 @@ impl fmt::Display for Profile {
             .unwrap_or(4)
             .max(4);
         let times = |s: &Site, i: usize| {
+            let total = match i {
+                MOVED => s.total_ns(MOVED) + s.offloaded_ns(),
+                _ => s.total_ns(i),
+            };
             format!(
                 "{} ({} / {})",
-                short(s.total_ns(i)),
+                short(total),
                 short(s.quantile_ns(i, 0.5)),
                 short(s.quantile_ns(i, 0.99))
             )
         };
-        let rows: Vec<[String; 3]> = self
+        let offloaded = |s: &Site| match s.tally.off_batches {
+            0 => "-".to_string(),
+            1 => format!("{} (1 batch)", short(s.offloaded_ns())),
+            n => format!("{} ({n} batches)", short(s.offloaded_ns())),
+        };
+        let rows: Vec<[String; 4]> = self
             .sites
             .iter()
-            .map(|s| [times(s, WAITED), times(s, HELD), times(s, MOVED)])
+            .map(|s| {
+                [
+                    times(s, WAITED),
+                    times(s, HELD),
+                    times(s, MOVED),
+                    offloaded(s),
+                ]
+            })
             .collect();
         let tw = |i: usize, head: &str| {
             rows.iter()
@@ -306,17 +351,35 @@ impl fmt::Display for Profile {
                 .max(head.len())
         };
         let (ww, hw, mw) = (tw(0, "waited"), tw(1, "held"), tw(2, "moved"));
-        writeln!(
-            f,
-            "{:<w$}  {:<14} {:>9}  {:<ww$}  {:<hw$}  {:<mw$}  {:>9} {:>9}",
-            "site", "lock", "sections", "waited", "held", "moved", "values", "frees"
-        )?;
-        for ((s, label), r) in self.sites.iter().zip(&labels).zip(&rows) {
-            writeln!(
+        let head = [
+            "site", "lock", "sections", "waited", "held", "moved", "values", "frees",
+        ];
+        let line = |f: &mut fmt::Formatter<'_>, c: [&str; 8], o: &str| -> fmt::Result {
+            write!(
                 f,
                 "{:<w$}  {:<14} {:>9}  {:<ww$}  {:<hw$}  {:<mw$}  {:>9} {:>9}",
-                label, s.kind, s.tally.sections, r[0], r[1], r[2], s.tally.values, s.tally.frees
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
             )?;
+            if off {
+                write!(f, "  {o}")?;
+            }
+            writeln!(f)
+        };
+        line(f, head, "offloaded")?;
+        for ((s, label), r) in self.sites.iter().zip(&labels).zip(&rows) {
+            let (kind, sections) = (s.kind.to_string(), s.tally.sections.to_string());
+            let (values, frees) = (s.tally.values.to_string(), s.tally.frees.to_string());
+            let c = [
+                label.as_str(),
+                &kind,
+                &sections,
+                &r[0],
+                &r[1],
+                &r[2],
+                &values,
+                &frees,
+            ];
+            line(f, c, &r[3])?;
         }
         Ok(())
     }
@@ -331,7 +394,7 @@ impl serde::Serialize for Site {
         use serde::ser::SerializeStruct;
         let t = &self.tally;
         let (total, q) = (|i| self.total_ns(i), |i, p| self.quantile_ns(i, p));
-        let mut s = serializer.serialize_struct("Site", 16)?;
+        let mut s = serializer.serialize_struct("Site", 18)?;
         s.serialize_field("file", self.file)?;
         s.serialize_field("line", &self.line)?;
         s.serialize_field("column", &self.column)?;
@@ -345,9 +408,11 @@ impl serde::Serialize for Site {
         s.serialize_field("held_ns", &total(HELD))?;
         s.serialize_field("held_p50_ns", &q(HELD, 0.5))?;
         s.serialize_field("held_p99_ns", &q(HELD, 0.99))?;
-        s.serialize_field("moved_ns", &total(MOVED))?;
+        s.serialize_field("moved_ns", &(total(MOVED) + self.offloaded_ns()))?;
         s.serialize_field("moved_p50_ns", &q(MOVED, 0.5))?;
         s.serialize_field("moved_p99_ns", &q(MOVED, 0.99))?;
+        s.serialize_field("offloaded_ns", &self.offloaded_ns())?;
+        s.serialize_field("offloaded_batches", &t.off_batches)?;
         s.end()
     }
 }

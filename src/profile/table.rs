@@ -14,8 +14,14 @@
 //! large, and sections must never wait for a snapshot); a snapshot that a
 //! `reset` overtook reads again.
 //!
+//! A sampled section's batch that a reclaimer or the user's executor
+//! frees carries a [`Mark`]: its site's row among the exited threads'
+//! sums, readied when the batch leaves (after the unlock), to which
+//! [`add_offloaded`] adds the time the batch took to free, under the
+//! registry's lock, allocating nothing.
+//!
 //! This file calls the `sync` shim (static atomics, constants scaled
-//! under Miri) and `platform` (the clock and the fork handlers).
+//! under Miri) and `platform` (the fork handlers).
 
 use std::fmt;
 use std::panic::Location;
@@ -30,7 +36,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use crate::platform::Instant;
 use crate::sync::{StaticAtomicU32, StaticAtomicU64, scaled};
 
 /// Sites a thread's table keeps apart; later ones share its "other sites"
@@ -175,6 +180,10 @@ pub(crate) struct Tally {
     pub(crate) values: u64,
     pub(crate) frees: u64,
     pub(crate) hist: [[u64; BUCKETS]; 3],
+    /// Time reclaimers and executors spent freeing the batches the
+    /// sampled sections handed off, and how many batches.
+    pub(crate) off: u64,
+    pub(crate) off_batches: u64,
 }
 
 impl Tally {
@@ -185,6 +194,8 @@ impl Tally {
             values: 0,
             frees: 0,
             hist: [[0; BUCKETS]; 3],
+            off: 0,
+            off_batches: 0,
         }
     }
 
@@ -192,6 +203,8 @@ impl Tally {
         self.sections += other.sections;
         self.values += other.values;
         self.frees += other.frees;
+        self.off += other.off;
+        self.off_batches += other.off_batches;
         for i in 0..3 {
             self.times[i] += other.times[i];
             for (to, from) in self.hist[i].iter_mut().zip(&other.hist[i]) {
@@ -227,6 +240,9 @@ struct Slot {
     values: AtomicU64,
     frees: AtomicU64,
     hist: [[AtomicU32; BUCKETS]; 3],
+    /// One more than the registry epoch in which this site's row among
+    /// the exited sums was readied for offloaded batches (0: never).
+    marked: AtomicU64,
 }
 
 /// Adds `n` to a counter only this thread writes: no read-modify-write.
@@ -243,6 +259,7 @@ impl Slot {
             values: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             hist: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
+            marked: AtomicU64::new(0),
         }
     }
 
@@ -328,6 +345,24 @@ impl Table {
         }
     }
 
+    /// The mark of a batch that slot `slot`'s sampled section hands off:
+    /// its site's row among the exited sums is readied first (once per
+    /// site and epoch; it may allocate, so never under a lock). Called by
+    /// the owning thread only.
+    pub(crate) fn mark(&self, slot: usize) -> Mark {
+        let epoch = EPOCH.load(Acquire);
+        let slot = &self.slots[slot.min(MAX_SITES)];
+        let key = slot.key.get().copied();
+        if slot.marked.load(Relaxed) != epoch.wrapping_add(1) {
+            let mut reg = registry();
+            if EPOCH.load(Relaxed) == epoch {
+                reg.exited.add(key, &Tally::new(), MAX_EXITED);
+            }
+            slot.marked.store(epoch.wrapping_add(1), Relaxed);
+        }
+        Mark { key, epoch }
+    }
+
     /// Adds this table's sites to `rows`, if it belongs to `epoch`.
     fn read_into(&self, epoch: u64, rows: &mut Rows) {
         if self.epoch.load(Acquire) != epoch {
@@ -356,6 +391,35 @@ impl Rows {
             Some((_, row)) => row.absorb(tally),
             None => self.0.push((key, tally.clone())),
         }
+    }
+}
+
+/// Where the time to free a handed-off batch of a sampled section goes:
+/// its site (`None`: the "other sites" row) in the registry epoch it was
+/// handed off in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    key: Option<Key>,
+    epoch: u64,
+}
+
+/// Adds `ticks`, the time a handed-off batch took to free, to its site.
+/// Takes the registry's lock and allocates nothing: the row was readied
+/// by [`Table::mark`]. Dropped if a [`reset`] came in between.
+pub(crate) fn add_offloaded(mark: Mark, ticks: u64) {
+    let mut reg = registry();
+    if EPOCH.load(Relaxed) != mark.epoch {
+        return;
+    }
+    let rows = &mut reg.exited.0;
+    let at = match rows.iter().position(|(k, _)| *k == mark.key) {
+        Some(i) => Some(i),
+        // Readied past the bound: the "other sites" row.
+        None => rows.iter().position(|(k, _)| k.is_none()),
+    };
+    if let Some(i) = at {
+        rows[i].1.off += ticks;
+        rows[i].1.off_batches += 1;
     }
 }
 
@@ -461,115 +525,6 @@ pub(crate) fn collect() -> Rows {
         if EPOCH.load(Acquire) == epoch {
             return rows;
         }
-    }
-}
-
-/// The profile's clock: the time-stamp counter where it ticks at a
-/// constant rate in every power state (x86-64 with an invariant TSC),
-/// read in a few nanoseconds; elsewhere nanoseconds from `Instant`
-/// (0 where there is no clock). [`ns_per_tick`] converts.
-struct Clock {
-    tsc: bool,
-    base: Instant,
-    base_tick: u64,
-}
-
-fn clock() -> &'static Clock {
-    static CLOCK: OnceLock<Clock> = OnceLock::new();
-    CLOCK.get_or_init(|| {
-        let tsc = invariant_tsc();
-        if !tsc {
-            return Clock {
-                tsc,
-                base: Instant::now(),
-                base_tick: 0,
-            };
-        }
-        let (base, base_tick) = paired_reading(Instant::now);
-        Clock {
-            tsc,
-            base,
-            base_tick,
-        }
-    })
-}
-
-/// Most ticks allowed between the two counter readings around one
-/// `Instant` reading (a few µs at any TSC rate in use): more means the
-/// thread was preempted between them, and the pair is read again.
-const PAIR_TICKS: u64 = 20_000;
-
-/// `read()` and the counter at the same moment: the counter is read
-/// before and after, and the pair kept only when the two readings are
-/// close (see [`PAIR_TICKS`]), taking their middle. A preemption between
-/// the readings would otherwise skew the conversion on a busy machine.
-fn paired_reading<T>(read: impl Fn() -> T) -> (T, u64) {
-    let mut tries = 0;
-    loop {
-        let before = tsc_now();
-        let value = read();
-        let after = tsc_now();
-        let apart = after.wrapping_sub(before);
-        tries += 1;
-        if apart <= PAIR_TICKS || tries >= 1000 {
-            return (value, before.wrapping_add(apart / 2));
-        }
-    }
-}
-
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-fn invariant_tsc() -> bool {
-    use std::arch::x86_64::__cpuid;
-    // Leaf 0x8000_0007, EDX bit 8: the TSC runs at a constant rate in
-    // every P-, C- and T-state.
-    __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(miri))))]
-fn invariant_tsc() -> bool {
-    false
-}
-
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-#[inline(always)]
-fn tsc_now() -> u64 {
-    // SAFETY: (1) `rdtsc` has no preconditions on x86-64: it reads the
-    // time-stamp counter and touches no memory.
-    unsafe { std::arch::x86_64::_rdtsc() }
-}
-
-#[cfg(not(all(target_arch = "x86_64", not(miri))))]
-#[inline(always)]
-fn tsc_now() -> u64 {
-    0
-}
-
-/// The clock, in ticks: see [`ns_per_tick`].
-#[inline]
-pub(crate) fn now() -> u64 {
-    let c = clock();
-    if c.tsc {
-        return tsc_now();
-    }
-    c.base.elapsed().as_nanos() as u64
-}
-
-/// Nanoseconds per tick of [`now`]: 1 without the time-stamp counter;
-/// with it, measured against `Instant` over the time since the clock's
-/// first reading (at least 20 ms, waited for if need be), each end read
-/// as a close pair (see [`paired_reading`]).
-pub(crate) fn ns_per_tick() -> f64 {
-    let c = clock();
-    if !c.tsc {
-        return 1.0;
-    }
-    loop {
-        let (ns, tick) = paired_reading(|| c.base.elapsed());
-        let ticks = tick.wrapping_sub(c.base_tick);
-        if ns >= std::time::Duration::from_millis(20) && ticks != 0 {
-            return ns.as_nanos() as f64 / ticks as f64;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 

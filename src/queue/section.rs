@@ -24,7 +24,7 @@ use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::profile::probe;
-use crate::profile::table::LockKind;
+use crate::profile::table::{LockKind, Mark};
 use crate::queue::buffer::Buffer;
 use crate::queue::held::FreeFn;
 use crate::queue::hooks::{DropTimer, Watch};
@@ -667,6 +667,12 @@ pub fn in_section() -> bool {
 /// or draining its queue.
 pub(crate) fn queues_now() -> bool {
     LOCAL.try_with(|l| l.queues_now()).unwrap_or(false)
+}
+
+/// In the drain of a section the profile samples: the mark a batch
+/// leaving the thread carries (see the profile's `Freeing`).
+pub(crate) fn sampled_mark() -> Option<Mark> {
+    LOCAL.try_with(|l| l.probe.drain_mark()).ok().flatten()
 }
 
 /// Bytes of queue memory the calling thread holds: its queue's blocks and

@@ -27,7 +27,7 @@ use crate::stats::count_late;
 
 use std::panic::{self as std_panic, AssertUnwindSafe, Location};
 
-use crate::profile::table::LockKind;
+use crate::profile::table::{LockKind, Mark};
 
 /// freeq's sink: the offload decision, the epoch and the cost model.
 pub(crate) struct Dispatch;
@@ -50,7 +50,7 @@ impl Sink for Dispatch {
         }
         let items = batch.len();
         let bytes = batch.capacity_bytes();
-        match hand_off(batch, first) {
+        match hand_off(batch, first, section::sampled_mark()) {
             Ok(recycled) => Offer::Taken {
                 items,
                 bytes,
@@ -124,7 +124,7 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
     {
         let items = bin.len();
         let mut first = None;
-        match hand_off(std::mem::take(bin), &mut first) {
+        match hand_off(std::mem::take(bin), &mut first, None) {
             Ok(_) => {
                 // Counted as deferred here, as `defer_heavy` counts its
                 // value: the reclaimer counts them as freed.
@@ -270,18 +270,30 @@ pub fn set_default_policy(policy: Policy) {
 /// A panicking executor is contained: its payload goes to `first` (to be
 /// resumed once the drain is done, like a panicking free's), and the
 /// batch, dropped as the executor unwinds, is freed on this thread then.
-pub(crate) fn hand_off(batch: Buffer, first: &mut Option<Panic>) -> Result<Option<Buffer>, Buffer> {
+/// `mark`: a sampled section's batch, whose free is added to its site.
+pub(crate) fn hand_off(
+    batch: Buffer,
+    first: &mut Option<Panic>,
+    mark: Option<Mark>,
+) -> Result<Option<Buffer>, Buffer> {
     if !can_hand_off() {
         return Err(batch);
     }
     if let Some(run) = executor() {
-        let batch = Batch::new(batch, FREES);
+        let batch = Batch::new(batch, FREES, mark);
         if let Err(payload) = std_panic::catch_unwind(AssertUnwindSafe(move || run(batch))) {
             keep_first(first, payload);
         }
         return Ok(None);
     }
-    pool::hand_off(FREES, batch)
+    pool::hand_off(FREES, batch, mark)
+}
+
+/// In the drain of a section the profile samples: the mark a batch
+/// leaving this thread carries, so that its free is added to the
+/// section's site (`defer_heavy`'s value too).
+pub(crate) fn sampled_mark() -> Option<Mark> {
+    section::sampled_mark()
 }
 
 /// Starts freeq's reclaimers now, if they are what offloaded batches go

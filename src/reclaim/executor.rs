@@ -10,6 +10,8 @@ use std::sync::RwLock as StdRwLock;
 use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
 use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 
+use crate::profile::probe::Freeing;
+use crate::profile::table::Mark;
 use crate::queue::buffer::Buffer;
 use crate::queue::panic::resume;
 use crate::queue::section::{queues_now, run_here};
@@ -23,6 +25,8 @@ use crate::reclaim::inline::{Frees, InlineOnly, free_batch};
 pub struct Batch {
     items: Buffer,
     frees: Frees,
+    /// A sampled section's batch: its free is added to the section's site.
+    mark: Option<Mark>,
 }
 
 impl Batch {
@@ -43,6 +47,7 @@ impl Batch {
     /// drain's end). If a free panics, the rest are still freed and the
     /// first panic resumes afterwards.
     pub fn free(mut self) {
+        let _timed = Freeing::start(self.mark.take());
         Self::free_items(&mut self.items, self.frees);
     }
 
@@ -68,6 +73,7 @@ impl Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         if !self.items.is_empty() {
+            let _timed = Freeing::start(self.mark.take());
             Self::free_items(&mut self.items, self.frees);
         }
     }
@@ -238,7 +244,7 @@ pub(crate) fn executor() -> Option<Executor> {
 
 impl Batch {
     /// A batch for the executor, to be freed through `frees`.
-    pub(crate) fn new(items: Buffer, frees: Frees) -> Batch {
-        Batch { items, frees }
+    pub(crate) fn new(items: Buffer, frees: Frees, mark: Option<Mark>) -> Batch {
+        Batch { items, frees, mark }
     }
 }

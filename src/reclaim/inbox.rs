@@ -10,6 +10,8 @@
 
 use std::ptr;
 
+use crate::profile::probe::Freeing;
+use crate::profile::table::Mark;
 use crate::queue::buffer::Buffer;
 use crate::queue::section::{depth, max_retained};
 use crate::reclaim::inline::{Frees, flush_contained, free_contained};
@@ -21,14 +23,17 @@ pub(crate) struct Node {
     pub(crate) batch: Buffer,
     /// Items the batch counts for.
     pub(crate) items: usize,
+    /// A sampled section's batch: its free is added to the section's site.
+    pub(crate) mark: Option<Mark>,
 }
 
 impl Node {
-    pub(crate) fn boxed(batch: Buffer, items: usize) -> Box<Node> {
+    pub(crate) fn boxed(batch: Buffer, items: usize, mark: Option<Mark>) -> Box<Node> {
         Box::new(Node {
             next: ptr::null_mut(),
             batch,
             items,
+            mark,
         })
     }
 }
@@ -179,7 +184,9 @@ impl Inbox {
     ) {
         let entered = runner.then(depth);
         while let Some(mut node) = fifo.pop() {
+            let timed = Freeing::start(node.mark.take());
             free_contained(&mut node.batch, self.frees);
+            drop(timed);
             if entered.is_some_and(|d| depth() > d) {
                 flush_contained(self.frees);
             }

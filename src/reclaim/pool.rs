@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::time::Duration;
 
 use crate::platform::{self, CpuSet, Instant};
+use crate::profile::table::Mark;
 use crate::queue::buffer::Buffer;
 use crate::queue::section::in_section;
 use crate::reclaim::inline::{Frees, inline_only};
@@ -236,14 +237,18 @@ impl Pool {
         index % self.reclaimer.inboxes.len()
     }
 
-    fn hand_off(&'static self, batch: Buffer) -> Result<Option<Buffer>, Buffer> {
+    fn hand_off(
+        &'static self,
+        batch: Buffer,
+        mark: Option<Mark>,
+    ) -> Result<Option<Buffer>, Buffer> {
         self.check_fork();
         let index = self.home();
         if !self.all_started.load(StaticRelaxed) && !self.start_all(index) {
             return Err(batch);
         }
         self.reclaimer
-            .try_hand_off(index, batch, offload_bound(), offload_max_wait())
+            .try_hand_off(index, batch, offload_bound(), offload_max_wait(), mark)
     }
 
     fn quiesce(&self) {
@@ -284,8 +289,12 @@ fn current_cpu() -> usize {
 /// Hands `batch` to the inbox of this CPU, starting the runners first if
 /// they are not all running; gives it back when the backlog is past the
 /// bound or this CPU's runner could not be started.
-pub(crate) fn hand_off(frees: Frees, batch: Buffer) -> Result<Option<Buffer>, Buffer> {
-    pool(frees).hand_off(batch)
+pub(crate) fn hand_off(
+    frees: Frees,
+    batch: Buffer,
+    mark: Option<Mark>,
+) -> Result<Option<Buffer>, Buffer> {
+    pool(frees).hand_off(batch, mark)
 }
 
 /// Starts every runner that has no thread yet.

@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::time::Duration;
 
 use crate::platform::Instant;
+use crate::profile::table::Mark;
 use crate::queue::buffer::Buffer;
 use crate::reclaim::inbox::{Inbox, Node};
 use crate::reclaim::inline::{Frees, InlineOnly, inline_only};
@@ -230,6 +231,7 @@ impl Reclaimer {
         batch: Buffer,
         bound: usize,
         max_wait: Duration,
+        mark: Option<Mark>,
     ) -> Result<Option<Buffer>, Buffer> {
         let inbox = &self.inboxes[index % self.inboxes.len()];
         if self.stalled(index, max_wait) {
@@ -253,9 +255,10 @@ impl Reclaimer {
             Some(mut node) => {
                 let empty = std::mem::replace(&mut node.batch, batch);
                 node.items = n;
+                node.mark = mark;
                 (node, Some(empty))
             }
-            None => (Node::boxed(batch, n), None),
+            None => (Node::boxed(batch, n, mark), None),
         };
         self.push(index, node);
         Ok(recycled)
@@ -278,7 +281,7 @@ impl Reclaimer {
     pub(crate) fn hand_off_buffer(&self, index: usize, batch: Buffer, n: usize) {
         let index = index % self.inboxes.len();
         self.inboxes[index].outstanding.fetch_add(n, Relaxed);
-        self.push(index, Node::boxed(batch, n));
+        self.push(index, Node::boxed(batch, n, None));
     }
 
     fn push(&self, index: usize, node: Box<Node>) {
