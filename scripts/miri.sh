@@ -26,7 +26,7 @@ cargo +nightly miri test --lib --tests "$@"
 # The async locks (feature tokio); their epoch test runs in pass 2.
 cargo +nightly miri test --features tokio --test tokio "$@"
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
-    cargo +nightly miri test --test reclaim --test stats --test failure_paths --test offload_rule "$@" -- --include-ignored
+    cargo +nightly miri test --test reclaim --test stats --test failure_paths --test offload_rule --test profile "$@" -- --include-ignored
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
     cargo +nightly miri test --features tokio --test tokio "$@" -- --include-ignored epoch
 for target in i686-unknown-linux-gnu s390x-unknown-linux-gnu; do

@@ -12,10 +12,13 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::panic::Location;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::alloc::take_held;
+use crate::profile::sample::{AsyncFreeing, AsyncSample};
+use crate::profile::table::LockKind;
 use crate::queue::buffer::Buffer;
 use crate::reclaim::dispatch;
 
@@ -25,6 +28,8 @@ use crate::reclaim::dispatch;
 #[derive(Default)]
 pub(crate) struct Bin {
     queue: Buffer,
+    /// The profile's record of the guard's acquisition, if it sampled it.
+    sample: Option<Box<AsyncSample>>,
 }
 
 // SAFETY: (1) a `&Bin` only reads (`is_empty`, `len` walk the items
@@ -36,7 +41,18 @@ impl Bin {
     pub(crate) const fn new() -> Self {
         Bin {
             queue: Buffer::new(),
+            sample: None,
         }
+    }
+
+    /// The guard's lock was released just now: a sampled acquisition's
+    /// hold ends, and the free that follows is timed until the returned
+    /// record drops. Counting the bin's items walks them: sampled guards
+    /// only.
+    #[inline]
+    fn released(&mut self) -> Option<AsyncFreeing> {
+        let sample = self.sample.take()?;
+        Some(sample.released(self.queue.len() as u64))
     }
 
     #[inline]
@@ -125,11 +141,22 @@ impl Drop for Bin {
     /// that the waiter the release woke runs first (see
     /// [`AsyncGuard`]'s "Dropping a guard").
     fn drop(&mut self) {
+        let timed = self.released();
         // A guard that deferred nothing owns no block: nothing to do.
         if self.queue.capacity_bytes() != 0 {
-            dispatch::release_bin(&mut self.queue);
+            dispatch::release_bin(&mut self.queue, timed.as_ref().map(AsyncFreeing::mark));
         }
     }
+}
+
+/// The profile's sample of an async acquisition of `kind` called at the
+/// caller's location, if this thread's countdown picks it (for the
+/// acquisitions of `freeq::tokio`).
+#[inline]
+#[track_caller]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn sample(kind: LockKind) -> Option<Box<AsyncSample>> {
+    dispatch::sample_async(Location::caller(), kind)
 }
 
 /// A future that returns `Pending` once, waking its task first: the
@@ -289,12 +316,27 @@ impl<G> AsyncGuard<G> {
     /// let g = freeq::AsyncGuard::new(m.lock().unwrap());
     /// assert_eq!(*g, 1);
     /// ```
+    ///
+    /// The call is the guard's site for [`freeq::profile`](crate::profile)
+    /// ([`LockKind::AsyncGuard`](crate::profile::LockKind::AsyncGuard), no
+    /// wait measured). A sampled site's first sample readies its row,
+    /// which allocates once, here, with the lock held.
     #[inline]
-    pub const fn new(guard: G) -> Self {
-        AsyncGuard {
-            guard,
-            bin: Bin::new(),
+    #[track_caller]
+    pub fn new(guard: G) -> Self {
+        Self::sampled(guard, sample(LockKind::AsyncGuard))
+    }
+
+    /// Wraps a guard whose acquisition `sample` (if any) timed: the lock
+    /// is held from now on.
+    #[inline]
+    pub(crate) fn sampled(guard: G, mut sample: Option<Box<AsyncSample>>) -> Self {
+        if let Some(s) = &mut sample {
+            s.acquired();
         }
+        let mut bin = Bin::new();
+        bin.sample = sample;
+        AsyncGuard { guard, bin }
     }
 
     /// Puts `value` in the guard's bin: it is dropped after the lock is
@@ -445,16 +487,21 @@ impl<G> AsyncGuard<G> {
     /// assert!(m.try_lock().is_ok());
     /// ```
     pub async fn unlock(self) {
-        let AsyncGuard { guard, bin } = self;
+        let AsyncGuard { guard, mut bin } = self;
         drop(guard);
+        let mut timed = bin.released();
         if !bin.is_empty() {
             YieldOnce { yielded: false }.await;
         }
         // Freed here, on this thread, whatever it costs: the waiter ran
-        // during the yield. If this future is dropped instead of coming
-        // back from the yield, the bin is freed as a plain drop frees it.
-        let mut bin = bin;
+        // during the yield (which is not `moved` time). If this future is
+        // dropped instead of coming back from the yield, the bin is freed
+        // as a plain drop frees it.
+        if let Some(t) = &mut timed {
+            t.restart();
+        }
         bin.free();
+        drop(timed);
     }
 
     /// Turns the wrapped guard into another (a mapped or downgraded one),

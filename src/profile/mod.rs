@@ -54,8 +54,18 @@
 //! - lock_api 0.4 locks over `RawDeferred` (feature `lock_api_04`) are
 //!   filed under lock_api 0.4's own lines: its methods do not pass their
 //!   caller on.
-//! - Async guards (`freeq::tokio`, [`AsyncGuard`](crate::AsyncGuard))
-//!   carry their own bin and are not profiled.
+//! - Async guards: every acquisition of a `freeq::tokio` lock (feature
+//!   `tokio`) and every [`AsyncGuard::new`](crate::AsyncGuard::new) is a
+//!   site ([`LockKind::AsyncMutex`], [`AsyncRead`](LockKind::AsyncRead),
+//!   [`AsyncWrite`](LockKind::AsyncWrite),
+//!   [`AsyncGuard`](LockKind::AsyncGuard)), sampled by the countdown of
+//!   the thread that calls it. Its sample travels with the guard, across
+//!   `.await` and threads: `waited` runs from the call until the lock is
+//!   held (0 for `AsyncGuard::new`, whose guard is held already), `held`
+//!   until the release, `moved` is the guard's bin being freed (after
+//!   `unlock().await`'s yield, not during it), and `values` the bin's
+//!   items. A cancelled acquisition is no sample. An async guard is not a
+//!   section: sync sections it spans are sites of their own.
 //!
 //! # What it costs
 //!
@@ -96,6 +106,7 @@
 pub(crate) mod clock;
 pub(crate) mod probe;
 mod report;
+pub(crate) mod sample;
 pub(crate) mod table;
 
 pub use report::{Measure, Profile, Site};

@@ -154,6 +154,23 @@ impl Probe {
         true
     }
 
+    /// An async acquisition is called (a guard that may cross `.await`,
+    /// whose sample travels with it): whether the countdown samples it.
+    /// The same countdown as the thread's outermost sections.
+    pub(crate) fn take_turn(&self) -> bool {
+        let every = every();
+        if every == 0 || self.gone.get() {
+            return false;
+        }
+        let left = self.countdown.get();
+        if left != 0 && left < every {
+            self.countdown.set(left - 1);
+            return false;
+        }
+        self.countdown.set(every - 1);
+        true
+    }
+
     /// The sampled acquisition holds its lock now.
     pub(crate) fn acquired(&self) {
         if self.phase.get() == PENDING {

@@ -89,6 +89,17 @@ pub enum LockKind {
     /// [`section`](crate::section) (or
     /// [`frees_after`](crate::alloc::frees_after)): no lock.
     Section,
+    /// An async mutex's `lock`, `lock_owned` or `try_lock*`
+    /// (`freeq::tokio::Mutex`, feature `tokio`).
+    AsyncMutex,
+    /// An async reader-writer lock's `read`, `read_owned` or `try_read*`.
+    AsyncRead,
+    /// An async reader-writer lock's `write`, `write_owned` or
+    /// `try_write*`.
+    AsyncWrite,
+    /// [`AsyncGuard::new`](crate::AsyncGuard::new): the guard was taken
+    /// before, so no wait is measured.
+    AsyncGuard,
     /// The "other sites" row: sites past the table's bound.
     Other,
 }
@@ -111,6 +122,10 @@ impl LockKind {
             LockKind::RawUpgradable => "raw upgradable",
             LockKind::Guard => "LockGuard",
             LockKind::Section => "section",
+            LockKind::AsyncMutex => "async Mutex",
+            LockKind::AsyncRead => "async read",
+            LockKind::AsyncWrite => "async write",
+            LockKind::AsyncGuard => "AsyncGuard",
             LockKind::Other => "other",
         }
     }
@@ -196,6 +211,17 @@ impl Tally {
             hist: [[0; BUCKETS]; 3],
             off: 0,
             off_batches: 0,
+        }
+    }
+
+    /// Adds one sampled section.
+    fn add(&mut self, s: &Sample) {
+        self.sections += 1;
+        self.values += s.values;
+        self.frees += s.frees;
+        for i in 0..3 {
+            self.times[i] += s.times[i];
+            self.hist[i][bucket(s.times[i])] += 1;
         }
     }
 
@@ -353,14 +379,12 @@ impl Table {
         let epoch = EPOCH.load(Acquire);
         let slot = &self.slots[slot.min(MAX_SITES)];
         let key = slot.key.get().copied();
-        if slot.marked.load(Relaxed) != epoch.wrapping_add(1) {
-            let mut reg = registry();
-            if EPOCH.load(Relaxed) == epoch {
-                reg.exited.add(key, &Tally::new(), MAX_EXITED);
-            }
-            slot.marked.store(epoch.wrapping_add(1), Relaxed);
+        if slot.marked.load(Relaxed) == epoch.wrapping_add(1) {
+            return Mark { key, epoch };
         }
-        Mark { key, epoch }
+        let mark = ready(key);
+        slot.marked.store(mark.epoch.wrapping_add(1), Relaxed);
+        mark
     }
 
     /// Adds this table's sites to `rows`, if it belongs to `epoch`.
@@ -403,10 +427,21 @@ pub(crate) struct Mark {
     epoch: u64,
 }
 
-/// Adds `ticks`, the time a handed-off batch took to free, to its site.
-/// Takes the registry's lock and allocates nothing: the row was readied
-/// by [`Table::mark`]. Dropped if a [`reset`] came in between.
-pub(crate) fn add_offloaded(mark: Mark, ticks: u64) {
+/// Readies `key`'s row among the exited sums (`None`: the "other sites"
+/// row), for figures added later from any thread: the mark to add them
+/// with. Takes the registry's lock and may allocate: never under a lock.
+pub(crate) fn ready(key: Option<Key>) -> Mark {
+    let mut reg = registry();
+    // `reset` moves the epoch on under the same lock.
+    let epoch = EPOCH.load(Relaxed);
+    reg.exited.add(key, &Tally::new(), MAX_EXITED);
+    Mark { key, epoch }
+}
+
+/// Adds to `mark`'s row, under the registry's lock, allocating nothing
+/// (the row was readied by [`ready`]); nothing if a [`reset`] came in
+/// between.
+fn add_to(mark: Mark, add: impl FnOnce(&mut Tally)) {
     let mut reg = registry();
     if EPOCH.load(Relaxed) != mark.epoch {
         return;
@@ -418,9 +453,22 @@ pub(crate) fn add_offloaded(mark: Mark, ticks: u64) {
         None => rows.iter().position(|(k, _)| k.is_none()),
     };
     if let Some(i) = at {
-        rows[i].1.off += ticks;
-        rows[i].1.off_batches += 1;
+        add(&mut rows[i].1);
     }
+}
+
+/// Adds `ticks`, the time a handed-off batch took to free, to its site.
+pub(crate) fn add_offloaded(mark: Mark, ticks: u64) {
+    add_to(mark, |t| {
+        t.off += ticks;
+        t.off_batches += 1;
+    });
+}
+
+/// Adds a sample taken off any thread's table (an async guard's) to its
+/// site.
+pub(crate) fn add_sample(mark: Mark, sample: &Sample) {
+    add_to(mark, |t| t.add(sample));
 }
 
 struct Registry {

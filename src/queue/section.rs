@@ -669,8 +669,14 @@ pub(crate) fn queues_now() -> bool {
     LOCAL.try_with(|l| l.queues_now()).unwrap_or(false)
 }
 
-/// In the drain of a section the profile samples: the mark a batch
-/// leaving the thread carries (see the profile's `Freeing`).
+/// Whether this thread's profile countdown samples an async acquisition
+/// called now (one relaxed load when the profile is off).
+#[inline]
+pub(crate) fn samples_async() -> bool {
+    probe::on() && LOCAL.try_with(|l| l.probe.take_turn()).unwrap_or(false)
+}
+
+/// In a sampled section's drain: the mark a batch leaving the thread carries.
 pub(crate) fn sampled_mark() -> Option<Mark> {
     LOCAL.try_with(|l| l.probe.drain_mark()).ok().flatten()
 }

@@ -27,6 +27,7 @@ use crate::stats::count_late;
 
 use std::panic::{self as std_panic, AssertUnwindSafe, Location};
 
+use crate::profile::sample::AsyncSample;
 use crate::profile::table::{LockKind, Mark};
 
 /// freeq's sink: the offload decision, the epoch and the cost model.
@@ -115,7 +116,10 @@ pub(crate) const BIN_BUDGET_NS: u64 = 10_000;
 /// so timed, here), and one that cannot leave (inside a section, on a
 /// reclaimer, while unwinding, past the backlog bound), is handed to this
 /// thread as [`queue_batch`] does. Leaves `bin` empty.
-pub(crate) fn release_bin(bin: &mut Buffer) {
+///
+/// `mark`: a sampled guard's, whose bin's free, if it leaves, is added to
+/// its site where it is freed.
+pub(crate) fn release_bin(bin: &mut Buffer, mark: Option<Mark>) {
     if !bin.is_empty()
         && !std::thread::panicking()
         && can_hand_off()
@@ -124,7 +128,7 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
     {
         let items = bin.len();
         let mut first = None;
-        match hand_off(std::mem::take(bin), &mut first, None) {
+        match hand_off(std::mem::take(bin), &mut first, mark) {
             Ok(_) => {
                 // Counted as deferred here, as `defer_heavy` counts its
                 // value: the reclaimer counts them as freed.
@@ -287,6 +291,20 @@ pub(crate) fn hand_off(
         return Ok(None);
     }
     pool::hand_off(FREES, batch, mark)
+}
+
+/// A sample of an async acquisition called at `at`, if this thread's
+/// profile countdown picks it (see the profile's `AsyncSample`).
+#[inline]
+pub(crate) fn sample_async(
+    at: &'static Location<'static>,
+    kind: LockKind,
+) -> Option<Box<AsyncSample>> {
+    if section::samples_async() {
+        Some(AsyncSample::begin(at, kind))
+    } else {
+        None
+    }
 }
 
 /// In the drain of a section the profile samples: the mark a batch

@@ -37,6 +37,13 @@
 //! and `downgrade` on
 //! [`AsyncGuard::map_guard`](crate::AsyncGuard::map_guard). This file
 //! re-exports them and calls nothing in freeq.
+//!
+//! Every acquisition (`lock`, `read`, `write`, their `_owned` and `try_`
+//! forms, `blocking_*`) is a site of [`freeq::profile`](crate::profile):
+//! a sampled one reports its wait from the call to holding the lock, its
+//! hold until the release, and the time its bin took to free (`moved`;
+//! a bin a plain drop sent to a reclaimer is added when the reclaimer has
+//! freed it).
 
 mod mutex;
 mod rwlock;

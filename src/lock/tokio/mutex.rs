@@ -1,14 +1,16 @@
 //! [`Mutex`]: tokio's mutex, whose guards free what they defer after the
 //! release, and the `map` and `try_map` of those guards. This file calls
-//! nothing else in freeq but [`AsyncGuard`].
+//! nothing else in freeq but [`AsyncGuard`] and the profile's sample.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync as tk;
 use tokio::sync::TryLockError;
 
-use crate::lock::async_guard::AsyncGuard;
+use crate::lock::async_guard::{AsyncGuard, sample};
+use crate::profile::table::LockKind;
 
 /// Guard of [`Mutex::lock`]: tokio's guard with a bin of deferred frees.
 pub type MutexGuard<'a, T> = AsyncGuard<tk::MutexGuard<'a, T>>;
@@ -82,8 +84,10 @@ impl<T: ?Sized> Mutex<T> {
     /// assert_eq!(*m.lock().await, 2);
     /// # }
     /// ```
-    pub async fn lock(&self) -> MutexGuard<'_, T> {
-        AsyncGuard::new(self.inner.lock().await)
+    #[track_caller]
+    pub fn lock(&self) -> impl Future<Output = MutexGuard<'_, T>> + '_ {
+        let sample = sample(LockKind::AsyncMutex);
+        async move { AsyncGuard::sampled(self.inner.lock().await, sample) }
     }
 
     /// Locks if it is free now.
@@ -98,8 +102,12 @@ impl<T: ?Sized> Mutex<T> {
     /// assert!(m.try_lock().is_ok());
     /// # }
     /// ```
+    #[track_caller]
     pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, TryLockError> {
-        self.inner.try_lock().map(AsyncGuard::new)
+        let sample = sample(LockKind::AsyncMutex);
+        self.inner
+            .try_lock()
+            .map(|g| AsyncGuard::sampled(g, sample))
     }
 
     /// Locks, returning a guard that owns an `Arc` of the mutex (`'static`,
@@ -120,19 +128,27 @@ impl<T: ?Sized> Mutex<T> {
     /// assert!(m.lock().await.is_empty());
     /// # }
     /// ```
-    pub async fn lock_owned(self: Arc<Self>) -> OwnedMutexGuard<T> {
-        AsyncGuard::new(Self::into_tokio(self).lock_owned().await)
+    #[track_caller]
+    pub fn lock_owned(self: Arc<Self>) -> impl Future<Output = OwnedMutexGuard<T>> {
+        let sample = sample(LockKind::AsyncMutex);
+        async move { AsyncGuard::sampled(Self::into_tokio(self).lock_owned().await, sample) }
     }
 
     /// [`lock_owned`](Mutex::lock_owned) if the mutex is free now.
+    #[track_caller]
     pub fn try_lock_owned(self: Arc<Self>) -> Result<OwnedMutexGuard<T>, TryLockError> {
-        Self::into_tokio(self).try_lock_owned().map(AsyncGuard::new)
+        let sample = sample(LockKind::AsyncMutex);
+        Self::into_tokio(self)
+            .try_lock_owned()
+            .map(|g| AsyncGuard::sampled(g, sample))
     }
 
     /// Locks from synchronous code, blocking the thread (never call it on
     /// a runtime's worker: tokio panics there).
+    #[track_caller]
     pub fn blocking_lock(&self) -> MutexGuard<'_, T> {
-        AsyncGuard::new(self.inner.blocking_lock())
+        let sample = sample(LockKind::AsyncMutex);
+        AsyncGuard::sampled(self.inner.blocking_lock(), sample)
     }
 
     /// The value, through `&mut` (no locking needed).

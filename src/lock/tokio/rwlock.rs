@@ -1,15 +1,17 @@
 //! [`RwLock`]: tokio's reader-writer lock, whose guards free what they
 //! defer after the release, and the `map`, `try_map` and `downgrade` of
 //! those guards. This file calls nothing else in freeq but
-//! [`AsyncGuard`].
+//! [`AsyncGuard`] and the profile's sample.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync as tk;
 use tokio::sync::TryLockError;
 
-use crate::lock::async_guard::AsyncGuard;
+use crate::lock::async_guard::{AsyncGuard, sample};
+use crate::profile::table::LockKind;
 
 /// Guard of [`RwLock::read`].
 pub type RwLockReadGuard<'a, T> = AsyncGuard<tk::RwLockReadGuard<'a, T>>;
@@ -90,13 +92,19 @@ impl<T: ?Sized> RwLock<T> {
     /// assert_eq!(*a + *b, 10);
     /// # }
     /// ```
-    pub async fn read(&self) -> RwLockReadGuard<'_, T> {
-        AsyncGuard::new(self.inner.read().await)
+    #[track_caller]
+    pub fn read(&self) -> impl Future<Output = RwLockReadGuard<'_, T>> + '_ {
+        let sample = sample(LockKind::AsyncRead);
+        async move { AsyncGuard::sampled(self.inner.read().await, sample) }
     }
 
     /// Takes a shared lock if no writer holds or waits for it now.
+    #[track_caller]
     pub fn try_read(&self) -> Result<RwLockReadGuard<'_, T>, TryLockError> {
-        self.inner.try_read().map(AsyncGuard::new)
+        let sample = sample(LockKind::AsyncRead);
+        self.inner
+            .try_read()
+            .map(|g| AsyncGuard::sampled(g, sample))
     }
 
     /// Takes the exclusive lock, waiting for readers and writers ahead.
@@ -111,8 +119,10 @@ impl<T: ?Sized> RwLock<T> {
     /// assert!(lock.try_read().is_err());
     /// # }
     /// ```
-    pub async fn write(&self) -> RwLockWriteGuard<'_, T> {
-        AsyncGuard::new(self.inner.write().await)
+    #[track_caller]
+    pub fn write(&self) -> impl Future<Output = RwLockWriteGuard<'_, T>> + '_ {
+        let sample = sample(LockKind::AsyncWrite);
+        async move { AsyncGuard::sampled(self.inner.write().await, sample) }
     }
 
     /// Takes the exclusive lock if it is free now.
@@ -127,18 +137,28 @@ impl<T: ?Sized> RwLock<T> {
     /// assert!(lock.try_write().is_ok());
     /// # }
     /// ```
+    #[track_caller]
     pub fn try_write(&self) -> Result<RwLockWriteGuard<'_, T>, TryLockError> {
-        self.inner.try_write().map(AsyncGuard::new)
+        let sample = sample(LockKind::AsyncWrite);
+        self.inner
+            .try_write()
+            .map(|g| AsyncGuard::sampled(g, sample))
     }
 
     /// [`read`](RwLock::read), with a guard that owns an `Arc` of the lock.
-    pub async fn read_owned(self: Arc<Self>) -> OwnedRwLockReadGuard<T> {
-        AsyncGuard::new(Self::into_tokio(self).read_owned().await)
+    #[track_caller]
+    pub fn read_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockReadGuard<T>> {
+        let sample = sample(LockKind::AsyncRead);
+        async move { AsyncGuard::sampled(Self::into_tokio(self).read_owned().await, sample) }
     }
 
     /// [`try_read`](RwLock::try_read), with a guard that owns an `Arc`.
+    #[track_caller]
     pub fn try_read_owned(self: Arc<Self>) -> Result<OwnedRwLockReadGuard<T>, TryLockError> {
-        Self::into_tokio(self).try_read_owned().map(AsyncGuard::new)
+        let sample = sample(LockKind::AsyncRead);
+        Self::into_tokio(self)
+            .try_read_owned()
+            .map(|g| AsyncGuard::sampled(g, sample))
     }
 
     /// [`write`](RwLock::write), with a guard that owns an `Arc` of the
@@ -155,26 +175,34 @@ impl<T: ?Sized> RwLock<T> {
     /// assert_eq!(*r, "ab");
     /// # }
     /// ```
-    pub async fn write_owned(self: Arc<Self>) -> OwnedRwLockWriteGuard<T> {
-        AsyncGuard::new(Self::into_tokio(self).write_owned().await)
+    #[track_caller]
+    pub fn write_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockWriteGuard<T>> {
+        let sample = sample(LockKind::AsyncWrite);
+        async move { AsyncGuard::sampled(Self::into_tokio(self).write_owned().await, sample) }
     }
 
     /// [`try_write`](RwLock::try_write), with a guard that owns an `Arc`.
+    #[track_caller]
     pub fn try_write_owned(self: Arc<Self>) -> Result<OwnedRwLockWriteGuard<T>, TryLockError> {
+        let sample = sample(LockKind::AsyncWrite);
         Self::into_tokio(self)
             .try_write_owned()
-            .map(AsyncGuard::new)
+            .map(|g| AsyncGuard::sampled(g, sample))
     }
 
     /// Blocks the thread for a shared lock (never on a runtime's worker).
+    #[track_caller]
     pub fn blocking_read(&self) -> RwLockReadGuard<'_, T> {
-        AsyncGuard::new(self.inner.blocking_read())
+        let sample = sample(LockKind::AsyncRead);
+        AsyncGuard::sampled(self.inner.blocking_read(), sample)
     }
 
     /// Blocks the thread for the exclusive lock (never on a runtime's
     /// worker).
+    #[track_caller]
     pub fn blocking_write(&self) -> RwLockWriteGuard<'_, T> {
-        AsyncGuard::new(self.inner.blocking_write())
+        let sample = sample(LockKind::AsyncWrite);
+        AsyncGuard::sampled(self.inner.blocking_write(), sample)
     }
 
     /// The value, through `&mut` (no locking needed).
