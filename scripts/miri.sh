@@ -24,7 +24,7 @@ rustup component add --toolchain nightly miri rust-src >/dev/null 2>&1 || true
 
 cargo +nightly miri test --lib --tests "$@"
 # The async locks (feature tokio); their epoch test runs in pass 2.
-cargo +nightly miri test --features tokio --test tokio "$@"
+cargo +nightly miri test --features tokio --test tokio --test profile_async "$@"
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
     cargo +nightly miri test --test reclaim --test stats --test failure_paths --test offload_rule --test profile "$@" -- --include-ignored
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
