@@ -84,6 +84,11 @@ fn each_async_acquisition_files_its_caller() {
     });
     let p = profile::snapshot();
     for &(kind, line) in &lines {
+        if cfg!(miri) && !p.sites().iter().any(|s| s.line() == line) {
+            // Under Miri a profile keeps 4 sites apart; the rest are in
+            // the "other sites" row.
+            continue;
+        }
         let s = site(&p, line);
         assert_eq!(s.kind(), kind, "line {line}\n{p}");
         assert_eq!(s.sections(), 1, "line {line}\n{p}");
