@@ -139,13 +139,19 @@ impl Drop for ClearExecutor {
     }
 }
 
-#[test]
-fn a_batch_the_executor_frees_is_moved_time_of_its_site() {
-    let _p = start(1);
+/// Sets an offload executor that keeps every batch for the test to free:
+/// the batches, and the executor's clearing when the test ends.
+fn keep_batches() -> (std::sync::mpsc::Receiver<freeq::Batch>, ClearExecutor) {
     let (tx, rx) = std::sync::mpsc::channel::<freeq::Batch>();
     let tx = StdMutex::new(tx);
     freeq::set_offload_executor(move |batch| tx.lock().unwrap().send(batch).unwrap());
-    let _clear = ClearExecutor;
+    (rx, ClearExecutor)
+}
+
+#[test]
+fn a_batch_the_executor_frees_is_moved_time_of_its_site() {
+    let _p = start(1);
+    let (rx, _clear) = keep_batches();
     let (at, heavy_at) = on_a_thread(|| {
         freeq::set_policy(freeq::Policy::Offload);
         let m = freeq::Mutex::new(Some(Heavy(20 * MS)));
@@ -221,10 +227,7 @@ fn a_batch_a_reclaimer_frees_is_moved_time_of_its_site() {
 #[test]
 fn a_batch_freed_after_a_reset_is_not_added() {
     let _p = start(1);
-    let (tx, rx) = std::sync::mpsc::channel::<freeq::Batch>();
-    let tx = StdMutex::new(tx);
-    freeq::set_offload_executor(move |batch| tx.lock().unwrap().send(batch).unwrap());
-    let _clear = ClearExecutor;
+    let (rx, _clear) = keep_batches();
     on_a_thread(|| {
         freeq::set_policy(freeq::Policy::Offload);
         let _g = freeq::section();

@@ -126,16 +126,9 @@ impl Probe {
     #[inline(never)]
     fn sample(&self, at: &'static Location<'static>, kind: LockKind) -> bool {
         self.phase.set(IDLE);
-        let every = every();
-        if every == 0 {
+        if !self.take_turn() {
             return false;
         }
-        let left = self.countdown.get();
-        if left != 0 && left < every {
-            self.countdown.set(left - 1);
-            return false;
-        }
-        self.countdown.set(every - 1);
         let Some(table) = self.table() else {
             return false;
         };
@@ -154,9 +147,9 @@ impl Probe {
         true
     }
 
-    /// An async acquisition is called (a guard that may cross `.await`,
-    /// whose sample travels with it): whether the countdown samples it.
-    /// The same countdown as the thread's outermost sections.
+    /// Whether the countdown samples the acquisition called now: an
+    /// outermost section's ([`begin`](Self::begin)) or an async guard's
+    /// (whose sample travels with the guard), on the same countdown.
     pub(crate) fn take_turn(&self) -> bool {
         let every = every();
         if every == 0 || self.gone.get() {
