@@ -93,7 +93,8 @@ impl Site {
     /// [`offloaded`](Site::offloaded) time: the batches a reclaimer or
     /// your executor freed, added when they were freed.
     pub fn moved(&self) -> Duration {
-        Duration::from_nanos(self.total_ns(MOVED) + self.offloaded_ns())
+        let ticks = self.tally.times[MOVED] + self.tally.off;
+        Duration::from_nanos((ticks as f64 * self.scale) as u64)
     }
 
     /// The part of [`moved`](Site::moved) spent off the releasing thread:
@@ -316,7 +317,7 @@ impl fmt::Display for Profile {
             .max(4);
         let times = |s: &Site, i: usize| {
             let total = match i {
-                MOVED => s.total_ns(MOVED) + s.offloaded_ns(),
+                MOVED => s.moved().as_nanos() as u64,
                 _ => s.total_ns(i),
             };
             format!(
@@ -408,7 +409,7 @@ impl serde::Serialize for Site {
         s.serialize_field("held_ns", &total(HELD))?;
         s.serialize_field("held_p50_ns", &q(HELD, 0.5))?;
         s.serialize_field("held_p99_ns", &q(HELD, 0.99))?;
-        s.serialize_field("moved_ns", &(total(MOVED) + self.offloaded_ns()))?;
+        s.serialize_field("moved_ns", &(self.moved().as_nanos() as u64))?;
         s.serialize_field("moved_p50_ns", &q(MOVED, 0.5))?;
         s.serialize_field("moved_p99_ns", &q(MOVED, 0.99))?;
         s.serialize_field("offloaded_ns", &self.offloaded_ns())?;

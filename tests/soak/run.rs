@@ -288,6 +288,12 @@ fn run_cycle(cfg: &Config, seed: u64, len: Duration) {
             // A small retention cap, or the default.
             8 => freeq::set_max_retained(4096),
             9 => freeq::set_max_retained(freeq::DEFAULT_MAX_RETAINED),
+            // The profile: sampling switched, reset and read while every
+            // path runs (offloaded batches and async-free sites included).
+            10 => freeq::profile::enable(1 + rng.below(16) as u32),
+            11 => freeq::profile::disable(),
+            12 => freeq::profile::reset(),
+            13 => check_profile(),
             _ => {}
         }
     }
@@ -349,6 +355,27 @@ fn contain(f: impl FnOnce()) {
     {
         fail(format!("unplanned panic: {}", message(&*payload)));
     }
+}
+
+/// A snapshot of the profile taken while sections run: sorted by moved
+/// time, its table printable, and no site with more values than it could
+/// hold.
+fn check_profile() {
+    let p = freeq::profile::snapshot();
+    let moved: Vec<Duration> = p.sites().iter().map(|s| s.moved()).collect();
+    if moved.windows(2).any(|w| w[0] < w[1]) {
+        values::fail(format!("profile sites not sorted by moved time:\n{p}"));
+    }
+    for s in p.sites() {
+        if s.offloaded() > s.moved() {
+            values::fail(format!(
+                "offloaded above moved at {}:{}:\n{p}",
+                s.file(),
+                s.line()
+            ));
+        }
+    }
+    let _ = p.to_string();
 }
 
 /// Sets a user executor (a thread fed through a channel, which now and
