@@ -108,6 +108,16 @@ static ROWS: &[Row] = &[
         about: "the same at 4 KiB, every thread in glibc's one arena (janitor and worker share it)",
     },
     Row {
+        name: "dashmap-clear-trim64",
+        study: "dashmap",
+        args: &[
+            "--mode", "clear", "--alloc", "glibc", "--sizes", "4k", "--rounds", "5", "--batch",
+            "64",
+        ],
+        tunables: Some(ALWAYS_TRIM),
+        about: "the same at 4 KiB, batches of 64 entries (a clear every 256 KiB), glibc trimming the heap top whenever a free reaches it",
+    },
+    Row {
         name: "lru-clear",
         study: "lru",
         args: LRU_CLEAR,
