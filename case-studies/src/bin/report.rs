@@ -32,6 +32,8 @@ struct Row {
 const NO_TRIM: &str = "glibc.malloc.trim_threshold=1073741824";
 /// glibc trims the top of a heap whenever a free reaches it.
 const ALWAYS_TRIM: &str = "glibc.malloc.trim_threshold=0:glibc.malloc.top_pad=0";
+/// Every thread allocates from glibc's main arena (no arena per thread).
+const ONE_ARENA: &str = "glibc.malloc.arena_max=1";
 
 const LRU_CLEAR: &[&str] = &[
     "--alloc",
@@ -95,6 +97,25 @@ static ROWS: &[Row] = &[
         ],
         tunables: None,
         about: "dashmap: janitor clear()s, a worker gets and inserts (glibc)",
+    },
+    Row {
+        name: "dashmap-clear-arena1",
+        study: "dashmap",
+        args: &[
+            "--mode", "clear", "--alloc", "glibc", "--sizes", "4k", "--rounds", "5",
+        ],
+        tunables: Some(ONE_ARENA),
+        about: "the same at 4 KiB, every thread in glibc's one arena (janitor and worker share it)",
+    },
+    Row {
+        name: "dashmap-clear-trim64",
+        study: "dashmap",
+        args: &[
+            "--mode", "clear", "--alloc", "glibc", "--sizes", "4k", "--rounds", "5", "--batch",
+            "64",
+        ],
+        tunables: Some(ALWAYS_TRIM),
+        about: "the same at 4 KiB, batches of 64 entries (a clear every 256 KiB), glibc trimming the heap top whenever a free reaches it",
     },
     Row {
         name: "lru-clear",

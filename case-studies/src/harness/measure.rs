@@ -298,6 +298,14 @@ where
     let mut extra = BTreeMap::new();
     kernel.0.record("wait", &mut extra);
     kernel.1.record("free", &mut extra);
+    // The waiting threads' sleeps per 1000 timed operations: once above
+    // 1, p99.9 is the duration of a sleep (tens of µs), not of a spin.
+    if wait_ops > 0 {
+        extra.insert(
+            "wait_sleeps_per_kop".into(),
+            kernel.0.sleeps as f64 * 1000.0 / wait_ops as f64,
+        );
+    }
     let secs = elapsed.as_secs_f64();
     Sample {
         wait: Latency::of(&wait_hist),
