@@ -206,7 +206,18 @@ impl Machine {
             .find_map(|l| l.strip_prefix("model name"))
             .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
             .unwrap_or_else(|| "unknown".into());
-        let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+        // The report's own files (written by this run) do not count.
+        let dirty = !sh(
+            "git",
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top,exclude)case-studies/results",
+            ],
+        )
+        .is_empty();
         Machine {
             cpu,
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
