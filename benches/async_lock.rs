@@ -667,7 +667,15 @@ struct Options {
     rounds: usize,
     cheap_ops: usize,
     handoff_reps: usize,
+    /// `--count STRATEGY`: only the cheap replace loop of one strategy, on
+    /// a current-thread runtime, for an instruction counter.
+    count: Option<Strategy>,
+    /// Which parts run: hand-off, multi-thread, current-thread, cheap.
+    parts: Vec<String>,
 }
+
+/// The bench's parts, in the order they run.
+const PARTS: [&str; 4] = ["handoff", "multi-thread", "current-thread", "cheap"];
 
 const HELP: &str = "async_lock: lock wait, hand-off and throughput of async locks whose
 holders replace values that are expensive to drop.
@@ -685,6 +693,13 @@ Options:
   --processes N    fresh processes, figures given as ranges over them (default 3;
                    1 prints that one process's full tables)
   --reclaimers P   freeq's reclaimer priority, idle or normal (default idle)
+  --parts P,P,..   which parts run: handoff, multi-thread, current-thread, cheap
+                   (default all)
+  --count S        only S's cheap replace loop (under, freeq-nodefer, freeq-drop,
+                   freeq-unlock), --cheap-ops times by one task on a current-thread
+                   runtime, nothing measured: run it under `valgrind --tool=callgrind`
+                   with two --cheap-ops values and divide the difference of the
+                   instruction counts by the difference of the ops
   -h, --help       this text
 ";
 
@@ -699,6 +714,8 @@ fn parse() -> Options {
         rounds: 3,
         cheap_ops: 100_000,
         handoff_reps: 100,
+        count: None,
+        parts: PARTS.iter().map(|p| p.to_string()).collect(),
     };
     let fail = |msg: String| -> ! {
         eprintln!("async_lock: {msg} (see --help)");
@@ -744,6 +761,30 @@ fn parse() -> Options {
             "--cheap-ops" => o.cheap_ops = number(value(), 1, 100_000_000),
             "--handoff-reps" => o.handoff_reps = number(value(), 1, 100_000),
             "--processes" => o.processes = number(value(), 1, 100),
+            "--parts" => {
+                o.parts = value().split(',').map(str::to_string).collect();
+                if let Some(p) = o.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    fail(format!("--parts: {} expected, got {p:?}", PARTS.join(", ")))
+                }
+            }
+            "--count" => {
+                let v = value();
+                o.count = Some(
+                    [
+                        Strategy::Under,
+                        Strategy::FreeqPlain,
+                        Strategy::FreeqDrop,
+                        Strategy::FreeqUnlock,
+                    ]
+                    .into_iter()
+                    .find(|s| s.name() == v)
+                    .unwrap_or_else(|| {
+                        fail(format!(
+                            "--count: under, freeq-nodefer, freeq-drop or freeq-unlock, got {v:?}"
+                        ))
+                    }),
+                )
+            }
             "--reclaimers" => {
                 o.normal_reclaimers = match value().as_str() {
                     "idle" => false,
@@ -757,8 +798,53 @@ fn parse() -> Options {
     o
 }
 
+/// `--count`: the cheap replace loop alone (see [`Options::count`]).
+fn count(strategy: Strategy, ops: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tokio_lock = tokio::sync::Mutex::new(build(1));
+        let freeq_lock = freeq::tokio::Mutex::new(build(1));
+        for i in 0..ops as u64 {
+            let fresh = vec![Box::new(i)];
+            match strategy {
+                Strategy::Under => {
+                    let mut g = tokio_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    drop(old);
+                    drop(g);
+                }
+                Strategy::FreeqPlain => {
+                    let mut g = freeq_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    drop(old);
+                    drop(g);
+                }
+                Strategy::FreeqDrop => {
+                    let mut g = freeq_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    g.defer(old);
+                    drop(g);
+                }
+                _ => {
+                    let mut g = freeq_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    g.defer(old);
+                    g.unlock().await;
+                }
+            }
+        }
+        black_box((&tokio_lock, &freeq_lock));
+    });
+}
+
 fn main() {
     let o = parse();
+    if let Some(strategy) = o.count {
+        count(strategy, o.cheap_ops);
+        return;
+    }
     if o.processes > 1 && std::env::var_os(ONE_PROCESS).is_none() {
         over_processes(o.processes);
         return;
@@ -782,10 +868,13 @@ fn main() {
             "idle"
         }
     );
+    let part = |p: &str| o.parts.iter().any(|q| q == p);
     // First, while nothing else (defer-drop's thread) is busy.
-    handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
-    handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
-    for &tasks in &o.tasks {
+    if part("handoff") {
+        handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
+        handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
+    }
+    for &tasks in o.tasks.iter().filter(|_| part("multi-thread")) {
         let c = Config {
             tasks,
             ops: o.ops,
@@ -800,7 +889,12 @@ fn main() {
         allocs: o.allocs,
         think,
     };
-    compare("current-thread", &current, &Strategy::ALL, c, o.rounds);
+    if part("current-thread") {
+        compare("current-thread", &current, &Strategy::ALL, c, o.rounds);
+    }
+    if !part("cheap") {
+        return;
+    }
     // Cheap values: one small box each, no think time: the lock itself.
     let cheap = Config {
         tasks: 16,

@@ -251,3 +251,119 @@ fn defer_heavy_inside_with_sends_a_value_off_from_the_first() {
         assert_eq!(on_tokio(&lock, true), [true], "{}", lock.name());
     }
 }
+
+/// Logs its number when dropped; `panics` makes its drop panic after
+/// logging, `defers` makes it defer another that logs `defers`.
+struct Step {
+    n: u32,
+    log: Arc<StdMutex<Vec<u32>>>,
+    panics: bool,
+    defers: Option<u32>,
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        self.log.lock().unwrap().push(self.n);
+        if let Some(n) = self.defers {
+            freeq::defer(Step {
+                n,
+                log: self.log.clone(),
+                panics: false,
+                defers: None,
+            });
+        }
+        if self.panics {
+            panic!("step {}", self.n);
+        }
+    }
+}
+
+fn step(n: u32, log: &Arc<StdMutex<Vec<u32>>>) -> Step {
+    Step {
+        n,
+        log: log.clone(),
+        panics: false,
+        defers: None,
+    }
+}
+
+/// A guard that deferred one small value (kept in the guard itself, and
+/// freed without the thread's queue once its type is timed) frees it
+/// after the release, in order with what else the bin holds and with
+/// what its free defers, and keeps a panicking free's semantics: the rest
+/// runs, the first panic resumes after, the lock is released.
+#[test]
+fn one_small_value_frees_in_order_after_the_release() {
+    for lock in Lock::both() {
+        let name = lock.name();
+        futures::executor::block_on(async {
+            let log = Arc::new(StdMutex::new(Vec::new()));
+            // The first rounds time the type; the later ones free it in
+            // place, without the queue.
+            for _ in 0..3 {
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                drop(g);
+                assert!(lock.is_free(), "{name}");
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+
+                // With what `with` caught behind it.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                let l = log.clone();
+                g.with(move || freeq::defer(step(2, &l)));
+                g.defer(step(3, &log));
+                drop(g);
+                assert_eq!(*log.lock().unwrap(), [1, 2, 3], "{name}");
+
+                // What its free defers is freed after it, before the drop
+                // returns.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                let mut s = step(1, &log);
+                s.defers = Some(2);
+                g.defer(s);
+                drop(g);
+                assert_eq!(*log.lock().unwrap(), [1, 2], "{name}");
+
+                // A panicking free: the drop panics with it, after the
+                // release and after the rest.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                let mut s = step(1, &log);
+                s.panics = true;
+                s.defers = Some(2);
+                g.defer(s);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g)));
+                let msg = r.unwrap_err().downcast::<String>().unwrap();
+                assert_eq!(*msg, "step 1", "{name}");
+                assert!(lock.is_free(), "{name}");
+                assert_eq!(*log.lock().unwrap(), [1, 2], "{name}");
+
+                // Inside a section of the dropping thread, it waits for
+                // the section's end.
+                log.lock().unwrap().clear();
+                let section = freeq::section();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                drop(g);
+                assert!(lock.is_free(), "{name}");
+                assert!(log.lock().unwrap().is_empty(), "{name}");
+                drop(section);
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+
+                // `unlock().await` frees it after the yield.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                match g {
+                    Held::AsyncLock(g) => g.unlock().await,
+                    Held::Futures(g) => g.unlock().await,
+                }
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+            }
+        });
+    }
+}

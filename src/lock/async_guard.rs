@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem::{self, ManuallyDrop, MaybeUninit};
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -19,52 +20,161 @@ use crate::alloc::take_held;
 use crate::queue::buffer::Buffer;
 use crate::reclaim::dispatch;
 
+/// Words of a deferred closure a bin keeps in itself: a `Vec`, a
+/// `String`, a `Box` or an `Arc` with room to spare.
+const ONE_WORDS: usize = 3;
+
+/// Where a bin keeps its first item when it is small.
+type OneSlot = [MaybeUninit<usize>; ONE_WORDS];
+
+/// What a bin knows of the item in its [`OneSlot`]: one `'static` per
+/// closure type.
+struct OneMeta {
+    /// Moves the item into `to`, at its tail.
+    spill: unsafe fn(*mut OneSlot, &mut Buffer),
+    /// Frees the item here and now where [`dispatch::free_one`] takes it,
+    /// else moves it into `to`, at its tail.
+    free: unsafe fn(*mut OneSlot, &mut Buffer),
+}
+
+/// Whether an `F` fits a [`OneSlot`].
+const fn fits<F>() -> bool {
+    mem::size_of::<F>() <= mem::size_of::<OneSlot>()
+        && mem::align_of::<F>() <= mem::align_of::<OneSlot>()
+}
+
+/// [`OneMeta::spill`] for `F`.
+///
+/// # Safety
+/// `one` holds an `F` written by [`Bin::push`], not read since; the
+/// caller treats it as empty from now on.
+unsafe fn spill_one<F: FnOnce() + Send + 'static>(one: *mut OneSlot, to: &mut Buffer) {
+    // SAFETY: (2) the caller's promise: an `F` is there, aligned (checked
+    // by `fits` when it was written), and read exactly once.
+    let f = unsafe { one.cast::<F>().read() };
+    Bin::push_queued(to, f);
+}
+
+/// [`OneMeta::free`] for `F`.
+///
+/// # Safety
+/// As for [`spill_one`].
+unsafe fn free_one<F: FnOnce() + Send + 'static>(one: *mut OneSlot, to: &mut Buffer) {
+    // SAFETY: (3) as in (2).
+    let f = unsafe { one.cast::<F>().read() };
+    if let Err(f) = dispatch::free_one(f) {
+        Bin::push_queued(to, f);
+    }
+}
+
 /// A guard's own bin of deferred work: what its holder deferred and what
 /// its `with` calls caught (retired items among them travel as one item
 /// that hands them on). Dropping it frees it (see [`Bin::free`]).
-#[derive(Default)]
+///
+/// A small first item (a closure of up to [`ONE_WORDS`] words: a `Vec`,
+/// a `String` or a `Box` deferred) is kept in the bin itself, `one`, and
+/// a bin that holds only it frees it without the queue
+/// ([`dispatch::free_one`]) when it is cheap: no block, no hand-over to
+/// the thread's queue, no drain. Any other item goes to `queue`, the
+/// queue layer's buffer, after `one` has moved there: `one` holds an item
+/// only while `queue` holds none, so the order stays the push order.
 pub(crate) struct Bin {
-    queue: Buffer,
+    /// The type of the item in `one`, if it holds one.
+    one_meta: Option<&'static OneMeta>,
+    one: OneSlot,
+    /// Every item when `one` holds none. Dropped only where it owns a
+    /// block (a guard that deferred nothing, or one item, skips it).
+    queue: ManuallyDrop<Buffer>,
 }
 
 // SAFETY: (1) a `&Bin` only reads (`is_empty`, `len` walk the items
-// without running or moving them); every change takes `&mut Bin`. Sharing
-// a bin between threads is then like sharing a `&Vec` of `Send` items.
+// without running or moving them, and read `one_meta` only); every change
+// takes `&mut Bin`. Sharing a bin between threads is then like sharing a
+// `&Vec` of `Send` items. (`Bin` is `Send` by its fields: the item in
+// `one` is `Send`, as `push` requires.)
 unsafe impl Sync for Bin {}
 
 impl Bin {
     pub(crate) const fn new() -> Self {
         Bin {
-            queue: Buffer::new(),
+            one_meta: None,
+            one: [MaybeUninit::uninit(); ONE_WORDS],
+            queue: ManuallyDrop::new(Buffer::new()),
         }
     }
 
     #[inline]
     fn push<F: FnOnce() + Send + 'static>(&mut self, f: F) {
-        if !self.queue.is_ready() {
-            // A spare block of this thread's queue, rather than a fresh
-            // allocation under the lock, where one is at hand.
-            dispatch::lend_block(&mut self.queue);
+        if fits::<F>() && self.one_meta.is_none() && self.queue.is_empty() {
+            // SAFETY: (4) `one` holds no item (`one_meta` is `None`), and
+            // an `F` fits it, size and alignment (`fits`).
+            unsafe { self.one.as_mut_ptr().cast::<F>().write(f) };
+            self.one_meta = Some(
+                const {
+                    &OneMeta {
+                        spill: spill_one::<F>,
+                        free: free_one::<F>,
+                    }
+                },
+            );
+            return;
         }
-        self.queue.push(f);
+        self.spill();
+        Bin::push_queued(&mut self.queue, f);
+    }
+
+    /// Pushes `f` into `queue`, lending it a spare block of this thread's
+    /// queue rather than allocating under the lock, where one is at hand.
+    #[inline]
+    fn push_queued<F: FnOnce() + Send + 'static>(queue: &mut Buffer, f: F) {
+        if !queue.is_ready() {
+            dispatch::lend_block(queue);
+        }
+        queue.push(f);
+    }
+
+    /// Moves the item in `one`, if any, into `queue` (which is empty then):
+    /// before anything else joins the queue.
+    #[inline]
+    fn spill(&mut self) {
+        if let Some(meta) = self.one_meta.take() {
+            // SAFETY: (5) `one_meta` was `Some`: `one` holds the item it
+            // describes, written by `push`; taking `one_meta` first makes
+            // it read once.
+            unsafe { (meta.spill)(&raw mut self.one, &mut self.queue) };
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.one_meta.is_none() && self.queue.is_empty()
     }
 
     fn len(&self) -> usize {
-        self.queue.len()
+        usize::from(self.one_meta.is_some()) + self.queue.len()
+    }
+
+    /// Frees the item in `one`, if any: here and now if it is cheap and
+    /// this thread is outside any section, else it moves into `queue`.
+    #[inline]
+    fn free_one(&mut self) {
+        if let Some(meta) = self.one_meta.take() {
+            // SAFETY: (6) as in (5).
+            unsafe { (meta.free)(&raw mut self.one, &mut self.queue) };
+        }
     }
 
     /// Hands everything to this thread's queue, whatever it costs: freed
     /// now, by the thread's policy (inline, or offloaded to a reclaimer),
-    /// or, if this thread is inside a section, when it leaves it.
+    /// or, if this thread is inside a section, when it leaves it. A lone
+    /// cheap item is freed right here, as that would free it.
     #[inline]
     fn free(&mut self) {
+        self.free_one();
         // A guard that deferred nothing owns no block: nothing to do.
         if self.queue.capacity_bytes() != 0 {
-            dispatch::queue_batch(&mut self.queue, &mut Buffer::new());
+            // Dropped at the end, also while unwinding.
+            let mut queue = mem::take(&mut *self.queue);
+            dispatch::queue_batch(&mut queue, &mut Buffer::new());
         }
     }
 
@@ -80,6 +190,8 @@ impl Bin {
                 outer.free_all();
             });
         }
+        // What is caught joins the queue, behind the bin's items.
+        self.spill();
         let catch = Catch {
             bin: self,
             aside: Some(dispatch::catch_start()),
@@ -102,8 +214,10 @@ impl Drop for Catch<'_> {
             return;
         };
         // Still inside the catch's section: pushing here holds nothing.
+        // Into the queue (`one` is empty: `catch` spilled it), so that the
+        // caught items stay behind these.
         if let Some(frees) = take_held() {
-            self.bin.push(move || {
+            Bin::push_queued(&mut self.bin.queue, move || {
                 frees.free_all();
             });
         }
@@ -112,7 +226,7 @@ impl Drop for Catch<'_> {
         if !retired.is_empty() {
             // Retired items wait for the epoch too: when the bin is freed,
             // they join that thread's retired list.
-            self.bin.push(move || {
+            Bin::push_queued(&mut self.bin.queue, move || {
                 let mut retired = retired;
                 dispatch::queue_batch(&mut Buffer::new(), &mut retired);
             });
@@ -123,11 +237,16 @@ impl Drop for Catch<'_> {
 impl Drop for Bin {
     /// A plain drop of the guard: a costly bin leaves this thread, so
     /// that the waiter the release woke runs first (see
-    /// [`AsyncGuard`]'s "Dropping a guard").
+    /// [`AsyncGuard`]'s "Dropping a guard"); a lone cheap item is freed
+    /// right here.
     fn drop(&mut self) {
-        // A guard that deferred nothing owns no block: nothing to do.
+        self.free_one();
+        // A guard that deferred nothing, or one cheap item, owns no block:
+        // nothing more to do.
         if self.queue.capacity_bytes() != 0 {
-            dispatch::release_bin(&mut self.queue);
+            // Dropped at the end, also while unwinding.
+            let mut queue = mem::take(&mut *self.queue);
+            dispatch::release_bin(&mut queue);
         }
     }
 }

@@ -12,8 +12,11 @@
 //! hooked. This file calls the buffer, the held frees' storage, `stats`
 //! (counters), the profile's probe, `platform` (the thread-end key) and
 //! the `sync` shim;
-//! `section.rs` builds the section and drain entries on it.
+//! `section.rs` builds the section and drain entries on it. [`run_one`]
+//! frees one item handed over from elsewhere (an async guard's) as a drain
+//! of that item would.
 
+use std::any::TypeId;
 use std::mem::{self, ManuallyDrop};
 use std::panic::{self, AssertUnwindSafe};
 
@@ -21,7 +24,7 @@ use crate::profile::probe::Probe;
 use crate::queue::buffer::Buffer;
 use crate::queue::held::HeldFrees;
 use crate::queue::hooks::DropTimer;
-use crate::queue::panic::drop_quietly;
+use crate::queue::panic::{drop_quietly, keep_first, resume};
 use crate::queue::sink::Sink;
 use crate::stats::{self, LocalCounts};
 use crate::sync::{Cell, UnsafeCell, freeq_thread_local};
@@ -313,6 +316,56 @@ impl Local {
         stats::count_late_frees(self.held.run());
         self.held.disarm();
     }
+}
+
+/// Frees `f`, one item handed over from elsewhere (an async guard's only
+/// item), here and now, as a drain of that item alone would: timed by
+/// `S`'s timer, counted as deferred and freed (and published), what its
+/// free defers freed right after it, and a panic resumed once those ran.
+/// Only on a thread whose state is live, outside any section and not
+/// draining (where a drain would free it now); elsewhere `f` comes back,
+/// for the caller to queue.
+#[inline]
+pub(crate) fn run_one<S: Sink, F: FnOnce() + 'static>(f: F) -> Result<(), F> {
+    let Ok(local) = LOCAL.try_with(|l| l as *const Local) else {
+        return Err(f);
+    };
+    // SAFETY: (16) a thread's `Local` lives until its thread-local
+    // destructor runs, which cannot start while this thread is in this
+    // call; only shared references to it are ever made.
+    let l = unsafe { &*local };
+    if l.queues_now() || l.gone.get() {
+        return Err(f);
+    }
+    let id = TypeId::of::<F>();
+    let draining = Draining::start(&l.state);
+    let mark = S::Timer::start(id);
+    let mut first = None;
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(()) => {
+            if let Some(mark) = mark {
+                S::Timer::finish(id, mark, 1);
+            }
+        }
+        Err(payload) => keep_first(&mut first, payload),
+    }
+    drop(draining);
+    let c = &l.counts;
+    LocalCounts::add(&c.deferred, 1);
+    LocalCounts::add(&c.freed, 1);
+    LocalCounts::add(&c.drains, 1);
+    c.max_pending.set(c.max_pending.get().max(1));
+    if l.has_work() {
+        // What the free deferred (it queued, the thread was draining):
+        // freed now, behind it; the drain publishes the counts.
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| l.drain::<S>(false))) {
+            keep_first(&mut first, payload);
+        }
+    } else {
+        c.publish();
+    }
+    resume(first);
+    Ok(())
 }
 
 /// Hands `batch` to `S` (the epoch) on a thread whose state is gone or

@@ -12,10 +12,11 @@
 //! calls it.
 
 use crate::queue::buffer::Buffer;
+use crate::queue::local;
 use crate::queue::panic::{Panic, keep_first, resume};
 use crate::queue::section;
 use crate::queue::sink::{Offer, Sink};
-use crate::reclaim::cost::{Cost, Learn, estimate};
+use crate::reclaim::cost::{Cost, Learn, cost_ns, estimate};
 use crate::reclaim::epoch::defer_batch;
 use crate::reclaim::executor::{Batch, executor};
 use crate::reclaim::inline::{Frees, inline_only};
@@ -25,6 +26,7 @@ use crate::reclaim::reclaimer::Reclaimer;
 use crate::reclaim::thresholds::{offload_threshold_ns, worth_offloading};
 use crate::stats::count_late;
 
+use std::any::TypeId;
 use std::panic::{self as std_panic, AssertUnwindSafe, Location};
 
 use crate::profile::table::LockKind;
@@ -136,6 +138,23 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
         }
     }
     queue_batch(bin, &mut Buffer::new());
+}
+
+/// Frees `f`, an async guard's only item, here and now where the bin's
+/// way ([`release_bin`], [`queue_batch`]) would free it here and now: its
+/// type's learned cost is below [`BIN_BUDGET_NS`] and the offload
+/// threshold (no policy moves it), and this thread is outside any section
+/// and not draining. Freed as a drain of it would free it (timed,
+/// counted, panics contained), without the queue. Gives it back
+/// otherwise: a type not timed yet, a costly one, inside a section.
+#[inline]
+pub(crate) fn free_one<F: FnOnce() + Send + 'static>(f: F) -> Result<(), F> {
+    match cost_ns(TypeId::of::<F>()) {
+        Some(ns) if ns < BIN_BUDGET_NS.min(offload_threshold_ns()) => {
+            local::run_one::<Dispatch, F>(f)
+        }
+        _ => Err(f),
+    }
 }
 
 /// Lends `buf` a spare block of this thread's queue, if it has one.
