@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use crate::alloc::take_held;
 use crate::queue::buffer::Buffer;
-use crate::reclaim::dispatch;
+use crate::reclaim::dispatch::{self, BIN_BUDGET_NS, UNLOCK_AT_ONCE_NS};
 
 /// Words of a deferred closure a bin keeps in itself: a `Vec`, a
 /// `String`, a `Box` or an `Arc` with room to spare.
@@ -32,9 +32,12 @@ type OneSlot = [MaybeUninit<usize>; ONE_WORDS];
 struct OneMeta {
     /// Moves the item into `to`, at its tail.
     spill: unsafe fn(*mut OneSlot, &mut Buffer),
-    /// Frees the item here and now where [`dispatch::free_one`] takes it,
-    /// else moves it into `to`, at its tail.
+    /// Frees the item here and now where [`dispatch::free_one`] takes it
+    /// (within [`BIN_BUDGET_NS`]), else moves it into `to`, at its tail.
     free: unsafe fn(*mut OneSlot, &mut Buffer),
+    /// Frees the item here and now where [`dispatch::free_one`] takes it
+    /// within the given budget (returns `true`), else leaves it in place.
+    free_within: unsafe fn(*mut OneSlot, u64) -> bool,
 }
 
 /// Whether an `F` fits a [`OneSlot`].
@@ -62,8 +65,28 @@ unsafe fn spill_one<F: FnOnce() + Send + 'static>(one: *mut OneSlot, to: &mut Bu
 unsafe fn free_one<F: FnOnce() + Send + 'static>(one: *mut OneSlot, to: &mut Buffer) {
     // SAFETY: (3) as in (2).
     let f = unsafe { one.cast::<F>().read() };
-    if let Err(f) = dispatch::free_one(f) {
+    if let Err(f) = dispatch::free_one(f, BIN_BUDGET_NS) {
         Bin::push_queued(to, f);
+    }
+}
+
+/// [`OneMeta::free_within`] for `F`.
+///
+/// # Safety
+/// `one` holds an `F` written by [`Bin::push`], not read since. If this
+/// returns `true`, the caller treats it as empty from now on; if `false`,
+/// it holds the same item again.
+unsafe fn free_one_within<F: FnOnce() + Send + 'static>(one: *mut OneSlot, limit_ns: u64) -> bool {
+    // SAFETY: (3a) as in (2).
+    let f = unsafe { one.cast::<F>().read() };
+    match dispatch::free_one(f, limit_ns) {
+        Ok(()) => true,
+        Err(f) => {
+            // SAFETY: (3b) put back where it was read from: the slot fits
+            // an `F` and holds nothing live since the read.
+            unsafe { one.cast::<F>().write(f) };
+            false
+        }
     }
 }
 
@@ -114,6 +137,7 @@ impl Bin {
                     &OneMeta {
                         spill: spill_one::<F>,
                         free: free_one::<F>,
+                        free_within: free_one_within::<F>,
                     }
                 },
             );
@@ -160,6 +184,26 @@ impl Bin {
         if let Some(meta) = self.one_meta.take() {
             // SAFETY: (6) as in (5).
             unsafe { (meta.free)(&raw mut self.one, &mut self.queue) };
+        }
+    }
+
+    /// Frees the bin here and now if it is one item whose type is known to
+    /// cost less than `limit_ns` and this thread is outside any section:
+    /// whether it did (the bin is then empty).
+    #[inline]
+    fn free_if_within(&mut self, limit_ns: u64) -> bool {
+        match self.one_meta {
+            Some(meta) if self.queue.is_empty() => {
+                // SAFETY: (6a) `one_meta` is `Some`: `one` holds the item it
+                // describes, written by `push`; on `true` it has been read
+                // and `one_meta` is cleared, on `false` it is back.
+                let freed = unsafe { (meta.free_within)(&raw mut self.one, limit_ns) };
+                if freed {
+                    self.one_meta = None;
+                }
+                freed
+            }
+            _ => false,
         }
     }
 
@@ -564,15 +608,17 @@ impl<G> AsyncGuard<G> {
     /// assert!(m.try_lock().is_ok());
     /// ```
     pub async fn unlock(self) {
-        let AsyncGuard { guard, bin } = self;
+        let AsyncGuard { guard, mut bin } = self;
         drop(guard);
-        if !bin.is_empty() {
-            YieldOnce { yielded: false }.await;
+        // A bin that costs less to free than the yield (one value of a
+        // type known to be that cheap) is freed at once.
+        if bin.is_empty() || bin.free_if_within(UNLOCK_AT_ONCE_NS) {
+            return;
         }
+        YieldOnce { yielded: false }.await;
         // Freed here, on this thread, whatever it costs: the waiter ran
         // during the yield. If this future is dropped instead of coming
         // back from the yield, the bin is freed as a plain drop frees it.
-        let mut bin = bin;
         bin.free();
     }
 

@@ -24,7 +24,7 @@ use crate::profile::probe::Probe;
 use crate::queue::buffer::Buffer;
 use crate::queue::held::HeldFrees;
 use crate::queue::hooks::DropTimer;
-use crate::queue::panic::{drop_quietly, keep_first, resume};
+use crate::queue::panic::drop_quietly;
 use crate::queue::sink::Sink;
 use crate::stats::{self, LocalCounts};
 use crate::sync::{Cell, UnsafeCell, freeq_thread_local};
@@ -319,14 +319,15 @@ impl Local {
 }
 
 /// Frees `f`, one item handed over from elsewhere (an async guard's only
-/// item), here and now, as a drain of that item alone would: timed by
-/// `S`'s timer, counted as deferred and freed (and published), what its
-/// free defers freed right after it, and a panic resumed once those ran.
-/// Only on a thread whose state is live, outside any section and not
-/// draining (where a drain would free it now); elsewhere `f` comes back,
-/// for the caller to queue.
+/// item), here and now, as a drain of that item alone would: timed by `T`,
+/// counted as deferred and freed (and published, first), and what its free
+/// defers freed before this returns. Only on a thread whose state is live,
+/// outside any section and not draining (where a drain would free it
+/// now); elsewhere `f` comes back, for the caller to queue. A panic from
+/// `f` unwinds from here: it is the only item, so nothing is left to run
+/// (what it deferred before panicking ran already, in its own drain).
 #[inline]
-pub(crate) fn run_one<S: Sink, F: FnOnce() + 'static>(f: F) -> Result<(), F> {
+pub(crate) fn run_one<T: DropTimer, F: FnOnce() + 'static>(f: F) -> Result<(), F> {
     let Ok(local) = LOCAL.try_with(|l| l as *const Local) else {
         return Err(f);
     };
@@ -337,34 +338,20 @@ pub(crate) fn run_one<S: Sink, F: FnOnce() + 'static>(f: F) -> Result<(), F> {
     if l.queues_now() || l.gone.get() {
         return Err(f);
     }
-    let id = TypeId::of::<F>();
-    let draining = Draining::start(&l.state);
-    let mark = S::Timer::start(id);
-    let mut first = None;
-    match panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(()) => {
-            if let Some(mark) = mark {
-                S::Timer::finish(id, mark, 1);
-            }
-        }
-        Err(payload) => keep_first(&mut first, payload),
-    }
-    drop(draining);
     let c = &l.counts;
     LocalCounts::add(&c.deferred, 1);
     LocalCounts::add(&c.freed, 1);
     LocalCounts::add(&c.drains, 1);
     c.max_pending.set(c.max_pending.get().max(1));
-    if l.has_work() {
-        // What the free deferred (it queued, the thread was draining):
-        // freed now, behind it; the drain publishes the counts.
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| l.drain::<S>(false))) {
-            keep_first(&mut first, payload);
-        }
-    } else {
-        c.publish();
+    c.publish();
+    // Outside any section: what `f` defers is freed at once, by the
+    // drain that its push starts.
+    let id = TypeId::of::<F>();
+    let mark = T::start(id);
+    f();
+    if let Some(mark) = mark {
+        T::finish(id, mark, 1);
     }
-    resume(first);
     Ok(())
 }
 

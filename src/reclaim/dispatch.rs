@@ -12,6 +12,7 @@
 //! calls it.
 
 use crate::queue::buffer::Buffer;
+use crate::queue::hooks::DropTimer;
 use crate::queue::local;
 use crate::queue::panic::{Panic, keep_first, resume};
 use crate::queue::section;
@@ -24,6 +25,7 @@ use crate::reclaim::policy::{Policy, default_policy, store_default};
 use crate::reclaim::pool;
 use crate::reclaim::reclaimer::Reclaimer;
 use crate::reclaim::thresholds::{offload_threshold_ns, worth_offloading};
+use crate::reclaim::timing::{Stamp, sample};
 use crate::stats::count_late;
 
 use std::any::TypeId;
@@ -140,20 +142,43 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
     queue_batch(bin, &mut Buffer::new());
 }
 
+/// What a lone item of an async guard's bin may be expected to cost for
+/// [`AsyncGuard::unlock`](crate::AsyncGuard::unlock) to free it at once,
+/// without yielding first: about what the yield costs the releasing task
+/// (a wake and a trip through the scheduler), and all a waiter may wait
+/// for it.
+pub(crate) const UNLOCK_AT_ONCE_NS: u64 = 1_000;
+
 /// Frees `f`, an async guard's only item, here and now where the bin's
 /// way ([`release_bin`], [`queue_batch`]) would free it here and now: its
-/// type's learned cost is below [`BIN_BUDGET_NS`] and the offload
-/// threshold (no policy moves it), and this thread is outside any section
-/// and not draining. Freed as a drain of it would free it (timed,
-/// counted, panics contained), without the queue. Gives it back
+/// type's learned cost is below `limit_ns` (at most [`BIN_BUDGET_NS`])
+/// and the offload threshold, so that no policy moves it, and this thread
+/// is outside any section and not draining. Freed as a drain of it would
+/// free it (timed on a sample, counted), without the queue. Gives it back
 /// otherwise: a type not timed yet, a costly one, inside a section.
 #[inline]
-pub(crate) fn free_one<F: FnOnce() + Send + 'static>(f: F) -> Result<(), F> {
+pub(crate) fn free_one<F: FnOnce() + Send + 'static>(f: F, limit_ns: u64) -> Result<(), F> {
     match cost_ns(TypeId::of::<F>()) {
-        Some(ns) if ns < BIN_BUDGET_NS.min(offload_threshold_ns()) => {
-            local::run_one::<Dispatch, F>(f)
-        }
+        Some(ns) if ns < limit_ns.min(offload_threshold_ns()) => local::run_one::<Sampled, F>(f),
         _ => Err(f),
+    }
+}
+
+/// [`Learn`] for a type known to be timed: times one free in
+/// [`SAMPLE_EVERY`](crate::reclaim::timing::SAMPLE_EVERY), at random.
+struct Sampled;
+
+impl DropTimer for Sampled {
+    type Mark = Stamp;
+
+    #[inline(always)]
+    fn start(_: TypeId) -> Option<Stamp> {
+        sample().then(Stamp::now)
+    }
+
+    #[inline]
+    fn finish(id: TypeId, start: Stamp, items: usize) {
+        Learn::finish(id, start, items);
     }
 }
 
