@@ -149,19 +149,24 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
 /// for it.
 pub(crate) const UNLOCK_AT_ONCE_NS: u64 = 1_000;
 
-/// Frees `f`, an async guard's only item, here and now where the bin's
-/// way ([`release_bin`], [`queue_batch`]) would free it here and now: its
-/// type's learned cost is below `limit_ns` (at most [`BIN_BUDGET_NS`])
-/// and the offload threshold, so that no policy moves it, and this thread
-/// is outside any section and not draining. Freed as a drain of it would
-/// free it (timed on a sample, counted), without the queue. Gives it back
-/// otherwise: a type not timed yet, a costly one, inside a section.
+/// Whether an async guard's only item, of type `id`, is freed here and
+/// now ([`free_one`]) where the bin's way ([`release_bin`],
+/// [`queue_batch`]) would free it here and now: its type's learned cost
+/// is below `limit_ns` (at most [`BIN_BUDGET_NS`]) and the offload
+/// threshold, so that no policy moves it, and this thread is outside any
+/// section and not draining. Not for a type not timed yet, a costly one,
+/// or inside a section.
 #[inline]
-pub(crate) fn free_one<F: FnOnce() + Send + 'static>(f: F, limit_ns: u64) -> Result<(), F> {
-    match cost_ns(TypeId::of::<F>()) {
-        Some(ns) if ns < limit_ns.min(offload_threshold_ns()) => local::run_one::<Sampled, F>(f),
-        _ => Err(f),
-    }
+pub(crate) fn frees_one_here(id: TypeId, limit_ns: u64) -> bool {
+    matches!(cost_ns(id), Some(ns) if ns < limit_ns.min(offload_threshold_ns())) && local::idle()
+}
+
+/// Frees `f`, an async guard's only item, where [`frees_one_here`] said
+/// yes: as a drain of it would free it (timed on a sample, counted),
+/// without the queue.
+#[inline]
+pub(crate) fn free_one<F: FnOnce() + Send + 'static>(f: F) {
+    local::run_one::<Sampled, F>(f);
 }
 
 /// [`Learn`] for a type known to be timed: times one free in

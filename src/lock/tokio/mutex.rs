@@ -3,12 +3,13 @@
 //! nothing else in freeq but [`AsyncGuard`].
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync as tk;
 use tokio::sync::TryLockError;
 
-use crate::lock::async_guard::AsyncGuard;
+use crate::lock::async_guard::{AsyncGuard, WrapGuard};
 
 /// Guard of [`Mutex::lock`]: tokio's guard with a bin of deferred frees.
 pub type MutexGuard<'a, T> = AsyncGuard<tk::MutexGuard<'a, T>>;
@@ -82,8 +83,8 @@ impl<T: ?Sized> Mutex<T> {
     /// assert_eq!(*m.lock().await, 2);
     /// # }
     /// ```
-    pub async fn lock(&self) -> MutexGuard<'_, T> {
-        AsyncGuard::new(self.inner.lock().await)
+    pub fn lock(&self) -> impl Future<Output = MutexGuard<'_, T>> {
+        WrapGuard(self.inner.lock())
     }
 
     /// Locks if it is free now.
@@ -120,8 +121,8 @@ impl<T: ?Sized> Mutex<T> {
     /// assert!(m.lock().await.is_empty());
     /// # }
     /// ```
-    pub async fn lock_owned(self: Arc<Self>) -> OwnedMutexGuard<T> {
-        AsyncGuard::new(Self::into_tokio(self).lock_owned().await)
+    pub fn lock_owned(self: Arc<Self>) -> impl Future<Output = OwnedMutexGuard<T>> {
+        WrapGuard(Self::into_tokio(self).lock_owned())
     }
 
     /// [`lock_owned`](Mutex::lock_owned) if the mutex is free now.

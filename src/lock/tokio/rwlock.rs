@@ -4,12 +4,13 @@
 //! [`AsyncGuard`].
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync as tk;
 use tokio::sync::TryLockError;
 
-use crate::lock::async_guard::AsyncGuard;
+use crate::lock::async_guard::{AsyncGuard, WrapGuard};
 
 /// Guard of [`RwLock::read`].
 pub type RwLockReadGuard<'a, T> = AsyncGuard<tk::RwLockReadGuard<'a, T>>;
@@ -90,8 +91,8 @@ impl<T: ?Sized> RwLock<T> {
     /// assert_eq!(*a + *b, 10);
     /// # }
     /// ```
-    pub async fn read(&self) -> RwLockReadGuard<'_, T> {
-        AsyncGuard::new(self.inner.read().await)
+    pub fn read(&self) -> impl Future<Output = RwLockReadGuard<'_, T>> {
+        WrapGuard(self.inner.read())
     }
 
     /// Takes a shared lock if no writer holds or waits for it now.
@@ -111,8 +112,8 @@ impl<T: ?Sized> RwLock<T> {
     /// assert!(lock.try_read().is_err());
     /// # }
     /// ```
-    pub async fn write(&self) -> RwLockWriteGuard<'_, T> {
-        AsyncGuard::new(self.inner.write().await)
+    pub fn write(&self) -> impl Future<Output = RwLockWriteGuard<'_, T>> {
+        WrapGuard(self.inner.write())
     }
 
     /// Takes the exclusive lock if it is free now.
@@ -132,8 +133,8 @@ impl<T: ?Sized> RwLock<T> {
     }
 
     /// [`read`](RwLock::read), with a guard that owns an `Arc` of the lock.
-    pub async fn read_owned(self: Arc<Self>) -> OwnedRwLockReadGuard<T> {
-        AsyncGuard::new(Self::into_tokio(self).read_owned().await)
+    pub fn read_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockReadGuard<T>> {
+        WrapGuard(Self::into_tokio(self).read_owned())
     }
 
     /// [`try_read`](RwLock::try_read), with a guard that owns an `Arc`.
@@ -155,8 +156,8 @@ impl<T: ?Sized> RwLock<T> {
     /// assert_eq!(*r, "ab");
     /// # }
     /// ```
-    pub async fn write_owned(self: Arc<Self>) -> OwnedRwLockWriteGuard<T> {
-        AsyncGuard::new(Self::into_tokio(self).write_owned().await)
+    pub fn write_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockWriteGuard<T>> {
+        WrapGuard(Self::into_tokio(self).write_owned())
     }
 
     /// [`try_write`](RwLock::try_write), with a guard that owns an `Arc`.

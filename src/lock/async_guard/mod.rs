@@ -1,297 +1,47 @@
 //! `AsyncGuard<G>`: a guard that may cross `.await` and threads, carrying
 //! its own bin of deferred frees, freed after the release.
 //!
-//! A bin is a pair of the queue layer's buffers (deferred and retired
-//! items). Freeing it hands both to the thread that frees it, through the
-//! dispatcher, exactly as if they had been deferred there: that thread's
-//! policy decides where they are freed. `with` catches what a synchronous
-//! closure queues on its thread (the dispatcher's catch entries) and what
-//! the allocator holds back meanwhile (`alloc::take_held`). This file calls
-//! the dispatcher, the queue's buffer and the allocator's held frees.
+//! The guard's bin (`bin.rs`) keeps a small first item in itself and the
+//! rest in a queue layer's buffer. Freeing it frees a lone cheap item
+//! right there, and hands anything else to the thread that frees it,
+//! through the dispatcher, exactly as if it had been deferred there: that
+//! thread's policy decides where it is freed. `with` catches what a
+//! synchronous closure queues on its thread (the dispatcher's catch
+//! entries) and what the allocator holds back meanwhile
+//! (`alloc::take_held`). This file has [`AsyncGuard`], its lock futures'
+//! wrapper and its yield, and calls the bin and the dispatcher's budget.
+
+mod bin;
 
 use std::fmt;
 use std::future::Future;
-use std::mem::{self, ManuallyDrop, MaybeUninit};
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::alloc::take_held;
-use crate::queue::buffer::Buffer;
-use crate::reclaim::dispatch::{self, BIN_BUDGET_NS, UNLOCK_AT_ONCE_NS};
+use crate::lock::async_guard::bin::Bin;
+use crate::reclaim::dispatch::UNLOCK_AT_ONCE_NS;
 
-/// Words of a deferred closure a bin keeps in itself: a `Vec`, a
-/// `String`, a `Box` or an `Arc` with room to spare.
-const ONE_WORDS: usize = 3;
+/// A future that yields what `F` yields, a guard, wrapped in an
+/// [`AsyncGuard`]: the lock futures of
+#[cfg_attr(feature = "tokio", doc = "[`freeq::tokio`](crate::tokio),")]
+#[cfg_attr(not(feature = "tokio"), doc = "`freeq::tokio`,")]
+/// with no state of their own around tokio's.
+#[cfg(feature = "tokio")]
+#[must_use = "futures do nothing unless polled"]
+pub(crate) struct WrapGuard<F>(pub(crate) F);
 
-/// Where a bin keeps its first item when it is small.
-type OneSlot = [MaybeUninit<usize>; ONE_WORDS];
-
-/// What a bin knows of the item in its [`OneSlot`]: one `'static` per
-/// closure type.
-struct OneMeta {
-    /// Moves the item into `to`, at its tail.
-    spill: unsafe fn(*mut OneSlot, &mut Buffer),
-    /// Frees the item here and now where [`dispatch::free_one`] takes it
-    /// (within [`BIN_BUDGET_NS`]), else moves it into `to`, at its tail.
-    free: unsafe fn(*mut OneSlot, &mut Buffer),
-    /// Frees the item here and now where [`dispatch::free_one`] takes it
-    /// within the given budget (returns `true`), else leaves it in place.
-    free_within: unsafe fn(*mut OneSlot, u64) -> bool,
-}
-
-/// Whether an `F` fits a [`OneSlot`].
-const fn fits<F>() -> bool {
-    mem::size_of::<F>() <= mem::size_of::<OneSlot>()
-        && mem::align_of::<F>() <= mem::align_of::<OneSlot>()
-}
-
-/// [`OneMeta::spill`] for `F`.
-///
-/// # Safety
-/// `one` holds an `F` written by [`Bin::push`], not read since; the
-/// caller treats it as empty from now on.
-unsafe fn spill_one<F: FnOnce() + Send + 'static>(one: *mut OneSlot, to: &mut Buffer) {
-    // SAFETY: (2) the caller's promise: an `F` is there, aligned (checked
-    // by `fits` when it was written), and read exactly once.
-    let f = unsafe { one.cast::<F>().read() };
-    Bin::push_queued(to, f);
-}
-
-/// [`OneMeta::free`] for `F`.
-///
-/// # Safety
-/// As for [`spill_one`].
-unsafe fn free_one<F: FnOnce() + Send + 'static>(one: *mut OneSlot, to: &mut Buffer) {
-    // SAFETY: (3) as in (2).
-    let f = unsafe { one.cast::<F>().read() };
-    if let Err(f) = dispatch::free_one(f, BIN_BUDGET_NS) {
-        Bin::push_queued(to, f);
-    }
-}
-
-/// [`OneMeta::free_within`] for `F`.
-///
-/// # Safety
-/// `one` holds an `F` written by [`Bin::push`], not read since. If this
-/// returns `true`, the caller treats it as empty from now on; if `false`,
-/// it holds the same item again.
-unsafe fn free_one_within<F: FnOnce() + Send + 'static>(one: *mut OneSlot, limit_ns: u64) -> bool {
-    // SAFETY: (3a) as in (2).
-    let f = unsafe { one.cast::<F>().read() };
-    match dispatch::free_one(f, limit_ns) {
-        Ok(()) => true,
-        Err(f) => {
-            // SAFETY: (3b) put back where it was read from: the slot fits
-            // an `F` and holds nothing live since the read.
-            unsafe { one.cast::<F>().write(f) };
-            false
-        }
-    }
-}
-
-/// A guard's own bin of deferred work: what its holder deferred and what
-/// its `with` calls caught (retired items among them travel as one item
-/// that hands them on). Dropping it frees it (see [`Bin::free`]).
-///
-/// A small first item (a closure of up to [`ONE_WORDS`] words: a `Vec`,
-/// a `String` or a `Box` deferred) is kept in the bin itself, `one`, and
-/// a bin that holds only it frees it without the queue
-/// ([`dispatch::free_one`]) when it is cheap: no block, no hand-over to
-/// the thread's queue, no drain. Any other item goes to `queue`, the
-/// queue layer's buffer, after `one` has moved there: `one` holds an item
-/// only while `queue` holds none, so the order stays the push order.
-pub(crate) struct Bin {
-    /// The type of the item in `one`, if it holds one.
-    one_meta: Option<&'static OneMeta>,
-    one: OneSlot,
-    /// Every item when `one` holds none. Dropped only where it owns a
-    /// block (a guard that deferred nothing, or one item, skips it).
-    queue: ManuallyDrop<Buffer>,
-}
-
-// SAFETY: (1) a `&Bin` only reads (`is_empty`, `len` walk the items
-// without running or moving them, and read `one_meta` only); every change
-// takes `&mut Bin`. Sharing a bin between threads is then like sharing a
-// `&Vec` of `Send` items. (`Bin` is `Send` by its fields: the item in
-// `one` is `Send`, as `push` requires.)
-unsafe impl Sync for Bin {}
-
-impl Bin {
-    pub(crate) const fn new() -> Self {
-        Bin {
-            one_meta: None,
-            one: [MaybeUninit::uninit(); ONE_WORDS],
-            queue: ManuallyDrop::new(Buffer::new()),
-        }
-    }
+#[cfg(feature = "tokio")]
+impl<F: Future> Future for WrapGuard<F> {
+    type Output = AsyncGuard<F::Output>;
 
     #[inline]
-    fn push<F: FnOnce() + Send + 'static>(&mut self, f: F) {
-        if fits::<F>() && self.one_meta.is_none() && self.queue.is_empty() {
-            // SAFETY: (4) `one` holds no item (`one_meta` is `None`), and
-            // an `F` fits it, size and alignment (`fits`).
-            unsafe { self.one.as_mut_ptr().cast::<F>().write(f) };
-            self.one_meta = Some(
-                const {
-                    &OneMeta {
-                        spill: spill_one::<F>,
-                        free: free_one::<F>,
-                        free_within: free_one_within::<F>,
-                    }
-                },
-            );
-            return;
-        }
-        self.spill();
-        Bin::push_queued(&mut self.queue, f);
-    }
-
-    /// Pushes `f` into `queue`, lending it a spare block of this thread's
-    /// queue rather than allocating under the lock, where one is at hand.
-    #[inline]
-    fn push_queued<F: FnOnce() + Send + 'static>(queue: &mut Buffer, f: F) {
-        if !queue.is_ready() {
-            dispatch::lend_block(queue);
-        }
-        queue.push(f);
-    }
-
-    /// Moves the item in `one`, if any, into `queue` (which is empty then):
-    /// before anything else joins the queue.
-    #[inline]
-    fn spill(&mut self) {
-        if let Some(meta) = self.one_meta.take() {
-            // SAFETY: (5) `one_meta` was `Some`: `one` holds the item it
-            // describes, written by `push`; taking `one_meta` first makes
-            // it read once.
-            unsafe { (meta.spill)(&raw mut self.one, &mut self.queue) };
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.one_meta.is_none() && self.queue.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        usize::from(self.one_meta.is_some()) + self.queue.len()
-    }
-
-    /// Frees the item in `one`, if any: here and now if it is cheap and
-    /// this thread is outside any section, else it moves into `queue`.
-    #[inline]
-    fn free_one(&mut self) {
-        if let Some(meta) = self.one_meta.take() {
-            // SAFETY: (6) as in (5).
-            unsafe { (meta.free)(&raw mut self.one, &mut self.queue) };
-        }
-    }
-
-    /// Frees the bin here and now if it is one item whose type is known to
-    /// cost less than `limit_ns` and this thread is outside any section:
-    /// whether it did (the bin is then empty).
-    #[inline]
-    fn free_if_within(&mut self, limit_ns: u64) -> bool {
-        match self.one_meta {
-            Some(meta) if self.queue.is_empty() => {
-                // SAFETY: (6a) `one_meta` is `Some`: `one` holds the item it
-                // describes, written by `push`; on `true` it has been read
-                // and `one_meta` is cleared, on `false` it is back.
-                let freed = unsafe { (meta.free_within)(&raw mut self.one, limit_ns) };
-                if freed {
-                    self.one_meta = None;
-                }
-                freed
-            }
-            _ => false,
-        }
-    }
-
-    /// Hands everything to this thread's queue, whatever it costs: freed
-    /// now, by the thread's policy (inline, or offloaded to a reclaimer),
-    /// or, if this thread is inside a section, when it leaves it. A lone
-    /// cheap item is freed right here, as that would free it.
-    #[inline]
-    fn free(&mut self) {
-        self.free_one();
-        // A guard that deferred nothing owns no block: nothing to do.
-        if self.queue.capacity_bytes() != 0 {
-            // Dropped at the end, also while unwinding.
-            let mut queue = mem::take(&mut *self.queue);
-            dispatch::queue_batch(&mut queue, &mut Buffer::new());
-        }
-    }
-
-    /// Runs `f` inside a section of this thread's and moves into the bin
-    /// what the thread queued meanwhile (deferred and retired items) and
-    /// the frees the allocator held back meanwhile. Unwinding out of `f`
-    /// moves them too.
-    fn catch<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        // Frees held for an enclosing section stay that section's: they
-        // become items of its queue, set aside with the rest of it.
-        if let Some(outer) = take_held() {
-            dispatch::push(move || {
-                outer.free_all();
-            });
-        }
-        // What is caught joins the queue, behind the bin's items.
-        self.spill();
-        let catch = Catch {
-            bin: self,
-            aside: Some(dispatch::catch_start()),
-        };
-        let result = f();
-        drop(catch);
-        result
-    }
-}
-
-/// Ends a catch (even while unwinding): see [`Bin::catch`].
-struct Catch<'a> {
-    bin: &'a mut Bin,
-    aside: Option<crate::queue::section::Aside>,
-}
-
-impl Drop for Catch<'_> {
-    fn drop(&mut self) {
-        let Some(aside) = self.aside.take() else {
-            return;
-        };
-        // Still inside the catch's section: pushing here holds nothing.
-        // Into the queue (`one` is empty: `catch` spilled it), so that the
-        // caught items stay behind these.
-        if let Some(frees) = take_held() {
-            Bin::push_queued(&mut self.bin.queue, move || {
-                frees.free_all();
-            });
-        }
-        let mut retired = Buffer::new();
-        dispatch::catch_end(aside, &mut self.bin.queue, &mut retired);
-        if !retired.is_empty() {
-            // Retired items wait for the epoch too: when the bin is freed,
-            // they join that thread's retired list.
-            Bin::push_queued(&mut self.bin.queue, move || {
-                let mut retired = retired;
-                dispatch::queue_batch(&mut Buffer::new(), &mut retired);
-            });
-        }
-    }
-}
-
-impl Drop for Bin {
-    /// A plain drop of the guard: a costly bin leaves this thread, so
-    /// that the waiter the release woke runs first (see
-    /// [`AsyncGuard`]'s "Dropping a guard"); a lone cheap item is freed
-    /// right here.
-    fn drop(&mut self) {
-        self.free_one();
-        // A guard that deferred nothing, or one cheap item, owns no block:
-        // nothing more to do.
-        if self.queue.capacity_bytes() != 0 {
-            // Dropped at the end, also while unwinding.
-            let mut queue = mem::take(&mut *self.queue);
-            dispatch::release_bin(&mut queue);
-        }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: (7) structural pinning of the only field: `WrapGuard`
+        // never moves it out, has no `Drop`, and is `Unpin` only when `F`
+        // is (the auto impl).
+        let inner = unsafe { self.map_unchecked_mut(|w| &mut w.0) };
+        inner.poll(cx).map(AsyncGuard::new)
     }
 }
 
