@@ -106,6 +106,17 @@ struct Shared {
     /// When the last holder finished its work (the value swapped; what
     /// follows is its strategy's frees and release), in ns since `start`.
     released: AtomicU64,
+    /// The thread the last holder ran on ([`thread_no`]).
+    releaser: AtomicU64,
+}
+
+/// A number for the calling thread.
+fn thread_no() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    std::thread_local! {
+        static NO: u64 = NEXT.fetch_add(1, Relaxed);
+    }
+    NO.with(|n| *n)
 }
 
 impl Shared {
@@ -136,6 +147,13 @@ fn spin(d: Duration) {
 struct Hists {
     wait: Histogram<u64>,
     handoff: Histogram<u64>,
+    /// Time the holder spent on its release (from the end of its work to
+    /// the end of the release statement: frees made in place included).
+    release: Histogram<u64>,
+    /// Hand-offs (waiters that were queued) and those on the releasing
+    /// holder's thread.
+    handoffs: u64,
+    same_thread: u64,
 }
 
 impl Hists {
@@ -144,6 +162,9 @@ impl Hists {
         Hists {
             wait: h(),
             handoff: h(),
+            release: h(),
+            handoffs: 0,
+            same_thread: 0,
         }
     }
 }
@@ -156,7 +177,24 @@ fn acquired(s: &Shared, h: &mut Hists, asked: u64) {
     let released = s.released.load(Relaxed);
     if released > asked && got >= released {
         h.handoff.saturating_record((got - released).max(1));
+        h.handoffs += 1;
+        if s.releaser.load(Relaxed) == thread_no() {
+            h.same_thread += 1;
+        }
     }
+}
+
+/// The holder's work is done: from here on waiters wait for its release.
+fn work_done(s: &Shared) -> u64 {
+    let now = s.now();
+    s.releaser.store(thread_no(), Relaxed);
+    s.released.store(now, Relaxed);
+    now
+}
+
+/// The holder's release statement ended (see [`Hists::release`]).
+fn release_done(s: &Shared, h: &mut Hists, done: u64) {
+    h.release.saturating_record((s.now() - done).max(1));
 }
 
 async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hists {
@@ -171,34 +209,38 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(old); // freed here, under the lock
                 drop(g);
+                release_done(&s, &mut h, done);
             }
             (Lock::Freeq(m), Strategy::FreeqUnlock) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
                 g.defer(old);
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 g.unlock().await;
+                release_done(&s, &mut h, done);
             }
             (Lock::Freeq(m), Strategy::FreeqPlain) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(old); // nothing deferred: the guard's bin stays empty
                 drop(g);
+                release_done(&s, &mut h, done);
             }
             (Lock::Freeq(m), _) => plain_drop(&s, &mut h, asked, m.lock().await, fresh),
             (Lock::DeferDrop(m), _) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, DeferDrop::new(fresh));
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(old); // sent to defer-drop's thread, under the lock
                 drop(g);
+                release_done(&s, &mut h, done);
             }
             (Lock::AsyncMutex(m), _) => {
                 let g = freeq::AsyncGuard::new(m.lock().await);
@@ -213,8 +255,9 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
                 freeq::defer(old);
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(g);
+                release_done(&s, &mut h, done);
             }
         }
     }
@@ -233,14 +276,19 @@ fn plain_drop<G: std::ops::DerefMut<Target = Value>>(
     acquired(s, h, asked);
     let old = std::mem::replace(&mut *g, fresh);
     g.defer(old);
-    s.released.store(s.now(), Relaxed);
+    let done = work_done(s);
     drop(g);
+    release_done(s, h, done);
 }
 
 struct Run {
     wait: [u64; 3],
     handoff: [u64; 2],
     throughput: f64,
+    /// Release p99 (ns), and the share of hand-offs to a waiter on the
+    /// releasing holder's thread.
+    release_p99: u64,
+    same_thread: f64,
 }
 
 fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
@@ -259,6 +307,7 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         lock,
         start: Instant::now(),
         released: AtomicU64::new(0),
+        releaser: AtomicU64::new(0),
     });
     let per_task = c.ops.div_ceil(c.tasks);
     let started = Instant::now();
@@ -271,6 +320,9 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
             let h = handle.await.unwrap();
             all.wait.add(&h.wait).unwrap();
             all.handoff.add(&h.handoff).unwrap();
+            all.release.add(&h.release).unwrap();
+            all.handoffs += h.handoffs;
+            all.same_thread += h.same_thread;
         }
         all
     });
@@ -302,6 +354,8 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         ],
         handoff: [q(&hists.handoff, 0.5), q(&hists.handoff, 0.99)],
         throughput: (per_task * c.tasks) as f64 / elapsed.as_secs_f64(),
+        release_p99: q(&hists.release, 0.99),
+        same_thread: hists.same_thread as f64 / hists.handoffs.max(1) as f64,
     }
 }
 
@@ -342,8 +396,16 @@ fn compare(
         c.think.as_micros()
     );
     println!(
-        "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10}",
-        "strategy", "wait p50", "wait p99", "wait p99.9", "handoff p50", "handoff p99", "ops/s"
+        "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10} {:>12} {:>9}",
+        "strategy",
+        "wait p50",
+        "wait p99",
+        "wait p99.9",
+        "handoff p50",
+        "handoff p99",
+        "ops/s",
+        "release p99",
+        "same thr"
     );
     let mut med = Vec::new();
     for (i, &s) in strategies.iter().enumerate() {
@@ -354,15 +416,19 @@ fn compare(
             [m(&|r| r.handoff[0]), m(&|r| r.handoff[1])],
             median_f64(r.iter().map(|r| r.throughput).collect()),
         );
+        let release = m(&|r| r.release_p99);
+        let same = median_f64(r.iter().map(|r| r.same_thread).collect());
         println!(
-            "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10.0}",
+            "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10.0} {:>12} {:>8.0}%",
             s.name(),
             us(row.0[0]),
             us(row.0[1]),
             us(row.0[2]),
             us(row.1[0]),
             us(row.1[1]),
-            row.2
+            row.2,
+            us(release),
+            same * 100.0
         );
         row_line(
             &format!("{title}, {} tasks", c.tasks),
@@ -374,6 +440,8 @@ fn compare(
                 row.1[0] as f64,
                 row.1[1] as f64,
                 row.2,
+                release as f64,
+                same,
             ],
         );
         med.push(row);
@@ -453,6 +521,8 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
                 f64::NAN,
                 rows[i].0 as f64,
                 rows[i].1 as f64,
+                f64::NAN,
+                f64::NAN,
                 f64::NAN,
             ],
         );
@@ -548,8 +618,9 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
 
 /// One strategy's medians in one table, for the parent process: the
 /// section, the strategy, then wait p50/p99/p99.9 and hand-off p50/p99
-/// (ns) and throughput (ops/s); NaN where the table has no such column.
-fn row_line(section: &str, strategy: &str, values: &[f64; 6]) {
+/// (ns), throughput (ops/s), release p99 (ns) and the share of hand-offs
+/// on the releasing thread; NaN where the table has no such column.
+fn row_line(section: &str, strategy: &str, values: &[f64; 8]) {
     if std::env::var_os(ONE_PROCESS).is_none() {
         return;
     }
@@ -608,7 +679,7 @@ fn over_processes(processes: usize) {
             base = runs.clone();
             println!("\n## {sec}");
             println!(
-                "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} | {:>15} {:>13}",
+                "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} | {:>15} {:>13}",
                 "strategy",
                 "wait p50 us",
                 "wait p99 us",
@@ -616,6 +687,8 @@ fn over_processes(processes: usize) {
                 "handoff p50",
                 "handoff p99",
                 "ops/s",
+                "release p99",
+                "same thr",
                 "wait p99 ratio",
                 "ops/s ratio"
             );
@@ -636,7 +709,7 @@ fn over_processes(processes: usize) {
                 .collect()
         };
         println!(
-            "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} | {:>14}x {:>12}x",
+            "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} | {:>14}x {:>12}x",
             strategy,
             range(&col(0), 1e3, 1),
             range(&col(1), 1e3, 1),
@@ -644,6 +717,8 @@ fn over_processes(processes: usize) {
             range(&col(3), 1e3, 1),
             range(&col(4), 1e3, 1),
             range(&col(5), 1.0, 0),
+            range(&col(6), 1e3, 1),
+            range(&col(7), 0.01, 0),
             range(&ratio(1, true), 1.0, 1),
             range(&ratio(5, false), 1.0, 3),
         );

@@ -92,7 +92,11 @@ impl Future for YieldOnce {
 /// - a cheap bin (under 10 µs, the usual case: a few boxes), and one
 ///   holding a type freeq has not timed yet (so that it is timed), is
 ///   freed right there, in order, by the dropping thread's
-///   [`Policy`](crate::Policy), with no allocation;
+///   [`Policy`](crate::Policy), with no allocation. A bin of one small
+///   value (a closure of up to three words: a `Vec`, a `String`, a `Box`
+///   deferred) keeps it in the guard itself and frees it with no queue at
+///   all, as cheaply as dropping it under the lock (outside a section of
+///   the dropping thread; inside one it waits for the section's end);
 /// - a costly bin leaves the thread whatever its policy: to the executor
 ///   set with
 ///   [`set_offload_executor`](crate::set_offload_executor), or else to
@@ -121,14 +125,27 @@ impl Future for YieldOnce {
 /// time: an async server on such a machine runs them at
 /// [`ReclaimerPriority::Normal`](crate::ReclaimerPriority::Normal)).
 ///
-/// [`unlock`](AsyncGuard::unlock)`.await` is still worth writing where the
+/// A plain drop cannot end the releasing task's poll: the waiter the
+/// release woke runs when that poll ends (tokio queues it on the same
+/// worker, in the slot it polls next, and no other worker takes it from
+/// there). Code that goes on working after the release in the same poll
+/// (building its next value, say) keeps the waiter, which holds the lock
+/// by then, waiting that long, and with many tasks the waits chain into
+/// a convoy. [`unlock`](AsyncGuard::unlock)`.await` is worth writing
+/// there: it releases and yields once, so that the waiter runs first,
+/// then frees the bin in place whatever it costs (an empty bin, or one
+/// value cheaper than the yield, it frees without yielding: follow it with
+/// `tokio::task::yield_now().await` where the poll must end there
+/// whatever the bin holds). Write it too where the
 /// frees should stay on the releasing task's thread (memory a per-thread
 /// allocator should get back there, or a machine with no CPU to spare for
-/// a reclaimer): it releases, yields once so that the waiter runs, and
-/// then frees the bin in place, whatever it costs. A guard dropped by cancellation (its future dropped by
-/// `select!`, a timeout, an abort, a runtime shutting down) releases and
-/// frees like any drop; each value is freed exactly once. Forgetting a
-/// guard (`mem::forget`) leaks its lock and its bin.
+/// a reclaimer). A bin of one value known to cost less than the yield
+/// (1 µs) it frees at once, without yielding.
+///
+/// A guard dropped by cancellation (its future dropped by `select!`, a
+/// timeout, an abort, a runtime shutting down) releases and frees like
+/// any drop; each value is freed exactly once. Forgetting a guard
+/// (`mem::forget`) leaks its lock and its bin.
 ///
 /// Works with tokio's, async-lock's, futures' and `std`'s guards alike;
 #[cfg_attr(feature = "tokio", doc = "[`freeq::tokio`](crate::tokio)")]
@@ -332,11 +349,15 @@ impl<G> AsyncGuard<G> {
 
     /// Releases the lock, lets a task already waiting for it run (it
     /// yields once to the runtime, only if the bin holds anything), then
-    /// frees the bin.
+    /// frees the bin. A bin of one value whose type is known to cost less
+    /// to free than the yield (1 µs: a few boxes) is freed at once instead,
+    /// as a plain drop frees it: the waiter waits no longer than it would
+    /// for the yield.
     ///
     /// A plain drop moves a costly bin off the thread instead (see
     /// [`AsyncGuard`], "Dropping a guard"); `unlock().await` keeps the
-    /// frees on this task, after the waiter has run. Cancelled (the future
+    /// frees on this task, after the waiter has run, and, where it yields,
+    /// ends the poll at the release, which a plain drop cannot. Cancelled (the future
     /// dropped before it finished), it still releases and frees exactly
     /// once: the bin is freed as a plain drop frees it, where the future is
     /// dropped.
