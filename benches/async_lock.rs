@@ -476,9 +476,13 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
     let strategies = [Strategy::Under, Strategy::FreeqDrop, Strategy::FreeqUnlock];
     let mut med: Vec<Vec<(u64, u64)>> = strategies.iter().map(|_| Vec::new()).collect();
     let mut free_ns = Vec::new();
+    let mut slow = [Slow::default(); 3];
     for _ in 0..rounds {
         for (i, &strategy) in strategies.iter().enumerate() {
-            let (h, f) = rt.block_on(handoff_run(strategy, allocs, reps));
+            let (h, f, sl) = rt.block_on(handoff_run(strategy, allocs, reps));
+            slow[i].slow += sl.slow;
+            slow[i].same_thread += sl.same_thread;
+            slow[i].preempted += sl.preempted;
             med[i].push((h.value_at_quantile(0.5), h.value_at_quantile(0.99)));
             if f > 0 {
                 free_ns.push(f);
@@ -527,6 +531,17 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
             ],
         );
     }
+    for (i, &s) in strategies.iter().enumerate() {
+        note(&format!(
+            "hand-off, {title}, {}: over 50 us {} of {}; to a waiter on the releasing thread {}; \
+             that thread waiting for a CPU for at least half of it {}",
+            s.name(),
+            slow[i].slow,
+            reps * rounds,
+            slow[i].same_thread,
+            slow[i].preempted
+        ));
+    }
     for (i, &s) in strategies.iter().enumerate().skip(1) {
         println!(
             "  {:<13} handoff p50 {:.1}x, p99 {:.1}x lower than under",
@@ -537,17 +552,45 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
     }
 }
 
-async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogram<u64>, u64) {
+/// Nanoseconds the calling thread has spent runnable but waiting for a
+/// CPU (Linux's `/proc/thread-self/schedstat`), or 0 where unknown.
+fn cpu_wait_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Slow hand-offs of a [`handoff_run`]: over 50 µs, those to a waiter on
+/// the releasing holder's thread, and of those the ones where that thread
+/// waited for a CPU for at least half the hand-off (it was preempted in
+/// between: the waiter, queued to run next on that worker, waited with it).
+#[derive(Clone, Copy, Default)]
+struct Slow {
+    slow: u64,
+    same_thread: u64,
+    preempted: u64,
+}
+
+async fn handoff_run(
+    strategy: Strategy,
+    allocs: usize,
+    reps: usize,
+) -> (Histogram<u64>, u64, Slow) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let start = Instant::now();
     let now = move || start.elapsed().as_nanos() as u64;
     let tokio_lock = Arc::new(tokio::sync::Mutex::new(build(1)));
     let freeq_lock = Arc::new(freeq::tokio::Mutex::new(build(1)));
     let mut frees = Vec::new();
+    let mut slow = Slow::default();
     for _ in 0..reps {
         let fresh = build(allocs);
         let released = Arc::new(AtomicU64::new(0));
+        // The holder's thread and its CPU wait, read before its release.
+        let holder_at = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let (t, f, r) = (tokio_lock.clone(), freeq_lock.clone(), released.clone());
+        let at = holder_at.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         // Takes the lock first, lets the waiter queue, then releases.
         let holder = async move {
@@ -559,6 +602,8 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
                     let old = std::mem::replace(&mut *g, fresh);
                     // The holder's work is done: from here on the waiter
                     // waits for the frees and the release.
+                    at.0.store(thread_no(), Relaxed);
+                    at.1.store(cpu_wait_ns(), Relaxed);
                     let t0 = now();
                     r.store(t0, Relaxed);
                     drop(old);
@@ -572,6 +617,8 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
                     tokio::task::yield_now().await;
                     let old = std::mem::replace(&mut *g, fresh);
                     g.defer(old);
+                    at.0.store(thread_no(), Relaxed);
+                    at.1.store(cpu_wait_ns(), Relaxed);
                     r.store(now(), Relaxed);
                     if strategy == Strategy::FreeqUnlock {
                         g.unlock().await;
@@ -586,6 +633,7 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
         // The waiter: queues on the lock (the holder has it), then records
         // when it gets it.
         let (t, f, r) = (tokio_lock.clone(), freeq_lock.clone(), released.clone());
+        let at = holder_at.clone();
         let waiter = tokio::spawn(async move {
             // Let the holder take the lock first.
             while match strategy {
@@ -599,11 +647,26 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
                 Strategy::Under => drop(t.lock().await),
                 _ => drop(f.lock().await),
             }
-            now().saturating_sub(r.load(Relaxed))
+            let waited = now().saturating_sub(r.load(Relaxed));
+            let same = at.0.load(Relaxed) == thread_no();
+            (
+                waited,
+                same,
+                cpu_wait_ns().saturating_sub(at.1.load(Relaxed)),
+            )
         });
         let took = holder.await.unwrap();
-        let waited = waiter.await.unwrap();
+        let (waited, same, cpu_wait) = waiter.await.unwrap();
         hist.saturating_record(waited.max(1));
+        if waited > 50_000 {
+            slow.slow += 1;
+            if same {
+                slow.same_thread += 1;
+                if cpu_wait >= waited / 2 {
+                    slow.preempted += 1;
+                }
+            }
+        }
         if took > 0 {
             frees.push(took);
         }
@@ -613,7 +676,7 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
     } else {
         median_u64(frees)
     };
-    (hist, free)
+    (hist, free, slow)
 }
 
 /// One strategy's medians in one table, for the parent process: the
@@ -628,12 +691,23 @@ fn row_line(section: &str, strategy: &str, values: &[f64; 8]) {
     println!("@row\t{section}\t{strategy}\t{}", v.join("\t"));
 }
 
+/// A line for the reader that has no column: printed, or passed to the
+/// parent process, which prints each process's after the tables.
+fn note(line: &str) {
+    if std::env::var_os(ONE_PROCESS).is_some() {
+        println!("@note\t{line}");
+    } else {
+        println!("  {line}");
+    }
+}
+
 /// Runs this bench `processes` times, each a fresh process with the same
 /// options, and prints each figure as its min–max range over them, and
 /// each ratio to the table's first strategy the same way.
 fn over_processes(processes: usize) {
     type Rows = Vec<(String, String, Vec<Vec<f64>>)>;
     let mut rows: Rows = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let exe = std::env::current_exe().expect("the bench's own path");
     let args: Vec<String> = std::env::args().skip(1).collect();
     for p in 1..=processes {
@@ -649,6 +723,10 @@ fn over_processes(processes: usize) {
             std::process::exit(1);
         }
         for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(n) = line.strip_prefix("@note\t") {
+                notes.push(format!("process {p}: {n}"));
+                continue;
+            }
             let mut f = line.split('\t');
             if f.next() != Some("@row") {
                 continue;
@@ -726,6 +804,12 @@ fn over_processes(processes: usize) {
     println!(
         "\n(ratios per process against the section's first row: wait p99 base/this, higher is better; ops/s this/base)"
     );
+    if !notes.is_empty() {
+        println!();
+        for n in &notes {
+            println!("{n}");
+        }
+    }
 }
 
 /// Set in the child processes that [`over_processes`] starts.

@@ -696,3 +696,43 @@ fn guards_allocate_nothing_in_steady_state() {
         }
     });
 }
+
+/// Takes 30 µs to drop: a bin holding one goes to a reclaimer.
+struct Slow;
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_micros(30) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Nothing is allocated under the lock in steady state, also when each
+/// bin is costly and leaves the thread with its blocks: the thread keeps
+/// blocks for the next bin (recycled ones, or new ones taken after the
+/// release).
+#[test]
+fn costly_bins_leave_without_allocating_under_the_next_lock() {
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    let rt = current_thread();
+    rt.block_on(async {
+        let m = Mutex::new(0u32);
+        let mut under = 0;
+        for round in 0..60 {
+            let mut g = m.lock().await;
+            let before = allocs();
+            g.defer(Slow);
+            g.defer(String::new());
+            g.defer_fn(|| ());
+            if round >= 20 {
+                // The types are timed and the thread has blocks by now.
+                under += allocs() - before;
+            }
+            drop(g);
+        }
+        assert_eq!(under, 0, "allocations under the lock");
+    });
+    freeq::quiesce();
+}

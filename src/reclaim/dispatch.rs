@@ -118,7 +118,8 @@ pub(crate) const BIN_BUDGET_NS: u64 = 10_000;
 /// Any other bin (one holding a type not timed yet too: it is freed, and
 /// so timed, here), and one that cannot leave (inside a section, on a
 /// reclaimer, while unwinding, past the backlog bound), is handed to this
-/// thread as [`queue_batch`] does. Leaves `bin` empty.
+/// thread as [`queue_batch`] does. Leaves `bin` empty (with blocks for
+/// the next bin, after a hand-off).
 pub(crate) fn release_bin(bin: &mut Buffer) {
     if !bin.is_empty()
         && !std::thread::panicking()
@@ -127,9 +128,20 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
         && matches!(estimate(bin), Cost::Known(ns) if ns >= BIN_BUDGET_NS.min(offload_threshold_ns()))
     {
         let items = bin.len();
+        let bytes = bin.capacity_bytes();
         let mut first = None;
         match hand_off(std::mem::take(bin), &mut first) {
-            Ok(_) => {
+            Ok(recycled) => {
+                // The bin's blocks left with it: it keeps a recycled
+                // buffer's, or takes new ones now, after the release, so
+                // that the next bin's pushes allocate nothing under its
+                // lock.
+                if let Some(recycled) = recycled {
+                    *bin = recycled;
+                }
+                let keep = section::max_retained();
+                bin.trim(keep);
+                bin.reserve_bytes(bytes.min(keep));
                 // Counted as deferred here, as `defer_heavy` counts its
                 // value: the reclaimer counts them as freed.
                 count_late(items, 0, 0);

@@ -202,19 +202,18 @@ impl Bin {
     /// whether it did (the bin is then empty).
     #[inline]
     pub(super) fn free_if_within(&mut self, limit_ns: u64) -> bool {
-        match self.one_meta {
-            Some(meta) => {
-                // SAFETY: (6) `one_meta` is `Some`: `one` holds the item it
-                // describes, written by `push`; on `true` it has been read
-                // and `one_meta` is cleared, on `false` it is back.
-                let freed = unsafe { (meta.free_within)(&raw mut self.one, limit_ns) };
-                if freed {
-                    self.one_meta = None;
-                }
-                freed
-            }
-            None => false,
+        // Taken first: if the free panics, the bin is empty as it unwinds.
+        let Some(meta) = self.one_meta.take() else {
+            return false;
+        };
+        // SAFETY: (6) `one_meta` was `Some`: `one` holds the item it
+        // describes, written by `push`; on `true` it has been read, on
+        // `false` it is untouched and `one_meta` is put back.
+        let freed = unsafe { (meta.free_within)(&raw mut self.one, limit_ns) };
+        if !freed {
+            self.one_meta = Some(meta);
         }
+        freed
     }
 
     /// Frees the bin: a lone cheap item right here (as the queue would,
