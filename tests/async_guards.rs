@@ -434,6 +434,25 @@ fn one_small_value_moves_and_frees_exactly_once() {
                 drop(section);
                 assert_eq!(*log.lock().unwrap(), [1], "{name}");
 
+                // A value cheap enough to free in place (in Miri too,
+                // where most frees are learned as costly): it holds
+                // nothing.
+                static HITS: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                struct Hit;
+                impl Drop for Hit {
+                    fn drop(&mut self) {
+                        HITS.fetch_add(1, SeqCst);
+                    }
+                }
+                let before = HITS.load(SeqCst);
+                for _ in 0..20 {
+                    let mut g = lock.lock().await;
+                    g.defer(Hit);
+                    unlock(g).await;
+                }
+                assert_eq!(HITS.load(SeqCst) - before, 20, "{name}");
+
                 // A guard mapped, keeping its slot.
                 log.lock().unwrap().clear();
                 let mut g = lock.lock().await;
