@@ -29,11 +29,20 @@
 //! acquisition by a task that was already waiting; it includes whatever
 //! the strategy does before its release) p50/p99, and throughput to full
 //! reclamation (until every replaced value is freed, by `quiesce` for
-//! freeq's reclaimers and a marker for defer-drop's thread); then ratios
-//! against `under`. A second
+//! freeq's reclaimers and a marker for defer-drop's thread), the release's
+//! p99 (from the end of the holder's work to the end of its release
+//! statement: frees made in place included), the share of hand-offs whose
+//! waiter ran on the releasing holder's thread, and the share of releases
+//! over 100 µs (a costly value freed in place); then ratios against
+//! `under`. The hand-off part counts its slow hand-offs (over 50 µs), those
+//! on the releasing thread, and those during which that thread waited for
+//! a CPU (`/proc/thread-self/schedstat`) for at least half the hand-off. A second
 //! part runs the same on a current-thread runtime, and a third replaces a
 //! cheap value (one small box) to check that freeq costs no throughput
-//! when there is nothing expensive to free.
+//! when there is nothing expensive to free; freeq's strategies defer it as
+//! a type of its own (`Cheap`), whose learned cost the costly values of
+//! the other parts do not raise. `--parts` picks parts; `--count` runs one
+//! strategy's cheap loop alone, for an instruction counter.
 //!
 //! Each process's figures depend on its heap and on where the runtime put
 //! its tasks, so the bench runs itself `--processes` times (default 3),
@@ -108,6 +117,9 @@ struct Shared {
     released: AtomicU64,
     /// The thread the last holder ran on ([`thread_no`]).
     releaser: AtomicU64,
+    /// Read the holders' CPU time around their releases (not in the cheap
+    /// part, whose operations are shorter than the system call).
+    cpu: bool,
 }
 
 /// A number for the calling thread.
@@ -131,6 +143,24 @@ struct Config {
     ops: usize,
     allocs: usize,
     think: Duration,
+    /// freeq's strategies defer the old value as a [`Cheap`]: a type of
+    /// its own, whose learned drop cost the costly values of the other
+    /// parts do not raise.
+    cheap: bool,
+}
+
+/// The cheap part's values, deferred under a type of their own (freeq
+/// learns drop costs per type, and follows a type's recent frees).
+#[allow(dead_code)]
+struct Cheap(Value);
+
+/// Defers `old` into `g`'s bin, as a [`Cheap`] in the cheap part.
+fn defer_old<G>(g: &mut freeq::AsyncGuard<G>, old: Value, c: &Config) {
+    if c.cheap {
+        g.defer(Cheap(old));
+    } else {
+        g.defer(old);
+    }
 }
 
 fn build(allocs: usize) -> Value {
@@ -154,6 +184,12 @@ struct Hists {
     /// holder's thread.
     handoffs: u64,
     same_thread: u64,
+    /// Releases over 100 µs, and those during which the holder's thread
+    /// ran for at least half the time (work done in the release: frees
+    /// made in place; the others waited: for a CPU, or for a lock).
+    slow_releases: u64,
+    worked_releases: u64,
+    releases: u64,
 }
 
 impl Hists {
@@ -165,6 +201,9 @@ impl Hists {
             release: h(),
             handoffs: 0,
             same_thread: 0,
+            slow_releases: 0,
+            worked_releases: 0,
+            releases: 0,
         }
     }
 }
@@ -184,17 +223,48 @@ fn acquired(s: &Shared, h: &mut Hists, asked: u64) {
     }
 }
 
+/// CPU time of the calling thread, in ns (0 where unknown).
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+    if ok {
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    } else {
+        0
+    }
+}
+
+/// When a holder's work was done, and its thread's CPU time then (read
+/// only where [`Shared::cpu`] asks for it: a system call per release).
+struct Done {
+    at: u64,
+    cpu: u64,
+}
+
 /// The holder's work is done: from here on waiters wait for its release.
-fn work_done(s: &Shared) -> u64 {
+fn work_done(s: &Shared) -> Done {
+    let cpu = if s.cpu { thread_cpu_ns() } else { 0 };
     let now = s.now();
     s.releaser.store(thread_no(), Relaxed);
     s.released.store(now, Relaxed);
-    now
+    Done { at: now, cpu }
 }
 
 /// The holder's release statement ended (see [`Hists::release`]).
-fn release_done(s: &Shared, h: &mut Hists, done: u64) {
-    h.release.saturating_record((s.now() - done).max(1));
+fn release_done(s: &Shared, h: &mut Hists, done: Done) {
+    let took = s.now() - done.at;
+    h.release.saturating_record(took.max(1));
+    h.releases += 1;
+    if took > 100_000 {
+        h.slow_releases += 1;
+        if s.cpu && thread_cpu_ns().saturating_sub(done.cpu) >= took / 2 {
+            h.worked_releases += 1;
+        }
+    }
 }
 
 async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hists {
@@ -218,7 +288,7 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
-                g.defer(old);
+                defer_old(&mut g, old, &c);
                 let done = work_done(&s);
                 g.unlock().await;
                 release_done(&s, &mut h, done);
@@ -232,7 +302,7 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 drop(g);
                 release_done(&s, &mut h, done);
             }
-            (Lock::Freeq(m), _) => plain_drop(&s, &mut h, asked, m.lock().await, fresh),
+            (Lock::Freeq(m), _) => plain_drop(&s, &mut h, asked, m.lock().await, fresh, &c),
             (Lock::DeferDrop(m), _) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
@@ -244,11 +314,11 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
             }
             (Lock::AsyncMutex(m), _) => {
                 let g = freeq::AsyncGuard::new(m.lock().await);
-                plain_drop(&s, &mut h, asked, g, fresh)
+                plain_drop(&s, &mut h, asked, g, fresh, &c)
             }
             (Lock::Futures(m), _) => {
                 let g = freeq::AsyncGuard::new(m.lock().await);
-                plain_drop(&s, &mut h, asked, g, fresh)
+                plain_drop(&s, &mut h, asked, g, fresh, &c)
             }
             (Lock::Std(m), _) => {
                 let mut g = m.lock().unwrap();
@@ -272,10 +342,11 @@ fn plain_drop<G: std::ops::DerefMut<Target = Value>>(
     asked: u64,
     mut g: freeq::AsyncGuard<G>,
     fresh: Value,
+    c: &Config,
 ) {
     acquired(s, h, asked);
     let old = std::mem::replace(&mut *g, fresh);
-    g.defer(old);
+    defer_old(&mut g, old, c);
     let done = work_done(s);
     drop(g);
     release_done(s, h, done);
@@ -289,6 +360,10 @@ struct Run {
     /// releasing holder's thread.
     release_p99: u64,
     same_thread: f64,
+    /// The share of releases over 100 µs, and of those where the thread
+    /// ran for at least half the time.
+    slow_releases: f64,
+    worked_releases: f64,
 }
 
 fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
@@ -308,6 +383,7 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         start: Instant::now(),
         released: AtomicU64::new(0),
         releaser: AtomicU64::new(0),
+        cpu: !c.cheap,
     });
     let per_task = c.ops.div_ceil(c.tasks);
     let started = Instant::now();
@@ -323,6 +399,9 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
             all.release.add(&h.release).unwrap();
             all.handoffs += h.handoffs;
             all.same_thread += h.same_thread;
+            all.slow_releases += h.slow_releases;
+            all.worked_releases += h.worked_releases;
+            all.releases += h.releases;
         }
         all
     });
@@ -356,6 +435,8 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         throughput: (per_task * c.tasks) as f64 / elapsed.as_secs_f64(),
         release_p99: q(&hists.release, 0.99),
         same_thread: hists.same_thread as f64 / hists.handoffs.max(1) as f64,
+        slow_releases: hists.slow_releases as f64 / hists.releases.max(1) as f64,
+        worked_releases: hists.worked_releases as f64 / hists.releases.max(1) as f64,
     }
 }
 
@@ -396,7 +477,7 @@ fn compare(
         c.think.as_micros()
     );
     println!(
-        "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10} {:>12} {:>9}",
+        "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10} {:>12} {:>9} {:>9} {:>9}",
         "strategy",
         "wait p50",
         "wait p99",
@@ -405,7 +486,9 @@ fn compare(
         "handoff p99",
         "ops/s",
         "release p99",
-        "same thr"
+        "same thr",
+        "slow rel",
+        "worked"
     );
     let mut med = Vec::new();
     for (i, &s) in strategies.iter().enumerate() {
@@ -418,8 +501,10 @@ fn compare(
         );
         let release = m(&|r| r.release_p99);
         let same = median_f64(r.iter().map(|r| r.same_thread).collect());
+        let slow = median_f64(r.iter().map(|r| r.slow_releases).collect());
+        let worked = median_f64(r.iter().map(|r| r.worked_releases).collect());
         println!(
-            "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10.0} {:>12} {:>8.0}%",
+            "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10.0} {:>12} {:>8.0}% {:>8.1}% {:>8.1}%",
             s.name(),
             us(row.0[0]),
             us(row.0[1]),
@@ -428,7 +513,9 @@ fn compare(
             us(row.1[1]),
             row.2,
             us(release),
-            same * 100.0
+            same * 100.0,
+            slow * 100.0,
+            worked * 100.0
         );
         row_line(
             &format!("{title}, {} tasks", c.tasks),
@@ -442,6 +529,8 @@ fn compare(
                 row.2,
                 release as f64,
                 same,
+                slow,
+                worked,
             ],
         );
         med.push(row);
@@ -525,6 +614,8 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
                 f64::NAN,
                 rows[i].0 as f64,
                 rows[i].1 as f64,
+                f64::NAN,
+                f64::NAN,
                 f64::NAN,
                 f64::NAN,
                 f64::NAN,
@@ -681,9 +772,11 @@ async fn handoff_run(
 
 /// One strategy's medians in one table, for the parent process: the
 /// section, the strategy, then wait p50/p99/p99.9 and hand-off p50/p99
-/// (ns), throughput (ops/s), release p99 (ns) and the share of hand-offs
-/// on the releasing thread; NaN where the table has no such column.
-fn row_line(section: &str, strategy: &str, values: &[f64; 8]) {
+/// (ns), throughput (ops/s), release p99 (ns), the share of hand-offs on
+/// the releasing thread, the share of releases over 100 µs and of those
+/// the holder's thread spent working; NaN where the table has no such
+/// column.
+fn row_line(section: &str, strategy: &str, values: &[f64; 10]) {
     if std::env::var_os(ONE_PROCESS).is_none() {
         return;
     }
@@ -757,7 +850,7 @@ fn over_processes(processes: usize) {
             base = runs.clone();
             println!("\n## {sec}");
             println!(
-                "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} | {:>15} {:>13}",
+                "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} {:>11} {:>10} | {:>15} {:>13}",
                 "strategy",
                 "wait p50 us",
                 "wait p99 us",
@@ -766,7 +859,9 @@ fn over_processes(processes: usize) {
                 "handoff p99",
                 "ops/s",
                 "release p99",
-                "same thr",
+                "same thr %",
+                "slow rel %",
+                "worked %",
                 "wait p99 ratio",
                 "ops/s ratio"
             );
@@ -787,7 +882,7 @@ fn over_processes(processes: usize) {
                 .collect()
         };
         println!(
-            "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} | {:>14}x {:>12}x",
+            "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} {:>11} {:>10} | {:>14}x {:>12}x",
             strategy,
             range(&col(0), 1e3, 1),
             range(&col(1), 1e3, 1),
@@ -797,6 +892,8 @@ fn over_processes(processes: usize) {
             range(&col(5), 1.0, 0),
             range(&col(6), 1e3, 1),
             range(&col(7), 0.01, 0),
+            range(&col(8), 0.01, 1),
+            range(&col(9), 0.01, 1),
             range(&ratio(1, true), 1.0, 1),
             range(&ratio(5, false), 1.0, 3),
         );
@@ -983,13 +1080,13 @@ fn count(strategy: Strategy, ops: usize) {
                 Strategy::FreeqDrop => {
                     let mut g = freeq_lock.lock().await;
                     let old = std::mem::replace(&mut *g, fresh);
-                    g.defer(old);
+                    g.defer(Cheap(old));
                     drop(g);
                 }
                 _ => {
                     let mut g = freeq_lock.lock().await;
                     let old = std::mem::replace(&mut *g, fresh);
-                    g.defer(old);
+                    g.defer(Cheap(old));
                     g.unlock().await;
                 }
             }
@@ -1046,6 +1143,7 @@ fn main() {
             ops: o.ops,
             allocs: o.allocs,
             think,
+            cheap: false,
         };
         compare("multi-thread", &multi, &Strategy::ALL, c, o.rounds);
     }
@@ -1054,6 +1152,7 @@ fn main() {
         ops: o.ops,
         allocs: o.allocs,
         think,
+        cheap: false,
     };
     if part("current-thread") {
         compare("current-thread", &current, &Strategy::ALL, c, o.rounds);
@@ -1067,6 +1166,7 @@ fn main() {
         ops: o.cheap_ops,
         allocs: 1,
         think: Duration::ZERO,
+        cheap: true,
     };
     compare(
         "cheap values, multi-thread",
