@@ -117,9 +117,10 @@ struct Shared {
     released: AtomicU64,
     /// The thread the last holder ran on ([`thread_no`]).
     releaser: AtomicU64,
-    /// Read the holders' CPU time around their releases (not in the cheap
-    /// part, whose operations are shorter than the system call).
-    cpu: bool,
+    /// Time the releases, note the releasing thread and read its CPU time
+    /// around the release: not in the cheap part, whose operations are
+    /// shorter than that costs (its release columns are empty).
+    detail: bool,
 }
 
 /// A number for the calling thread.
@@ -239,7 +240,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// When a holder's work was done, and its thread's CPU time then (read
-/// only where [`Shared::cpu`] asks for it: a system call per release).
+/// only where [`Shared::detail`] asks for it: a system call per release).
 struct Done {
     at: u64,
     cpu: u64,
@@ -247,8 +248,12 @@ struct Done {
 
 /// The holder's work is done: from here on waiters wait for its release.
 fn work_done(s: &Shared) -> Done {
-    let cpu = if s.cpu { thread_cpu_ns() } else { 0 };
     let now = s.now();
+    if !s.detail {
+        s.released.store(now, Relaxed);
+        return Done { at: now, cpu: 0 };
+    }
+    let cpu = thread_cpu_ns();
     s.releaser.store(thread_no(), Relaxed);
     s.released.store(now, Relaxed);
     Done { at: now, cpu }
@@ -256,12 +261,15 @@ fn work_done(s: &Shared) -> Done {
 
 /// The holder's release statement ended (see [`Hists::release`]).
 fn release_done(s: &Shared, h: &mut Hists, done: Done) {
+    if !s.detail {
+        return;
+    }
     let took = s.now() - done.at;
     h.release.saturating_record(took.max(1));
     h.releases += 1;
     if took > 100_000 {
         h.slow_releases += 1;
-        if s.cpu && thread_cpu_ns().saturating_sub(done.cpu) >= took / 2 {
+        if thread_cpu_ns().saturating_sub(done.cpu) >= took / 2 {
             h.worked_releases += 1;
         }
     }
@@ -383,7 +391,7 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         start: Instant::now(),
         released: AtomicU64::new(0),
         releaser: AtomicU64::new(0),
-        cpu: !c.cheap,
+        detail: !c.cheap,
     });
     let per_task = c.ops.div_ceil(c.tasks);
     let started = Instant::now();
@@ -527,10 +535,10 @@ fn compare(
                 row.1[0] as f64,
                 row.1[1] as f64,
                 row.2,
-                release as f64,
-                same,
-                slow,
-                worked,
+                if c.cheap { f64::NAN } else { release as f64 },
+                if c.cheap { f64::NAN } else { same },
+                if c.cheap { f64::NAN } else { slow },
+                if c.cheap { f64::NAN } else { worked },
             ],
         );
         med.push(row);
