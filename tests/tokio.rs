@@ -734,5 +734,4 @@ fn costly_bins_leave_without_allocating_under_the_next_lock() {
         }
         assert_eq!(under, 0, "allocations under the lock");
     });
-    freeq::quiesce();
 }
