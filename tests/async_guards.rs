@@ -358,8 +358,9 @@ fn one_small_value_frees_in_order_after_the_release() {
                 drop(section);
                 assert_eq!(*log.lock().unwrap(), [1], "{name}");
 
-                // Freed by `unlock().await` (at once: it is cheap), a
-                // panicking value is dropped once, the panic resumed.
+                // Freed by `unlock().await` after its yield (in place: it
+                // is cheap), a panicking value is dropped once, the panic
+                // resumed.
                 log.lock().unwrap().clear();
                 let mut g = lock.lock().await;
                 let mut s = step(1, &log);
@@ -368,6 +369,7 @@ fn one_small_value_frees_in_order_after_the_release() {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut f = std::pin::pin!(unlock(g));
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    assert!(f.as_mut().poll(&mut cx).is_pending(), "it yields");
                     f.as_mut().poll(&mut cx).is_ready()
                 }));
                 assert!(r.is_err(), "{name}");

@@ -154,13 +154,6 @@ pub(crate) fn release_bin(bin: &mut Buffer) {
     queue_batch(bin, &mut Buffer::new());
 }
 
-/// What a lone item of an async guard's bin may be expected to cost for
-/// [`AsyncGuard::unlock`](crate::AsyncGuard::unlock) to free it at once,
-/// without yielding first: about what the yield costs the releasing task
-/// (a wake and a trip through the scheduler), and all a waiter may wait
-/// for it.
-pub(crate) const UNLOCK_AT_ONCE_NS: u64 = 1_000;
-
 /// Whether an async guard's only item, of type `id`, is freed here and
 /// now ([`free_one`]) where the bin's way ([`release_bin`],
 /// [`queue_batch`]) would free it here and now: its type's learned cost

@@ -201,7 +201,7 @@ impl Bin {
     /// cost less than `limit_ns` and this thread is outside any section:
     /// whether it did (the bin is then empty).
     #[inline]
-    pub(super) fn free_if_within(&mut self, limit_ns: u64) -> bool {
+    fn free_if_within(&mut self, limit_ns: u64) -> bool {
         // Taken first: if the free panics, the bin is empty as it unwinds.
         let Some(meta) = self.one_meta.take() else {
             return false;

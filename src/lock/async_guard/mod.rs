@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::lock::async_guard::bin::Bin;
-use crate::reclaim::dispatch::UNLOCK_AT_ONCE_NS;
 
 /// A future that yields what `F` yields, a guard, wrapped in an
 /// [`AsyncGuard`]: the lock futures of
@@ -133,14 +132,12 @@ impl Future for YieldOnce {
 /// by then, waiting that long, and with many tasks the waits chain into
 /// a convoy. [`unlock`](AsyncGuard::unlock)`.await` is worth writing
 /// there: it releases and yields once, so that the waiter runs first,
-/// then frees the bin in place whatever it costs (an empty bin, or one
-/// value cheaper than the yield, it frees without yielding: follow it with
-/// `tokio::task::yield_now().await` where the poll must end there
-/// whatever the bin holds). Write it too where the
+/// then frees the bin in place whatever it costs (with an empty bin it
+/// does not yield: follow it with `tokio::task::yield_now().await` where
+/// the poll must end there whatever the bin holds). Write it too where the
 /// frees should stay on the releasing task's thread (memory a per-thread
 /// allocator should get back there, or a machine with no CPU to spare for
-/// a reclaimer). A bin of one value known to cost less than the yield
-/// (1 µs) it frees at once, without yielding.
+/// a reclaimer).
 ///
 /// A guard dropped by cancellation (its future dropped by `select!`, a
 /// timeout, an abort, a runtime shutting down) releases and frees like
@@ -349,15 +346,13 @@ impl<G> AsyncGuard<G> {
 
     /// Releases the lock, lets a task already waiting for it run (it
     /// yields once to the runtime, only if the bin holds anything), then
-    /// frees the bin. A bin of one value whose type is known to cost less
-    /// to free than the yield (1 µs: a few boxes) is freed at once instead,
-    /// as a plain drop frees it: the waiter waits no longer than it would
-    /// for the yield.
+    /// frees the bin (one cheap value as a plain drop frees it, with no
+    /// queue).
     ///
     /// A plain drop moves a costly bin off the thread instead (see
     /// [`AsyncGuard`], "Dropping a guard"); `unlock().await` keeps the
-    /// frees on this task, after the waiter has run, and, where it yields,
-    /// ends the poll at the release, which a plain drop cannot. Cancelled (the future
+    /// frees on this task, after the waiter has run, and ends the poll at
+    /// the release (if the bin holds anything), which a plain drop cannot. Cancelled (the future
     /// dropped before it finished), it still releases and frees exactly
     /// once: the bin is freed as a plain drop frees it, where the future is
     /// dropped.
@@ -381,9 +376,7 @@ impl<G> AsyncGuard<G> {
     pub async fn unlock(self) {
         let AsyncGuard { guard, mut bin } = self;
         drop(guard);
-        // A bin that costs less to free than the yield (one value of a
-        // type known to be that cheap) is freed at once.
-        if bin.is_empty() || bin.free_if_within(UNLOCK_AT_ONCE_NS) {
+        if bin.is_empty() {
             return;
         }
         YieldOnce { yielded: false }.await;
