@@ -29,11 +29,20 @@
 //! acquisition by a task that was already waiting; it includes whatever
 //! the strategy does before its release) p50/p99, and throughput to full
 //! reclamation (until every replaced value is freed, by `quiesce` for
-//! freeq's reclaimers and a marker for defer-drop's thread); then ratios
-//! against `under`. A second
+//! freeq's reclaimers and a marker for defer-drop's thread), the release's
+//! p99 (from the end of the holder's work to the end of its release
+//! statement: frees made in place included), the share of hand-offs whose
+//! waiter ran on the releasing holder's thread, and the share of releases
+//! over 100 µs (a costly value freed in place); then ratios against
+//! `under`. The hand-off part counts its slow hand-offs (over 50 µs), those
+//! on the releasing thread, and those during which that thread waited for
+//! a CPU (`/proc/thread-self/schedstat`) for at least half the hand-off. A second
 //! part runs the same on a current-thread runtime, and a third replaces a
 //! cheap value (one small box) to check that freeq costs no throughput
-//! when there is nothing expensive to free.
+//! when there is nothing expensive to free; freeq's strategies defer it as
+//! a type of its own (`Cheap`), whose learned cost the costly values of
+//! the other parts do not raise. `--parts` picks parts; `--count` runs one
+//! strategy's cheap loop alone, for an instruction counter.
 //!
 //! Each process's figures depend on its heap and on where the runtime put
 //! its tasks, so the bench runs itself `--processes` times (default 3),
@@ -106,6 +115,21 @@ struct Shared {
     /// When the last holder finished its work (the value swapped; what
     /// follows is its strategy's frees and release), in ns since `start`.
     released: AtomicU64,
+    /// The thread the last holder ran on ([`thread_no`]).
+    releaser: AtomicU64,
+    /// Time the releases, note the releasing thread and read its CPU time
+    /// around the release: not in the cheap part, whose operations are
+    /// shorter than that costs (its release columns are empty).
+    detail: bool,
+}
+
+/// A number for the calling thread.
+fn thread_no() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    std::thread_local! {
+        static NO: u64 = NEXT.fetch_add(1, Relaxed);
+    }
+    NO.with(|n| *n)
 }
 
 impl Shared {
@@ -120,6 +144,24 @@ struct Config {
     ops: usize,
     allocs: usize,
     think: Duration,
+    /// freeq's strategies defer the old value as a [`Cheap`]: a type of
+    /// its own, whose learned drop cost the costly values of the other
+    /// parts do not raise.
+    cheap: bool,
+}
+
+/// The cheap part's values, deferred under a type of their own (freeq
+/// learns drop costs per type, and follows a type's recent frees).
+#[allow(dead_code)]
+struct Cheap(Value);
+
+/// Defers `old` into `g`'s bin, as a [`Cheap`] in the cheap part.
+fn defer_old<G>(g: &mut freeq::AsyncGuard<G>, old: Value, c: &Config) {
+    if c.cheap {
+        g.defer(Cheap(old));
+    } else {
+        g.defer(old);
+    }
 }
 
 fn build(allocs: usize) -> Value {
@@ -136,6 +178,19 @@ fn spin(d: Duration) {
 struct Hists {
     wait: Histogram<u64>,
     handoff: Histogram<u64>,
+    /// Time the holder spent on its release (from the end of its work to
+    /// the end of the release statement: frees made in place included).
+    release: Histogram<u64>,
+    /// Hand-offs (waiters that were queued) and those on the releasing
+    /// holder's thread.
+    handoffs: u64,
+    same_thread: u64,
+    /// Releases over 100 µs, and those during which the holder's thread
+    /// ran for at least half the time (work done in the release: frees
+    /// made in place; the others waited: for a CPU, or for a lock).
+    slow_releases: u64,
+    worked_releases: u64,
+    releases: u64,
 }
 
 impl Hists {
@@ -144,6 +199,12 @@ impl Hists {
         Hists {
             wait: h(),
             handoff: h(),
+            release: h(),
+            handoffs: 0,
+            same_thread: 0,
+            slow_releases: 0,
+            worked_releases: 0,
+            releases: 0,
         }
     }
 }
@@ -156,6 +217,61 @@ fn acquired(s: &Shared, h: &mut Hists, asked: u64) {
     let released = s.released.load(Relaxed);
     if released > asked && got >= released {
         h.handoff.saturating_record((got - released).max(1));
+        h.handoffs += 1;
+        if s.releaser.load(Relaxed) == thread_no() {
+            h.same_thread += 1;
+        }
+    }
+}
+
+/// CPU time of the calling thread, in ns (0 where unknown).
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; the call only writes it.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+    if ok {
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    } else {
+        0
+    }
+}
+
+/// When a holder's work was done, and its thread's CPU time then (read
+/// only where [`Shared::detail`] asks for it: a system call per release).
+struct Done {
+    at: u64,
+    cpu: u64,
+}
+
+/// The holder's work is done: from here on waiters wait for its release.
+fn work_done(s: &Shared) -> Done {
+    let now = s.now();
+    if !s.detail {
+        s.released.store(now, Relaxed);
+        return Done { at: now, cpu: 0 };
+    }
+    let cpu = thread_cpu_ns();
+    s.releaser.store(thread_no(), Relaxed);
+    s.released.store(now, Relaxed);
+    Done { at: now, cpu }
+}
+
+/// The holder's release statement ended (see [`Hists::release`]).
+fn release_done(s: &Shared, h: &mut Hists, done: Done) {
+    if !s.detail {
+        return;
+    }
+    let took = s.now() - done.at;
+    h.release.saturating_record(took.max(1));
+    h.releases += 1;
+    if took > 100_000 {
+        h.slow_releases += 1;
+        if thread_cpu_ns().saturating_sub(done.cpu) >= took / 2 {
+            h.worked_releases += 1;
+        }
     }
 }
 
@@ -171,50 +287,55 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(old); // freed here, under the lock
                 drop(g);
+                release_done(&s, &mut h, done);
             }
             (Lock::Freeq(m), Strategy::FreeqUnlock) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
-                g.defer(old);
-                s.released.store(s.now(), Relaxed);
+                defer_old(&mut g, old, &c);
+                let done = work_done(&s);
                 g.unlock().await;
+                release_done(&s, &mut h, done);
             }
             (Lock::Freeq(m), Strategy::FreeqPlain) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(old); // nothing deferred: the guard's bin stays empty
                 drop(g);
+                release_done(&s, &mut h, done);
             }
-            (Lock::Freeq(m), _) => plain_drop(&s, &mut h, asked, m.lock().await, fresh),
+            (Lock::Freeq(m), _) => plain_drop(&s, &mut h, asked, m.lock().await, fresh, &c),
             (Lock::DeferDrop(m), _) => {
                 let mut g = m.lock().await;
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, DeferDrop::new(fresh));
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(old); // sent to defer-drop's thread, under the lock
                 drop(g);
+                release_done(&s, &mut h, done);
             }
             (Lock::AsyncMutex(m), _) => {
                 let g = freeq::AsyncGuard::new(m.lock().await);
-                plain_drop(&s, &mut h, asked, g, fresh)
+                plain_drop(&s, &mut h, asked, g, fresh, &c)
             }
             (Lock::Futures(m), _) => {
                 let g = freeq::AsyncGuard::new(m.lock().await);
-                plain_drop(&s, &mut h, asked, g, fresh)
+                plain_drop(&s, &mut h, asked, g, fresh, &c)
             }
             (Lock::Std(m), _) => {
                 let mut g = m.lock().unwrap();
                 acquired(&s, &mut h, asked);
                 let old = std::mem::replace(&mut *g, fresh);
                 freeq::defer(old);
-                s.released.store(s.now(), Relaxed);
+                let done = work_done(&s);
                 drop(g);
+                release_done(&s, &mut h, done);
             }
         }
     }
@@ -229,18 +350,28 @@ fn plain_drop<G: std::ops::DerefMut<Target = Value>>(
     asked: u64,
     mut g: freeq::AsyncGuard<G>,
     fresh: Value,
+    c: &Config,
 ) {
     acquired(s, h, asked);
     let old = std::mem::replace(&mut *g, fresh);
-    g.defer(old);
-    s.released.store(s.now(), Relaxed);
+    defer_old(&mut g, old, c);
+    let done = work_done(s);
     drop(g);
+    release_done(s, h, done);
 }
 
 struct Run {
     wait: [u64; 3],
     handoff: [u64; 2],
     throughput: f64,
+    /// Release p99 (ns), and the share of hand-offs to a waiter on the
+    /// releasing holder's thread.
+    release_p99: u64,
+    same_thread: f64,
+    /// The share of releases over 100 µs, and of those where the thread
+    /// ran for at least half the time.
+    slow_releases: f64,
+    worked_releases: f64,
 }
 
 fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
@@ -259,6 +390,8 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         lock,
         start: Instant::now(),
         released: AtomicU64::new(0),
+        releaser: AtomicU64::new(0),
+        detail: !c.cheap,
     });
     let per_task = c.ops.div_ceil(c.tasks);
     let started = Instant::now();
@@ -271,6 +404,12 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
             let h = handle.await.unwrap();
             all.wait.add(&h.wait).unwrap();
             all.handoff.add(&h.handoff).unwrap();
+            all.release.add(&h.release).unwrap();
+            all.handoffs += h.handoffs;
+            all.same_thread += h.same_thread;
+            all.slow_releases += h.slow_releases;
+            all.worked_releases += h.worked_releases;
+            all.releases += h.releases;
         }
         all
     });
@@ -302,6 +441,10 @@ fn run(rt: &tokio::runtime::Runtime, strategy: Strategy, c: Config) -> Run {
         ],
         handoff: [q(&hists.handoff, 0.5), q(&hists.handoff, 0.99)],
         throughput: (per_task * c.tasks) as f64 / elapsed.as_secs_f64(),
+        release_p99: q(&hists.release, 0.99),
+        same_thread: hists.same_thread as f64 / hists.handoffs.max(1) as f64,
+        slow_releases: hists.slow_releases as f64 / hists.releases.max(1) as f64,
+        worked_releases: hists.worked_releases as f64 / hists.releases.max(1) as f64,
     }
 }
 
@@ -342,8 +485,18 @@ fn compare(
         c.think.as_micros()
     );
     println!(
-        "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10}",
-        "strategy", "wait p50", "wait p99", "wait p99.9", "handoff p50", "handoff p99", "ops/s"
+        "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10} {:>12} {:>9} {:>9} {:>9}",
+        "strategy",
+        "wait p50",
+        "wait p99",
+        "wait p99.9",
+        "handoff p50",
+        "handoff p99",
+        "ops/s",
+        "release p99",
+        "same thr",
+        "slow rel",
+        "worked"
     );
     let mut med = Vec::new();
     for (i, &s) in strategies.iter().enumerate() {
@@ -354,15 +507,23 @@ fn compare(
             [m(&|r| r.handoff[0]), m(&|r| r.handoff[1])],
             median_f64(r.iter().map(|r| r.throughput).collect()),
         );
+        let release = m(&|r| r.release_p99);
+        let same = median_f64(r.iter().map(|r| r.same_thread).collect());
+        let slow = median_f64(r.iter().map(|r| r.slow_releases).collect());
+        let worked = median_f64(r.iter().map(|r| r.worked_releases).collect());
         println!(
-            "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10.0}",
+            "{:<13} {:>10} {:>10} {:>11} {:>12} {:>12} {:>10.0} {:>12} {:>8.0}% {:>8.1}% {:>8.1}%",
             s.name(),
             us(row.0[0]),
             us(row.0[1]),
             us(row.0[2]),
             us(row.1[0]),
             us(row.1[1]),
-            row.2
+            row.2,
+            us(release),
+            same * 100.0,
+            slow * 100.0,
+            worked * 100.0
         );
         row_line(
             &format!("{title}, {} tasks", c.tasks),
@@ -374,6 +535,10 @@ fn compare(
                 row.1[0] as f64,
                 row.1[1] as f64,
                 row.2,
+                if c.cheap { f64::NAN } else { release as f64 },
+                if c.cheap { f64::NAN } else { same },
+                if c.cheap { f64::NAN } else { slow },
+                if c.cheap { f64::NAN } else { worked },
             ],
         );
         med.push(row);
@@ -408,9 +573,13 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
     let strategies = [Strategy::Under, Strategy::FreeqDrop, Strategy::FreeqUnlock];
     let mut med: Vec<Vec<(u64, u64)>> = strategies.iter().map(|_| Vec::new()).collect();
     let mut free_ns = Vec::new();
+    let mut slow = [Slow::default(); 3];
     for _ in 0..rounds {
         for (i, &strategy) in strategies.iter().enumerate() {
-            let (h, f) = rt.block_on(handoff_run(strategy, allocs, reps));
+            let (h, f, sl) = rt.block_on(handoff_run(strategy, allocs, reps));
+            slow[i].slow += sl.slow;
+            slow[i].same_thread += sl.same_thread;
+            slow[i].preempted += sl.preempted;
             med[i].push((h.value_at_quantile(0.5), h.value_at_quantile(0.99)));
             if f > 0 {
                 free_ns.push(f);
@@ -454,8 +623,23 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
                 rows[i].0 as f64,
                 rows[i].1 as f64,
                 f64::NAN,
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
+                f64::NAN,
             ],
         );
+    }
+    for (i, &s) in strategies.iter().enumerate() {
+        note(&format!(
+            "hand-off, {title}, {}: over 50 us {} of {}; to a waiter on the releasing thread {}; \
+             that thread waiting for a CPU for at least half of it {}",
+            s.name(),
+            slow[i].slow,
+            reps * rounds,
+            slow[i].same_thread,
+            slow[i].preempted
+        ));
     }
     for (i, &s) in strategies.iter().enumerate().skip(1) {
         println!(
@@ -467,17 +651,45 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
     }
 }
 
-async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogram<u64>, u64) {
+/// Nanoseconds the calling thread has spent runnable but waiting for a
+/// CPU (Linux's `/proc/thread-self/schedstat`), or 0 where unknown.
+fn cpu_wait_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Slow hand-offs of a [`handoff_run`]: over 50 µs, those to a waiter on
+/// the releasing holder's thread, and of those the ones where that thread
+/// waited for a CPU for at least half the hand-off (it was preempted in
+/// between: the waiter, queued to run next on that worker, waited with it).
+#[derive(Clone, Copy, Default)]
+struct Slow {
+    slow: u64,
+    same_thread: u64,
+    preempted: u64,
+}
+
+async fn handoff_run(
+    strategy: Strategy,
+    allocs: usize,
+    reps: usize,
+) -> (Histogram<u64>, u64, Slow) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let start = Instant::now();
     let now = move || start.elapsed().as_nanos() as u64;
     let tokio_lock = Arc::new(tokio::sync::Mutex::new(build(1)));
     let freeq_lock = Arc::new(freeq::tokio::Mutex::new(build(1)));
     let mut frees = Vec::new();
+    let mut slow = Slow::default();
     for _ in 0..reps {
         let fresh = build(allocs);
         let released = Arc::new(AtomicU64::new(0));
+        // The holder's thread and its CPU wait, read before its release.
+        let holder_at = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let (t, f, r) = (tokio_lock.clone(), freeq_lock.clone(), released.clone());
+        let at = holder_at.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         // Takes the lock first, lets the waiter queue, then releases.
         let holder = async move {
@@ -489,6 +701,8 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
                     let old = std::mem::replace(&mut *g, fresh);
                     // The holder's work is done: from here on the waiter
                     // waits for the frees and the release.
+                    at.0.store(thread_no(), Relaxed);
+                    at.1.store(cpu_wait_ns(), Relaxed);
                     let t0 = now();
                     r.store(t0, Relaxed);
                     drop(old);
@@ -502,6 +716,8 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
                     tokio::task::yield_now().await;
                     let old = std::mem::replace(&mut *g, fresh);
                     g.defer(old);
+                    at.0.store(thread_no(), Relaxed);
+                    at.1.store(cpu_wait_ns(), Relaxed);
                     r.store(now(), Relaxed);
                     if strategy == Strategy::FreeqUnlock {
                         g.unlock().await;
@@ -516,6 +732,7 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
         // The waiter: queues on the lock (the holder has it), then records
         // when it gets it.
         let (t, f, r) = (tokio_lock.clone(), freeq_lock.clone(), released.clone());
+        let at = holder_at.clone();
         let waiter = tokio::spawn(async move {
             // Let the holder take the lock first.
             while match strategy {
@@ -529,11 +746,26 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
                 Strategy::Under => drop(t.lock().await),
                 _ => drop(f.lock().await),
             }
-            now().saturating_sub(r.load(Relaxed))
+            let waited = now().saturating_sub(r.load(Relaxed));
+            let same = at.0.load(Relaxed) == thread_no();
+            (
+                waited,
+                same,
+                cpu_wait_ns().saturating_sub(at.1.load(Relaxed)),
+            )
         });
         let took = holder.await.unwrap();
-        let waited = waiter.await.unwrap();
+        let (waited, same, cpu_wait) = waiter.await.unwrap();
         hist.saturating_record(waited.max(1));
+        if waited > 50_000 {
+            slow.slow += 1;
+            if same {
+                slow.same_thread += 1;
+                if cpu_wait >= waited / 2 {
+                    slow.preempted += 1;
+                }
+            }
+        }
         if took > 0 {
             frees.push(took);
         }
@@ -543,18 +775,31 @@ async fn handoff_run(strategy: Strategy, allocs: usize, reps: usize) -> (Histogr
     } else {
         median_u64(frees)
     };
-    (hist, free)
+    (hist, free, slow)
 }
 
 /// One strategy's medians in one table, for the parent process: the
 /// section, the strategy, then wait p50/p99/p99.9 and hand-off p50/p99
-/// (ns) and throughput (ops/s); NaN where the table has no such column.
-fn row_line(section: &str, strategy: &str, values: &[f64; 6]) {
+/// (ns), throughput (ops/s), release p99 (ns), the share of hand-offs on
+/// the releasing thread, the share of releases over 100 µs and of those
+/// the holder's thread spent working; NaN where the table has no such
+/// column.
+fn row_line(section: &str, strategy: &str, values: &[f64; 10]) {
     if std::env::var_os(ONE_PROCESS).is_none() {
         return;
     }
     let v: Vec<String> = values.iter().map(|x| x.to_string()).collect();
     println!("@row\t{section}\t{strategy}\t{}", v.join("\t"));
+}
+
+/// A line for the reader that has no column: printed, or passed to the
+/// parent process, which prints each process's after the tables.
+fn note(line: &str) {
+    if std::env::var_os(ONE_PROCESS).is_some() {
+        println!("@note\t{line}");
+    } else {
+        println!("  {line}");
+    }
 }
 
 /// Runs this bench `processes` times, each a fresh process with the same
@@ -563,6 +808,7 @@ fn row_line(section: &str, strategy: &str, values: &[f64; 6]) {
 fn over_processes(processes: usize) {
     type Rows = Vec<(String, String, Vec<Vec<f64>>)>;
     let mut rows: Rows = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     let exe = std::env::current_exe().expect("the bench's own path");
     let args: Vec<String> = std::env::args().skip(1).collect();
     for p in 1..=processes {
@@ -578,6 +824,10 @@ fn over_processes(processes: usize) {
             std::process::exit(1);
         }
         for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(n) = line.strip_prefix("@note\t") {
+                notes.push(format!("process {p}: {n}"));
+                continue;
+            }
             let mut f = line.split('\t');
             if f.next() != Some("@row") {
                 continue;
@@ -608,7 +858,7 @@ fn over_processes(processes: usize) {
             base = runs.clone();
             println!("\n## {sec}");
             println!(
-                "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} | {:>15} {:>13}",
+                "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} {:>11} {:>10} | {:>15} {:>13}",
                 "strategy",
                 "wait p50 us",
                 "wait p99 us",
@@ -616,6 +866,10 @@ fn over_processes(processes: usize) {
                 "handoff p50",
                 "handoff p99",
                 "ops/s",
+                "release p99",
+                "same thr %",
+                "slow rel %",
+                "worked %",
                 "wait p99 ratio",
                 "ops/s ratio"
             );
@@ -636,7 +890,7 @@ fn over_processes(processes: usize) {
                 .collect()
         };
         println!(
-            "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} | {:>14}x {:>12}x",
+            "{:<16} {:>13} {:>15} {:>15} {:>13} {:>15} {:>15} {:>15} {:>9} {:>11} {:>10} | {:>14}x {:>12}x",
             strategy,
             range(&col(0), 1e3, 1),
             range(&col(1), 1e3, 1),
@@ -644,6 +898,10 @@ fn over_processes(processes: usize) {
             range(&col(3), 1e3, 1),
             range(&col(4), 1e3, 1),
             range(&col(5), 1.0, 0),
+            range(&col(6), 1e3, 1),
+            range(&col(7), 0.01, 0),
+            range(&col(8), 0.01, 1),
+            range(&col(9), 0.01, 1),
             range(&ratio(1, true), 1.0, 1),
             range(&ratio(5, false), 1.0, 3),
         );
@@ -651,6 +909,12 @@ fn over_processes(processes: usize) {
     println!(
         "\n(ratios per process against the section's first row: wait p99 base/this, higher is better; ops/s this/base)"
     );
+    if !notes.is_empty() {
+        println!();
+        for n in &notes {
+            println!("{n}");
+        }
+    }
 }
 
 /// Set in the child processes that [`over_processes`] starts.
@@ -667,7 +931,15 @@ struct Options {
     rounds: usize,
     cheap_ops: usize,
     handoff_reps: usize,
+    /// `--count STRATEGY`: only the cheap replace loop of one strategy, on
+    /// a current-thread runtime, for an instruction counter.
+    count: Option<Strategy>,
+    /// Which parts run: hand-off, multi-thread, current-thread, cheap.
+    parts: Vec<String>,
 }
+
+/// The bench's parts, in the order they run.
+const PARTS: [&str; 4] = ["handoff", "multi-thread", "current-thread", "cheap"];
 
 const HELP: &str = "async_lock: lock wait, hand-off and throughput of async locks whose
 holders replace values that are expensive to drop.
@@ -685,6 +957,13 @@ Options:
   --processes N    fresh processes, figures given as ranges over them (default 3;
                    1 prints that one process's full tables)
   --reclaimers P   freeq's reclaimer priority, idle or normal (default idle)
+  --parts P,P,..   which parts run: handoff, multi-thread, current-thread, cheap
+                   (default all)
+  --count S        only S's cheap replace loop (under, freeq-nodefer, freeq-drop,
+                   freeq-unlock), --cheap-ops times by one task on a current-thread
+                   runtime, nothing measured: run it under `valgrind --tool=callgrind`
+                   with two --cheap-ops values and divide the difference of the
+                   instruction counts by the difference of the ops
   -h, --help       this text
 ";
 
@@ -699,6 +978,8 @@ fn parse() -> Options {
         rounds: 3,
         cheap_ops: 100_000,
         handoff_reps: 100,
+        count: None,
+        parts: PARTS.iter().map(|p| p.to_string()).collect(),
     };
     let fail = |msg: String| -> ! {
         eprintln!("async_lock: {msg} (see --help)");
@@ -744,6 +1025,30 @@ fn parse() -> Options {
             "--cheap-ops" => o.cheap_ops = number(value(), 1, 100_000_000),
             "--handoff-reps" => o.handoff_reps = number(value(), 1, 100_000),
             "--processes" => o.processes = number(value(), 1, 100),
+            "--parts" => {
+                o.parts = value().split(',').map(str::to_string).collect();
+                if let Some(p) = o.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    fail(format!("--parts: {} expected, got {p:?}", PARTS.join(", ")))
+                }
+            }
+            "--count" => {
+                let v = value();
+                o.count = Some(
+                    [
+                        Strategy::Under,
+                        Strategy::FreeqPlain,
+                        Strategy::FreeqDrop,
+                        Strategy::FreeqUnlock,
+                    ]
+                    .into_iter()
+                    .find(|s| s.name() == v)
+                    .unwrap_or_else(|| {
+                        fail(format!(
+                            "--count: under, freeq-nodefer, freeq-drop or freeq-unlock, got {v:?}"
+                        ))
+                    }),
+                )
+            }
             "--reclaimers" => {
                 o.normal_reclaimers = match value().as_str() {
                     "idle" => false,
@@ -757,8 +1062,60 @@ fn parse() -> Options {
     o
 }
 
+/// `--count`: the cheap replace loop alone (see [`Options::count`]).
+fn count(strategy: Strategy, ops: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tokio_lock = tokio::sync::Mutex::new(build(1));
+        let freeq_lock = freeq::tokio::Mutex::new(build(1));
+        for i in 0..ops as u64 {
+            let fresh = vec![Box::new(i)];
+            match strategy {
+                Strategy::Under => {
+                    let mut g = tokio_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    drop(old);
+                    drop(g);
+                }
+                Strategy::FreeqPlain => {
+                    let mut g = freeq_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    drop(old);
+                    drop(g);
+                }
+                Strategy::FreeqDrop => {
+                    let mut g = freeq_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    g.defer(Cheap(old));
+                    drop(g);
+                }
+                _ => {
+                    let mut g = freeq_lock.lock().await;
+                    let old = std::mem::replace(&mut *g, fresh);
+                    g.defer(Cheap(old));
+                    g.unlock().await;
+                }
+            }
+        }
+        black_box((&tokio_lock, &freeq_lock));
+    });
+    // Under an instruction counter every free is slow, so a type may be
+    // learned as costly: those bins are handed off, not freed in place.
+    let s = freeq::stats();
+    eprintln!(
+        "async_lock --count: {} items freed on this thread, {} handed off",
+        s.freed, s.offloaded
+    );
+}
+
 fn main() {
     let o = parse();
+    if let Some(strategy) = o.count {
+        count(strategy, o.cheap_ops);
+        return;
+    }
     if o.processes > 1 && std::env::var_os(ONE_PROCESS).is_none() {
         over_processes(o.processes);
         return;
@@ -782,15 +1139,19 @@ fn main() {
             "idle"
         }
     );
+    let part = |p: &str| o.parts.iter().any(|q| q == p);
     // First, while nothing else (defer-drop's thread) is busy.
-    handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
-    handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
-    for &tasks in &o.tasks {
+    if part("handoff") {
+        handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
+        handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
+    }
+    for &tasks in o.tasks.iter().filter(|_| part("multi-thread")) {
         let c = Config {
             tasks,
             ops: o.ops,
             allocs: o.allocs,
             think,
+            cheap: false,
         };
         compare("multi-thread", &multi, &Strategy::ALL, c, o.rounds);
     }
@@ -799,14 +1160,21 @@ fn main() {
         ops: o.ops,
         allocs: o.allocs,
         think,
+        cheap: false,
     };
-    compare("current-thread", &current, &Strategy::ALL, c, o.rounds);
+    if part("current-thread") {
+        compare("current-thread", &current, &Strategy::ALL, c, o.rounds);
+    }
+    if !part("cheap") {
+        return;
+    }
     // Cheap values: one small box each, no think time: the lock itself.
     let cheap = Config {
         tasks: 16,
         ops: o.cheap_ops,
         allocs: 1,
         think: Duration::ZERO,
+        cheap: true,
     };
     compare(
         "cheap values, multi-thread",

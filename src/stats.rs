@@ -20,7 +20,10 @@ use crate::sync::Cell;
 /// A snapshot of freeq's counters, summed over every thread that has used
 /// freeq (exited ones included). Counters only grow. A thread's figures
 /// reach the snapshot when it next drains, frees outside a section, or
-/// exits; items still sitting in an open section are not yet counted.
+/// exits; items still sitting in an open section are not yet counted. The
+/// lone small values that async guards free in place
+/// ([`AsyncGuard`](crate::AsyncGuard)) are published every 64th (or with
+/// the thread's next drain).
 ///
 /// ```
 /// let before = freeq::stats();

@@ -251,3 +251,221 @@ fn defer_heavy_inside_with_sends_a_value_off_from_the_first() {
         assert_eq!(on_tokio(&lock, true), [true], "{}", lock.name());
     }
 }
+
+/// Logs its number when dropped; `panics` makes its drop panic after
+/// logging, `defers` makes it defer another that logs `defers`.
+struct Step {
+    n: u32,
+    log: Arc<StdMutex<Vec<u32>>>,
+    panics: bool,
+    defers: Option<u32>,
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        self.log.lock().unwrap().push(self.n);
+        if let Some(n) = self.defers {
+            freeq::defer(Step {
+                n,
+                log: self.log.clone(),
+                panics: false,
+                defers: None,
+            });
+        }
+        if self.panics {
+            panic!("step {}", self.n);
+        }
+    }
+}
+
+fn step(n: u32, log: &Arc<StdMutex<Vec<u32>>>) -> Step {
+    Step {
+        n,
+        log: log.clone(),
+        panics: false,
+        defers: None,
+    }
+}
+
+/// A guard that deferred one small value (kept in the guard itself, and
+/// freed without the thread's queue once its type is timed) frees it
+/// after the release, in order with what else the bin holds and with
+/// what its free defers, and keeps a panicking free's semantics: the rest
+/// runs, the first panic resumes after, the lock is released.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so learned as costly: a plain drop sends it to freeq's reclaimer threads, which Miri reports as leaked"
+)]
+fn one_small_value_frees_in_order_after_the_release() {
+    for lock in Lock::both() {
+        let name = lock.name();
+        futures::executor::block_on(async {
+            let log = Arc::new(StdMutex::new(Vec::new()));
+            // The first rounds time the type; the later ones free it in
+            // place, without the queue.
+            for _ in 0..3 {
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                drop(g);
+                assert!(lock.is_free(), "{name}");
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+
+                // With what `with` caught behind it.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                let l = log.clone();
+                g.with(move || freeq::defer(step(2, &l)));
+                g.defer(step(3, &log));
+                drop(g);
+                assert_eq!(*log.lock().unwrap(), [1, 2, 3], "{name}");
+
+                // What its free defers is freed after it, before the drop
+                // returns.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                let mut s = step(1, &log);
+                s.defers = Some(2);
+                g.defer(s);
+                drop(g);
+                assert_eq!(*log.lock().unwrap(), [1, 2], "{name}");
+
+                // A panicking free: the drop panics with it, after the
+                // release and after the rest.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                let mut s = step(1, &log);
+                s.panics = true;
+                s.defers = Some(2);
+                g.defer(s);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g)));
+                let msg = r.unwrap_err().downcast::<String>().unwrap();
+                assert_eq!(*msg, "step 1", "{name}");
+                assert!(lock.is_free(), "{name}");
+                assert_eq!(*log.lock().unwrap(), [1, 2], "{name}");
+
+                // Inside a section of the dropping thread, it waits for
+                // the section's end.
+                log.lock().unwrap().clear();
+                let section = freeq::section();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                drop(g);
+                assert!(lock.is_free(), "{name}");
+                assert!(log.lock().unwrap().is_empty(), "{name}");
+                drop(section);
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+
+                // Freed by `unlock().await` after its yield (in place: it
+                // is cheap), a panicking value is dropped once, the panic
+                // resumed.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                let mut s = step(1, &log);
+                s.panics = true;
+                g.defer(s);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut f = std::pin::pin!(unlock(g));
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    assert!(f.as_mut().poll(&mut cx).is_pending(), "it yields");
+                    f.as_mut().poll(&mut cx).is_ready()
+                }));
+                assert!(r.is_err(), "{name}");
+                assert!(lock.is_free(), "{name}");
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+
+                // `unlock().await` frees it after the yield.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                match g {
+                    Held::AsyncLock(g) => g.unlock().await,
+                    Held::Futures(g) => g.unlock().await,
+                }
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+            }
+        });
+    }
+}
+
+/// `unlock().await` on either guard.
+async fn unlock(g: Held<'_>) {
+    match g {
+        Held::AsyncLock(g) => g.unlock().await,
+        Held::Futures(g) => g.unlock().await,
+    }
+}
+
+/// The guard's own slot for one small value, under Miri too: written,
+/// read back once, put back when it may not be freed at once, moved into
+/// the queue ahead of later values and caught ones, and freed by
+/// `unlock().await` (whatever its type is learned to cost: in place, after
+/// the yield) and at the end of an enclosing section.
+#[test]
+fn one_small_value_moves_and_frees_exactly_once() {
+    for lock in Lock::both() {
+        let name = lock.name();
+        futures::executor::block_on(async {
+            let log = Arc::new(StdMutex::new(Vec::new()));
+            for _ in 0..3 {
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                unlock(g).await;
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                let l = log.clone();
+                g.with(move || freeq::defer(step(2, &l)));
+                g.defer(step(3, &log));
+                unlock(g).await;
+                assert_eq!(*log.lock().unwrap(), [1, 2, 3], "{name}");
+
+                // Dropped inside a section: freed at its end, in place.
+                log.lock().unwrap().clear();
+                let section = freeq::section();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                drop(g);
+                assert!(lock.is_free(), "{name}");
+                assert!(log.lock().unwrap().is_empty(), "{name}");
+                drop(section);
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+
+                // A value cheap enough to free in place (in Miri too,
+                // where most frees are learned as costly): it holds
+                // nothing.
+                static HITS: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                struct Hit;
+                impl Drop for Hit {
+                    fn drop(&mut self) {
+                        HITS.fetch_add(1, SeqCst);
+                    }
+                }
+                let before = HITS.load(SeqCst);
+                for _ in 0..20 {
+                    let mut g = lock.lock().await;
+                    g.defer(Hit);
+                    unlock(g).await;
+                }
+                assert_eq!(HITS.load(SeqCst) - before, 20, "{name}");
+
+                // A guard mapped, keeping its slot.
+                log.lock().unwrap().clear();
+                let mut g = lock.lock().await;
+                g.defer(step(1, &log));
+                let g = match g {
+                    Held::AsyncLock(g) => Held::AsyncLock(AsyncGuard::map_guard(g, |g| g)),
+                    Held::Futures(g) => Held::Futures(AsyncGuard::map_guard(g, |g| g)),
+                };
+                unlock(g).await;
+                assert_eq!(*log.lock().unwrap(), [1], "{name}");
+            }
+        });
+    }
+}

@@ -28,9 +28,19 @@ struct Counting;
 const MARK: usize = 4093;
 static MARKED_FREES: AtomicUsize = AtomicUsize::new(0);
 
+std::thread_local! {
+    /// Allocations made by this thread.
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn allocs() -> usize {
+    ALLOCS.with(|c| c.get())
+}
+
 // SAFETY: forwards everything to `System`; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
         // SAFETY: the caller's guarantees, passed on.
         unsafe { System.alloc(layout) }
     }
@@ -640,4 +650,88 @@ fn with_carries_retired_values_to_the_epoch_after_the_release() {
         freeq::epoch::pin().flush();
     }
     assert_eq!(log.seen(), [("retired", true)]);
+}
+
+/// In steady state a guard allocates nothing: neither for one small value
+/// (kept in the guard) nor for a few (a spare block of the thread's
+/// queue), freed by a plain drop or by `unlock().await`.
+#[test]
+fn guards_allocate_nothing_in_steady_state() {
+    let rt = current_thread();
+    rt.block_on(async {
+        let m = Mutex::new(vec![Box::new(0u64)]);
+        const ROUNDS: usize = 200;
+        let round = |values: Vec<Vec<Box<u64>>>, unlock: bool| {
+            let m = &m;
+            async move {
+                let before = allocs();
+                for (i, v) in values.into_iter().enumerate() {
+                    let mut g = m.lock().await;
+                    let old = std::mem::replace(&mut *g, v);
+                    g.defer(old);
+                    if i % 2 == 1 {
+                        // Two more: the bin takes a block of the thread's.
+                        g.defer(String::new());
+                        g.defer_fn(|| ());
+                    }
+                    if unlock {
+                        g.unlock().await;
+                    } else {
+                        drop(g);
+                    }
+                }
+                allocs() - before
+            }
+        };
+        let build = || {
+            (0..ROUNDS as u64)
+                .map(|i| vec![Box::new(i)])
+                .collect::<Vec<_>>()
+        };
+        for unlock in [false, true] {
+            // Warm up: the types timed, the thread's queue holding blocks.
+            round(build(), unlock).await;
+            let values = build();
+            assert_eq!(round(values, unlock).await, 0, "unlock: {unlock}");
+        }
+    });
+}
+
+/// Takes 30 µs to drop: a bin holding one goes to a reclaimer.
+struct Slow;
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_micros(30) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Nothing is allocated under the lock in steady state, also when each
+/// bin is costly and leaves the thread with its blocks: the thread keeps
+/// blocks for the next bin (recycled ones, or new ones taken after the
+/// release).
+#[test]
+fn costly_bins_leave_without_allocating_under_the_next_lock() {
+    freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
+    let rt = current_thread();
+    rt.block_on(async {
+        let m = Mutex::new(0u32);
+        let mut under = 0;
+        for round in 0..60 {
+            let mut g = m.lock().await;
+            let before = allocs();
+            g.defer(Slow);
+            g.defer(String::new());
+            g.defer_fn(|| ());
+            if round >= 20 {
+                // The types are timed and the thread has blocks by now.
+                under += allocs() - before;
+            }
+            drop(g);
+        }
+        assert_eq!(under, 0, "allocations under the lock");
+    });
 }

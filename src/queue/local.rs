@@ -12,8 +12,11 @@
 //! hooked. This file calls the buffer, the held frees' storage, `stats`
 //! (counters), the profile's probe, `platform` (the thread-end key) and
 //! the `sync` shim;
-//! `section.rs` builds the section and drain entries on it.
+//! `section.rs` builds the section and drain entries on it. [`run_one`]
+//! frees one item handed over from elsewhere (an async guard's) as a drain
+//! of that item would.
 
+use std::any::TypeId;
 use std::mem::{self, ManuallyDrop};
 use std::panic::{self, AssertUnwindSafe};
 
@@ -312,6 +315,51 @@ impl Local {
         // none is held (`gone`).
         stats::count_late_frees(self.held.run());
         self.held.disarm();
+    }
+}
+
+/// How many frees [`run_one`] counts before it publishes them (a drain, or
+/// the thread's exit, publishes them sooner): publishing costs about as
+/// much as the free of a small value.
+pub(crate) const PUBLISH_EVERY: u64 = 64;
+
+/// Whether [`run_one`] may free an item here and now: this thread's state
+/// is live, and it is outside any section and not draining (a drain
+/// would free the item at once).
+#[inline]
+pub(crate) fn idle() -> bool {
+    LOCAL
+        .try_with(|l| !l.queues_now() && !l.gone.get())
+        .unwrap_or(false)
+}
+
+/// Frees `f`, one item handed over from elsewhere (an async guard's only
+/// item), here and now, as a drain of that item alone would: timed by `T`,
+/// counted as deferred and freed (published with the thread's next drain,
+/// or every [`PUBLISH_EVERY`] such frees), and what its free defers freed
+/// before this returns (outside a section, its push drains at once). Call
+/// it where [`idle`] said yes. A panic from `f` unwinds from here: it is
+/// the only item, so nothing is left to run (what it deferred before
+/// panicking ran already, in its own drain).
+#[inline]
+pub(crate) fn run_one<T: DropTimer, F: FnOnce() + 'static>(f: F) {
+    let _ = LOCAL.try_with(|l| {
+        let c = &l.counts;
+        LocalCounts::add(&c.deferred, 1);
+        LocalCounts::add(&c.freed, 1);
+        LocalCounts::add(&c.drains, 1);
+        c.max_pending.set(c.max_pending.get().max(1));
+        // `drains` counts since the last publication, which every drain
+        // makes: past `PUBLISH_EVERY`, it was these frees alone.
+        if c.drains.get() >= PUBLISH_EVERY {
+            c.publish();
+        }
+    });
+    let id = TypeId::of::<F>();
+    let mark = T::start(id);
+    f();
+    if let Some(mark) = mark {
+        T::finish(id, mark, 1);
     }
 }
 

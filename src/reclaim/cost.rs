@@ -129,7 +129,7 @@ fn lookup(set: &[StaticAtomicU64; 2], tag: u64) -> Option<u64> {
 /// The learned cost of one item of type `id`, in nanoseconds, or `None`
 /// while the type is untimed.
 #[inline]
-fn cost_ns(id: TypeId) -> Option<u64> {
+pub(crate) fn cost_ns(id: TypeId) -> Option<u64> {
     let key = cost_key(id);
     lookup(cost_set(key), key.tag)
 }

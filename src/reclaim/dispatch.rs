@@ -12,10 +12,12 @@
 //! calls it.
 
 use crate::queue::buffer::Buffer;
+use crate::queue::hooks::DropTimer;
+use crate::queue::local;
 use crate::queue::panic::{Panic, keep_first, resume};
 use crate::queue::section;
 use crate::queue::sink::{Offer, Sink};
-use crate::reclaim::cost::{Cost, Learn, estimate};
+use crate::reclaim::cost::{Cost, Learn, cost_ns, estimate};
 use crate::reclaim::epoch::defer_batch;
 use crate::reclaim::executor::{Batch, executor};
 use crate::reclaim::inline::{Frees, inline_only};
@@ -23,8 +25,10 @@ use crate::reclaim::policy::{Policy, default_policy, store_default};
 use crate::reclaim::pool;
 use crate::reclaim::reclaimer::Reclaimer;
 use crate::reclaim::thresholds::{offload_threshold_ns, worth_offloading};
+use crate::reclaim::timing::{Stamp, sample};
 use crate::stats::count_late;
 
+use std::any::TypeId;
 use std::panic::{self as std_panic, AssertUnwindSafe, Location};
 
 use crate::profile::sample::AsyncSample;
@@ -115,7 +119,8 @@ pub(crate) const BIN_BUDGET_NS: u64 = 10_000;
 /// Any other bin (one holding a type not timed yet too: it is freed, and
 /// so timed, here), and one that cannot leave (inside a section, on a
 /// reclaimer, while unwinding, past the backlog bound), is handed to this
-/// thread as [`queue_batch`] does. Leaves `bin` empty.
+/// thread as [`queue_batch`] does. Leaves `bin` empty (with blocks for
+/// the next bin, after a hand-off).
 ///
 /// `mark`: a sampled guard's, whose bin's free, if it leaves, is added to
 /// its site where it is freed.
@@ -127,9 +132,20 @@ pub(crate) fn release_bin(bin: &mut Buffer, mark: Option<Mark>) {
         && matches!(estimate(bin), Cost::Known(ns) if ns >= BIN_BUDGET_NS.min(offload_threshold_ns()))
     {
         let items = bin.len();
+        let bytes = bin.capacity_bytes();
         let mut first = None;
         match hand_off(std::mem::take(bin), &mut first, mark) {
-            Ok(_) => {
+            Ok(recycled) => {
+                // The bin's blocks left with it: it keeps a recycled
+                // buffer's, or takes new ones now, after the release, so
+                // that the next bin's pushes allocate nothing under its
+                // lock.
+                if let Some(recycled) = recycled {
+                    *bin = recycled;
+                }
+                let keep = section::max_retained();
+                bin.trim(keep);
+                bin.reserve_bytes(bytes.min(keep));
                 // Counted as deferred here, as `defer_heavy` counts its
                 // value: the reclaimer counts them as freed.
                 count_late(items, 0, 0);
@@ -140,6 +156,44 @@ pub(crate) fn release_bin(bin: &mut Buffer, mark: Option<Mark>) {
         }
     }
     queue_batch(bin, &mut Buffer::new());
+}
+
+/// Whether an async guard's only item, of type `id`, is freed here and
+/// now ([`free_one`]) where the bin's way ([`release_bin`],
+/// [`queue_batch`]) would free it here and now: its type's learned cost
+/// is below `limit_ns` (at most [`BIN_BUDGET_NS`]) and the offload
+/// threshold, so that no policy moves it, and this thread is outside any
+/// section and not draining. Not for a type not timed yet, a costly one,
+/// or inside a section.
+#[inline]
+pub(crate) fn frees_one_here(id: TypeId, limit_ns: u64) -> bool {
+    matches!(cost_ns(id), Some(ns) if ns < limit_ns.min(offload_threshold_ns())) && local::idle()
+}
+
+/// Frees `f`, an async guard's only item, where [`frees_one_here`] said
+/// yes: as a drain of it would free it (timed on a sample, counted),
+/// without the queue.
+#[inline]
+pub(crate) fn free_one<F: FnOnce() + Send + 'static>(f: F) {
+    local::run_one::<Sampled, F>(f);
+}
+
+/// [`Learn`] for a type known to be timed: times one free in
+/// [`SAMPLE_EVERY`](crate::reclaim::timing::SAMPLE_EVERY), at random.
+struct Sampled;
+
+impl DropTimer for Sampled {
+    type Mark = Stamp;
+
+    #[inline(always)]
+    fn start(_: TypeId) -> Option<Stamp> {
+        sample().then(Stamp::now)
+    }
+
+    #[inline]
+    fn finish(id: TypeId, start: Stamp, items: usize) {
+        Learn::finish(id, start, items);
+    }
 }
 
 /// Lends `buf` a spare block of this thread's queue, if it has one.

@@ -28,9 +28,15 @@
 //! straight to the first queued waiter and wakes it into the releasing
 //! worker's next slot, which runs only when the releasing task's poll
 //! ends. Frees made in that poll delay the waiter. So a plain drop frees a
-//! cheap bin in place and hands a costly one (by its types' learned drop
-//! cost) to freeq's reclaimers, and `unlock().await` yields once, letting
-//! the waiter run, before it frees in place.
+//! cheap bin in place (one small value with no queue at all) and hands a
+//! costly one (by its types' learned drop cost) to freeq's reclaimers, and
+//! `unlock().await` yields once, letting the waiter run, before it frees
+//! in place. Whatever
+//! else the releasing task does in the same poll delays the waiter too:
+//! where it goes on working after the release, `unlock().await` (which
+//! ends the poll there) is the one to write.
+//!
+//! The lock futures wrap tokio's and add no state of their own.
 //!
 //! `mutex.rs` has [`Mutex`] and its guards, `rwlock.rs` [`RwLock`] and its
 //! guards. Both wrap `tokio::sync` and build each guard's `map`, `try_map`

@@ -1,6 +1,7 @@
 //! [`Mutex`]: tokio's mutex, whose guards free what they defer after the
 //! release, and the `map` and `try_map` of those guards. This file calls
-//! nothing else in freeq but [`AsyncGuard`] and the profile's sample.
+//! nothing else in freeq but [`AsyncGuard`] (and its lock futures' wrapper
+//! and profile sample) and the profile's lock kinds.
 
 use std::fmt;
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync as tk;
 use tokio::sync::TryLockError;
 
-use crate::lock::async_guard::{AsyncGuard, sample};
+use crate::lock::async_guard::{AsyncGuard, WrapGuard, sample};
 use crate::profile::table::LockKind;
 
 /// Guard of [`Mutex::lock`]: tokio's guard with a bin of deferred frees.
@@ -85,9 +86,8 @@ impl<T: ?Sized> Mutex<T> {
     /// # }
     /// ```
     #[track_caller]
-    pub fn lock(&self) -> impl Future<Output = MutexGuard<'_, T>> + '_ {
-        let sample = sample(LockKind::AsyncMutex);
-        async move { AsyncGuard::sampled(self.inner.lock().await, sample) }
+    pub fn lock(&self) -> impl Future<Output = MutexGuard<'_, T>> {
+        WrapGuard::new(self.inner.lock(), LockKind::AsyncMutex)
     }
 
     /// Locks if it is free now.
@@ -130,8 +130,7 @@ impl<T: ?Sized> Mutex<T> {
     /// ```
     #[track_caller]
     pub fn lock_owned(self: Arc<Self>) -> impl Future<Output = OwnedMutexGuard<T>> {
-        let sample = sample(LockKind::AsyncMutex);
-        async move { AsyncGuard::sampled(Self::into_tokio(self).lock_owned().await, sample) }
+        WrapGuard::new(Self::into_tokio(self).lock_owned(), LockKind::AsyncMutex)
     }
 
     /// [`lock_owned`](Mutex::lock_owned) if the mutex is free now.
@@ -147,8 +146,7 @@ impl<T: ?Sized> Mutex<T> {
     /// a runtime's worker: tokio panics there).
     #[track_caller]
     pub fn blocking_lock(&self) -> MutexGuard<'_, T> {
-        let sample = sample(LockKind::AsyncMutex);
-        AsyncGuard::sampled(self.inner.blocking_lock(), sample)
+        AsyncGuard::sampled(self.inner.blocking_lock(), sample(LockKind::AsyncMutex))
     }
 
     /// The value, through `&mut` (no locking needed).

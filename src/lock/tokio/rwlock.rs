@@ -1,7 +1,8 @@
 //! [`RwLock`]: tokio's reader-writer lock, whose guards free what they
 //! defer after the release, and the `map`, `try_map` and `downgrade` of
 //! those guards. This file calls nothing else in freeq but
-//! [`AsyncGuard`] and the profile's sample.
+//! [`AsyncGuard`] (and its lock futures' wrapper and profile sample) and
+//! the profile's lock kinds.
 
 use std::fmt;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync as tk;
 use tokio::sync::TryLockError;
 
-use crate::lock::async_guard::{AsyncGuard, sample};
+use crate::lock::async_guard::{AsyncGuard, WrapGuard, sample};
 use crate::profile::table::LockKind;
 
 /// Guard of [`RwLock::read`].
@@ -93,9 +94,8 @@ impl<T: ?Sized> RwLock<T> {
     /// # }
     /// ```
     #[track_caller]
-    pub fn read(&self) -> impl Future<Output = RwLockReadGuard<'_, T>> + '_ {
-        let sample = sample(LockKind::AsyncRead);
-        async move { AsyncGuard::sampled(self.inner.read().await, sample) }
+    pub fn read(&self) -> impl Future<Output = RwLockReadGuard<'_, T>> {
+        WrapGuard::new(self.inner.read(), LockKind::AsyncRead)
     }
 
     /// Takes a shared lock if no writer holds or waits for it now.
@@ -120,9 +120,8 @@ impl<T: ?Sized> RwLock<T> {
     /// # }
     /// ```
     #[track_caller]
-    pub fn write(&self) -> impl Future<Output = RwLockWriteGuard<'_, T>> + '_ {
-        let sample = sample(LockKind::AsyncWrite);
-        async move { AsyncGuard::sampled(self.inner.write().await, sample) }
+    pub fn write(&self) -> impl Future<Output = RwLockWriteGuard<'_, T>> {
+        WrapGuard::new(self.inner.write(), LockKind::AsyncWrite)
     }
 
     /// Takes the exclusive lock if it is free now.
@@ -148,8 +147,7 @@ impl<T: ?Sized> RwLock<T> {
     /// [`read`](RwLock::read), with a guard that owns an `Arc` of the lock.
     #[track_caller]
     pub fn read_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockReadGuard<T>> {
-        let sample = sample(LockKind::AsyncRead);
-        async move { AsyncGuard::sampled(Self::into_tokio(self).read_owned().await, sample) }
+        WrapGuard::new(Self::into_tokio(self).read_owned(), LockKind::AsyncRead)
     }
 
     /// [`try_read`](RwLock::try_read), with a guard that owns an `Arc`.
@@ -177,8 +175,7 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[track_caller]
     pub fn write_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockWriteGuard<T>> {
-        let sample = sample(LockKind::AsyncWrite);
-        async move { AsyncGuard::sampled(Self::into_tokio(self).write_owned().await, sample) }
+        WrapGuard::new(Self::into_tokio(self).write_owned(), LockKind::AsyncWrite)
     }
 
     /// [`try_write`](RwLock::try_write), with a guard that owns an `Arc`.
@@ -193,16 +190,14 @@ impl<T: ?Sized> RwLock<T> {
     /// Blocks the thread for a shared lock (never on a runtime's worker).
     #[track_caller]
     pub fn blocking_read(&self) -> RwLockReadGuard<'_, T> {
-        let sample = sample(LockKind::AsyncRead);
-        AsyncGuard::sampled(self.inner.blocking_read(), sample)
+        AsyncGuard::sampled(self.inner.blocking_read(), sample(LockKind::AsyncRead))
     }
 
     /// Blocks the thread for the exclusive lock (never on a runtime's
     /// worker).
     #[track_caller]
     pub fn blocking_write(&self) -> RwLockWriteGuard<'_, T> {
-        let sample = sample(LockKind::AsyncWrite);
-        AsyncGuard::sampled(self.inner.blocking_write(), sample)
+        AsyncGuard::sampled(self.inner.blocking_write(), sample(LockKind::AsyncWrite))
     }
 
     /// The value, through `&mut` (no locking needed).

@@ -1,13 +1,18 @@
 //! `AsyncGuard<G>`: a guard that may cross `.await` and threads, carrying
 //! its own bin of deferred frees, freed after the release.
 //!
-//! A bin is a pair of the queue layer's buffers (deferred and retired
-//! items). Freeing it hands both to the thread that frees it, through the
-//! dispatcher, exactly as if they had been deferred there: that thread's
-//! policy decides where they are freed. `with` catches what a synchronous
-//! closure queues on its thread (the dispatcher's catch entries) and what
-//! the allocator holds back meanwhile (`alloc::take_held`). This file calls
-//! the dispatcher, the queue's buffer and the allocator's held frees.
+//! The guard's bin (`bin.rs`) keeps a small first item in itself and the
+//! rest in a queue layer's buffer. Freeing it frees a lone cheap item
+//! right there, and hands anything else to the thread that frees it,
+//! through the dispatcher, exactly as if it had been deferred there: that
+//! thread's policy decides where it is freed. `with` catches what a
+//! synchronous closure queues on its thread (the dispatcher's catch
+//! entries) and what the allocator holds back meanwhile
+//! (`alloc::take_held`). This file has [`AsyncGuard`], its lock futures'
+//! wrapper and its yield, and calls the bin, the dispatcher (its budget,
+//! and the profile's sample of an acquisition) and the profile's sample.
+
+mod bin;
 
 use std::fmt;
 use std::future::Future;
@@ -16,147 +21,63 @@ use std::panic::Location;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::alloc::take_held;
-use crate::profile::sample::{AsyncFreeing, AsyncSample};
+use crate::lock::async_guard::bin::Bin;
+use crate::profile::sample::AsyncSample;
 use crate::profile::table::LockKind;
-use crate::queue::buffer::Buffer;
 use crate::reclaim::dispatch;
-
-/// A guard's own bin of deferred work: what its holder deferred and what
-/// its `with` calls caught (retired items among them travel as one item
-/// that hands them on). Dropping it frees it (see [`Bin::free`]).
-#[derive(Default)]
-pub(crate) struct Bin {
-    queue: Buffer,
-    /// The profile's record of the guard's acquisition, if it sampled it.
-    sample: Option<Box<AsyncSample>>,
-}
-
-// SAFETY: (1) a `&Bin` only reads (`is_empty`, `len` walk the items
-// without running or moving them); every change takes `&mut Bin`. Sharing
-// a bin between threads is then like sharing a `&Vec` of `Send` items.
-unsafe impl Sync for Bin {}
-
-impl Bin {
-    pub(crate) const fn new() -> Self {
-        Bin {
-            queue: Buffer::new(),
-            sample: None,
-        }
-    }
-
-    /// The guard's lock was released just now: a sampled acquisition's
-    /// hold ends, and the free that follows is timed until the returned
-    /// record drops. Counting the bin's items walks them: sampled guards
-    /// only.
-    #[inline]
-    fn released(&mut self) -> Option<AsyncFreeing> {
-        let sample = self.sample.take()?;
-        Some(sample.released(self.queue.len() as u64))
-    }
-
-    #[inline]
-    fn push<F: FnOnce() + Send + 'static>(&mut self, f: F) {
-        if !self.queue.is_ready() {
-            // A spare block of this thread's queue, rather than a fresh
-            // allocation under the lock, where one is at hand.
-            dispatch::lend_block(&mut self.queue);
-        }
-        self.queue.push(f);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Hands everything to this thread's queue, whatever it costs: freed
-    /// now, by the thread's policy (inline, or offloaded to a reclaimer),
-    /// or, if this thread is inside a section, when it leaves it.
-    #[inline]
-    fn free(&mut self) {
-        // A guard that deferred nothing owns no block: nothing to do.
-        if self.queue.capacity_bytes() != 0 {
-            dispatch::queue_batch(&mut self.queue, &mut Buffer::new());
-        }
-    }
-
-    /// Runs `f` inside a section of this thread's and moves into the bin
-    /// what the thread queued meanwhile (deferred and retired items) and
-    /// the frees the allocator held back meanwhile. Unwinding out of `f`
-    /// moves them too.
-    fn catch<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        // Frees held for an enclosing section stay that section's: they
-        // become items of its queue, set aside with the rest of it.
-        if let Some(outer) = take_held() {
-            dispatch::push(move || {
-                outer.free_all();
-            });
-        }
-        let catch = Catch {
-            bin: self,
-            aside: Some(dispatch::catch_start()),
-        };
-        let result = f();
-        drop(catch);
-        result
-    }
-}
-
-/// Ends a catch (even while unwinding): see [`Bin::catch`].
-struct Catch<'a> {
-    bin: &'a mut Bin,
-    aside: Option<crate::queue::section::Aside>,
-}
-
-impl Drop for Catch<'_> {
-    fn drop(&mut self) {
-        let Some(aside) = self.aside.take() else {
-            return;
-        };
-        // Still inside the catch's section: pushing here holds nothing.
-        if let Some(frees) = take_held() {
-            self.bin.push(move || {
-                frees.free_all();
-            });
-        }
-        let mut retired = Buffer::new();
-        dispatch::catch_end(aside, &mut self.bin.queue, &mut retired);
-        if !retired.is_empty() {
-            // Retired items wait for the epoch too: when the bin is freed,
-            // they join that thread's retired list.
-            self.bin.push(move || {
-                let mut retired = retired;
-                dispatch::queue_batch(&mut Buffer::new(), &mut retired);
-            });
-        }
-    }
-}
-
-impl Drop for Bin {
-    /// A plain drop of the guard: a costly bin leaves this thread, so
-    /// that the waiter the release woke runs first (see
-    /// [`AsyncGuard`]'s "Dropping a guard").
-    fn drop(&mut self) {
-        let timed = self.released();
-        // A guard that deferred nothing owns no block: nothing to do.
-        if self.queue.capacity_bytes() != 0 {
-            dispatch::release_bin(&mut self.queue, timed.as_ref().map(AsyncFreeing::mark));
-        }
-    }
-}
 
 /// The profile's sample of an async acquisition of `kind` called at the
 /// caller's location, if this thread's countdown picks it (for the
-/// acquisitions of `freeq::tokio`).
+/// acquisitions of `freeq::tokio` and [`AsyncGuard::new`]).
 #[inline]
 #[track_caller]
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) fn sample(kind: LockKind) -> Option<Box<AsyncSample>> {
     dispatch::sample_async(Location::caller(), kind)
+}
+
+/// A future that yields what `F` yields, a guard, wrapped in an
+/// [`AsyncGuard`]: the lock futures of
+#[cfg_attr(feature = "tokio", doc = "[`freeq::tokio`](crate::tokio),")]
+#[cfg_attr(not(feature = "tokio"), doc = "`freeq::tokio`,")]
+/// with no state of their own around tokio's but the profile's sample of
+/// the acquisition, if it is sampled.
+#[cfg(feature = "tokio")]
+#[must_use = "futures do nothing unless polled"]
+pub(crate) struct WrapGuard<F> {
+    fut: F,
+    sample: Option<Box<AsyncSample>>,
+}
+
+#[cfg(feature = "tokio")]
+impl<F> WrapGuard<F> {
+    /// Wraps `fut`, an acquisition called at the caller's location, of
+    /// `kind` (the profile samples it there, before the lock is taken).
+    #[inline]
+    #[track_caller]
+    pub(crate) fn new(fut: F, kind: LockKind) -> Self {
+        WrapGuard {
+            fut,
+            sample: sample(kind),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<F: Future> Future for WrapGuard<F> {
+    type Output = AsyncGuard<F::Output>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: (7) structural pinning of `fut` only: `WrapGuard` never
+        // moves it out, has no `Drop`, and is `Unpin` only when `F` is
+        // (the auto impl, `sample` being `Unpin`). `sample` is not
+        // pinned: it is only taken, never pinned anywhere.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: (8) `fut` is pinned as `self` was: see (7).
+        let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
+        fut.poll(cx)
+            .map(|guard| AsyncGuard::sampled(guard, this.sample.take()))
+    }
 }
 
 /// A future that returns `Pending` once, waking its task first: the
@@ -206,7 +127,11 @@ impl Future for YieldOnce {
 /// - a cheap bin (under 10 µs, the usual case: a few boxes), and one
 ///   holding a type freeq has not timed yet (so that it is timed), is
 ///   freed right there, in order, by the dropping thread's
-///   [`Policy`](crate::Policy), with no allocation;
+///   [`Policy`](crate::Policy), with no allocation. A bin of one small
+///   value (a closure of up to three words: a `Vec`, a `String`, a `Box`
+///   deferred) keeps it in the guard itself and frees it with no queue at
+///   all, as cheaply as dropping it under the lock (outside a section of
+///   the dropping thread; inside one it waits for the section's end);
 /// - a costly bin leaves the thread whatever its policy: to the executor
 ///   set with
 ///   [`set_offload_executor`](crate::set_offload_executor), or else to
@@ -235,14 +160,25 @@ impl Future for YieldOnce {
 /// time: an async server on such a machine runs them at
 /// [`ReclaimerPriority::Normal`](crate::ReclaimerPriority::Normal)).
 ///
-/// [`unlock`](AsyncGuard::unlock)`.await` is still worth writing where the
+/// A plain drop cannot end the releasing task's poll: the waiter the
+/// release woke runs when that poll ends (tokio queues it on the same
+/// worker, in the slot it polls next, and no other worker takes it from
+/// there). Code that goes on working after the release in the same poll
+/// (building its next value, say) keeps the waiter, which holds the lock
+/// by then, waiting that long, and with many tasks the waits chain into
+/// a convoy. [`unlock`](AsyncGuard::unlock)`.await` is worth writing
+/// there: it releases and yields once, so that the waiter runs first,
+/// then frees the bin in place whatever it costs (with an empty bin it
+/// does not yield: follow it with `tokio::task::yield_now().await` where
+/// the poll must end there whatever the bin holds). Write it too where the
 /// frees should stay on the releasing task's thread (memory a per-thread
 /// allocator should get back there, or a machine with no CPU to spare for
-/// a reclaimer): it releases, yields once so that the waiter runs, and
-/// then frees the bin in place, whatever it costs. A guard dropped by cancellation (its future dropped by
-/// `select!`, a timeout, an abort, a runtime shutting down) releases and
-/// frees like any drop; each value is freed exactly once. Forgetting a
-/// guard (`mem::forget`) leaks its lock and its bin.
+/// a reclaimer).
+///
+/// A guard dropped by cancellation (its future dropped by `select!`, a
+/// timeout, an abort, a runtime shutting down) releases and frees like
+/// any drop; each value is freed exactly once. Forgetting a guard
+/// (`mem::forget`) leaks its lock and its bin.
 ///
 /// Works with tokio's, async-lock's, futures' and `std`'s guards alike;
 #[cfg_attr(feature = "tokio", doc = "[`freeq::tokio`](crate::tokio)")]
@@ -331,11 +267,11 @@ impl<G> AsyncGuard<G> {
     /// is held from now on.
     #[inline]
     pub(crate) fn sampled(guard: G, mut sample: Option<Box<AsyncSample>>) -> Self {
+        let mut bin = Bin::new();
         if let Some(s) = &mut sample {
             s.acquired();
+            bin.sample = sample;
         }
-        let mut bin = Bin::new();
-        bin.sample = sample;
         AsyncGuard { guard, bin }
     }
 
@@ -461,11 +397,13 @@ impl<G> AsyncGuard<G> {
 
     /// Releases the lock, lets a task already waiting for it run (it
     /// yields once to the runtime, only if the bin holds anything), then
-    /// frees the bin.
+    /// frees the bin (one cheap value as a plain drop frees it, with no
+    /// queue).
     ///
     /// A plain drop moves a costly bin off the thread instead (see
     /// [`AsyncGuard`], "Dropping a guard"); `unlock().await` keeps the
-    /// frees on this task, after the waiter has run. Cancelled (the future
+    /// frees on this task, after the waiter has run, and ends the poll at
+    /// the release (if the bin holds anything), which a plain drop cannot. Cancelled (the future
     /// dropped before it finished), it still releases and frees exactly
     /// once: the bin is freed as a plain drop frees it, where the future is
     /// dropped.
@@ -490,9 +428,10 @@ impl<G> AsyncGuard<G> {
         let AsyncGuard { guard, mut bin } = self;
         drop(guard);
         let mut timed = bin.released();
-        if !bin.is_empty() {
-            YieldOnce { yielded: false }.await;
+        if bin.is_empty() {
+            return;
         }
+        YieldOnce { yielded: false }.await;
         // Freed here, on this thread, whatever it costs: the waiter ran
         // during the yield (which is not `moved` time). If this future is
         // dropped instead of coming back from the yield, the bin is freed
