@@ -16,13 +16,17 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 for san in "${@:-thread address}"; do
     for s in $san; do
         echo "== -Zsanitizer=$s"
-        skip=()
+        # An async guard frees one small value in place only once its type
+        # is timed under 10 µs; instrumented builds time it above that, and
+        # the value leaves the thread instead (the path the other async
+        # tests cover). The in-place path runs in the plain suite and Miri.
+        skip=(--skip one_small_value_frees_in_order_after_the_release)
         # ThreadSanitizer cannot follow a multi-threaded process into a
         # forked child that starts threads ("starting new threads after
         # multi-threaded fork is not supported"); the fork tests whose
         # children start threads run in the plain suite and under
         # AddressSanitizer.
-        [ "$s" = thread ] && skip=(
+        [ "$s" = thread ] && skip+=(
             --skip a_forked_child_defers_drains_and_quiesces
             --skip a_child_forked_while_quiesce_frees_does_not_hang
             --skip children_forked_while_threads_use_freeq_do_not_hang
