@@ -19,7 +19,7 @@ for san in "${@:-thread address}"; do
         # An async guard frees one small value in place only once its type
         # is timed under 10 µs; instrumented builds time it above that, and
         # the value leaves the thread instead (the path the other async
-        # tests cover). The in-place path runs in the plain suite and Miri.
+        # tests cover). The in-place path runs in the plain suite.
         skip=(--skip one_small_value_frees_in_order_after_the_release)
         # ThreadSanitizer cannot follow a multi-threaded process into a
         # forked child that starts threads ("starting new threads after
