@@ -22,7 +22,8 @@ use crate::profile::table::{HELD, Key, LockKind, MOVED, Mark, Sample, WAITED, ad
 #[derive(Debug)]
 pub(crate) struct AsyncSample {
     mark: Mark,
-    /// The acquisition call, the lock held, the release (clock ticks).
+    /// The acquisition call, the lock held, the release (clock ticks;
+    /// `t2` is 0 until the release is noted).
     t0: u64,
     t1: u64,
     t2: u64,
@@ -39,7 +40,7 @@ impl AsyncSample {
             mark,
             t0,
             t1: t0,
-            t2: t0,
+            t2: 0,
         })
     }
 
@@ -48,13 +49,23 @@ impl AsyncSample {
         self.t1 = now();
     }
 
-    /// The lock is released now; the bin's `values` items are about to be
-    /// freed. The returned [`AsyncFreeing`] times that free and adds the
-    /// sample when dropped (also while a panic from a free unwinds).
-    pub(crate) fn released(mut self: Box<Self>, values: u64) -> AsyncFreeing {
+    /// The lock is released now (its hold ends; the free may come later,
+    /// as after `unlock().await`'s yield).
+    pub(crate) fn note_release(&mut self) {
         self.t2 = now();
+    }
+
+    /// The bin's `values` items are about to be freed (the lock released
+    /// now, unless [`note_release`](Self::note_release) said when). The
+    /// returned [`AsyncFreeing`] times the free and adds the sample when
+    /// dropped (also while a panic from a free unwinds).
+    pub(crate) fn released(mut self: Box<Self>, values: u64) -> AsyncFreeing {
+        let start = now();
+        if self.t2 == 0 {
+            self.t2 = start;
+        }
         AsyncFreeing {
-            start: self.t2,
+            start,
             sample: self,
             values,
         }
@@ -75,12 +86,6 @@ impl AsyncFreeing {
     /// added to the site when a reclaimer or the executor has done it.
     pub(crate) fn mark(&self) -> Mark {
         self.sample.mark
-    }
-
-    /// Starts the free now: a yield between the release and the free
-    /// (`unlock().await` lets a waiter run) is not `moved` time.
-    pub(crate) fn restart(&mut self) {
-        self.start = now();
     }
 }
 

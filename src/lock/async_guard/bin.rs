@@ -11,7 +11,7 @@
 
 use std::any::TypeId;
 use std::cell::Cell;
-use std::mem::{self, MaybeUninit};
+use std::mem::{self, ManuallyDrop, MaybeUninit};
 
 use crate::alloc::take_held;
 use crate::profile::sample::{AsyncFreeing, AsyncSample};
@@ -122,7 +122,9 @@ pub(crate) struct Bin {
     /// Every item when `one` holds none, once there is more than one.
     more: Option<Box<Buffer>>,
     /// The profile's record of the guard's acquisition, if it sampled it.
-    pub(super) sample: Option<Box<AsyncSample>>,
+    /// Never dropped in place: [`Bin::released`] takes it (the bin's
+    /// `Drop` and `unlock` call it), so the common drop has no glue for it.
+    pub(super) sample: ManuallyDrop<Option<Box<AsyncSample>>>,
 }
 
 // SAFETY: (1) a `&Bin` only reads (`is_empty`, `len` walk the items
@@ -138,14 +140,21 @@ impl Bin {
             one_meta: None,
             one: [MaybeUninit::uninit(); ONE_WORDS],
             more: None,
-            sample: None,
+            sample: ManuallyDrop::new(None),
         }
     }
 
-    /// The guard's lock was released just now: a sampled acquisition's
-    /// hold ends, and the free that follows is timed until the returned
-    /// record drops. Counting the bin's items walks them: sampled guards
-    /// only.
+    /// The guard's lock was released: a sampled acquisition's hold ends
+    /// (now, or when [`Bin::note_release`] said), and the free that
+    /// follows is timed until the returned record drops. Counting the
+    /// bin's items walks them: sampled guards only.
+    #[inline]
+    pub(super) fn note_release(&mut self) {
+        if let Some(s) = self.sample.as_mut() {
+            s.note_release();
+        }
+    }
+
     #[inline]
     pub(super) fn released(&mut self) -> Option<AsyncFreeing> {
         let sample = self.sample.take()?;

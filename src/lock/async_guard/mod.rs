@@ -45,19 +45,33 @@ pub(crate) fn sample(kind: LockKind) -> Option<Box<AsyncSample>> {
 #[must_use = "futures do nothing unless polled"]
 pub(crate) struct WrapGuard<F> {
     fut: F,
-    sample: Option<Box<AsyncSample>>,
+    /// Dropped by hand (see the `Drop` impl): only a cancelled sampled
+    /// acquisition has one left, and the fast path keeps no drop glue.
+    sample: std::mem::ManuallyDrop<Option<Box<AsyncSample>>>,
+}
+
+#[cfg(feature = "tokio")]
+impl<F> Drop for WrapGuard<F> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.sample.is_some() {
+            // SAFETY: (9) `sample` is taken here, once: nothing reads it
+            // after `drop`.
+            drop(unsafe { std::mem::ManuallyDrop::take(&mut self.sample) });
+        }
+    }
 }
 
 #[cfg(feature = "tokio")]
 impl<F> WrapGuard<F> {
-    /// Wraps `fut`, an acquisition called at the caller's location, of
-    /// `kind` (the profile samples it there, before the lock is taken).
-    #[inline]
-    #[track_caller]
-    pub(crate) fn new(fut: F, kind: LockKind) -> Self {
+    /// Wraps the acquisition `fut` builds, whose `sample` (taken first,
+    /// before the lock is taken) the guard carries. The future is built in
+    /// place.
+    #[inline(always)]
+    pub(crate) fn at(sample: Option<Box<AsyncSample>>, fut: impl FnOnce() -> F) -> Self {
         WrapGuard {
-            fut,
-            sample: sample(kind),
+            fut: fut(),
+            sample: std::mem::ManuallyDrop::new(sample),
         }
     }
 }
@@ -69,9 +83,9 @@ impl<F: Future> Future for WrapGuard<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: (7) structural pinning of `fut` only: `WrapGuard` never
-        // moves it out, has no `Drop`, and is `Unpin` only when `F` is
-        // (the auto impl, `sample` being `Unpin`). `sample` is not
-        // pinned: it is only taken, never pinned anywhere.
+        // moves it out (its `Drop` touches `sample` only), and is `Unpin`
+        // only when `F` is (the auto impl, `sample` being `Unpin`).
+        // `sample` is not pinned: it is only taken, never pinned anywhere.
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: (8) `fut` is pinned as `self` was: see (7).
         let fut = unsafe { Pin::new_unchecked(&mut this.fut) };
@@ -270,7 +284,7 @@ impl<G> AsyncGuard<G> {
         let mut bin = Bin::new();
         if let Some(s) = &mut sample {
             s.acquired();
-            bin.sample = sample;
+            *bin.sample = sample;
         }
         AsyncGuard { guard, bin }
     }
@@ -427,7 +441,7 @@ impl<G> AsyncGuard<G> {
     pub async fn unlock(self) {
         let AsyncGuard { guard, mut bin } = self;
         drop(guard);
-        let mut timed = bin.released();
+        bin.note_release();
         if bin.is_empty() {
             return;
         }
@@ -436,9 +450,7 @@ impl<G> AsyncGuard<G> {
         // during the yield (which is not `moved` time). If this future is
         // dropped instead of coming back from the yield, the bin is freed
         // as a plain drop frees it.
-        if let Some(t) = &mut timed {
-            t.restart();
-        }
+        let timed = bin.released();
         bin.free();
         drop(timed);
     }

@@ -87,7 +87,7 @@ impl<T: ?Sized> Mutex<T> {
     /// ```
     #[track_caller]
     pub fn lock(&self) -> impl Future<Output = MutexGuard<'_, T>> {
-        WrapGuard::new(self.inner.lock(), LockKind::AsyncMutex)
+        WrapGuard::at(sample(LockKind::AsyncMutex), || self.inner.lock())
     }
 
     /// Locks if it is free now.
@@ -130,7 +130,9 @@ impl<T: ?Sized> Mutex<T> {
     /// ```
     #[track_caller]
     pub fn lock_owned(self: Arc<Self>) -> impl Future<Output = OwnedMutexGuard<T>> {
-        WrapGuard::new(Self::into_tokio(self).lock_owned(), LockKind::AsyncMutex)
+        WrapGuard::at(sample(LockKind::AsyncMutex), || {
+            Self::into_tokio(self).lock_owned()
+        })
     }
 
     /// [`lock_owned`](Mutex::lock_owned) if the mutex is free now.

@@ -95,7 +95,7 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[track_caller]
     pub fn read(&self) -> impl Future<Output = RwLockReadGuard<'_, T>> {
-        WrapGuard::new(self.inner.read(), LockKind::AsyncRead)
+        WrapGuard::at(sample(LockKind::AsyncRead), || self.inner.read())
     }
 
     /// Takes a shared lock if no writer holds or waits for it now.
@@ -121,7 +121,7 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[track_caller]
     pub fn write(&self) -> impl Future<Output = RwLockWriteGuard<'_, T>> {
-        WrapGuard::new(self.inner.write(), LockKind::AsyncWrite)
+        WrapGuard::at(sample(LockKind::AsyncWrite), || self.inner.write())
     }
 
     /// Takes the exclusive lock if it is free now.
@@ -147,7 +147,9 @@ impl<T: ?Sized> RwLock<T> {
     /// [`read`](RwLock::read), with a guard that owns an `Arc` of the lock.
     #[track_caller]
     pub fn read_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockReadGuard<T>> {
-        WrapGuard::new(Self::into_tokio(self).read_owned(), LockKind::AsyncRead)
+        WrapGuard::at(sample(LockKind::AsyncRead), || {
+            Self::into_tokio(self).read_owned()
+        })
     }
 
     /// [`try_read`](RwLock::try_read), with a guard that owns an `Arc`.
@@ -175,7 +177,9 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     #[track_caller]
     pub fn write_owned(self: Arc<Self>) -> impl Future<Output = OwnedRwLockWriteGuard<T>> {
-        WrapGuard::new(Self::into_tokio(self).write_owned(), LockKind::AsyncWrite)
+        WrapGuard::at(sample(LockKind::AsyncWrite), || {
+            Self::into_tokio(self).write_owned()
+        })
     }
 
     /// [`try_write`](RwLock::try_write), with a guard that owns an `Arc`.
