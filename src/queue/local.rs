@@ -57,7 +57,9 @@ pub(crate) struct Local {
     /// The exit path will run when the thread ends: a registration took.
     pub(crate) exit_ready: Cell<bool>,
     /// The thread's pthread key is set (unix): thread exit, not process
-    /// exit, will run the exit path even if `ExitHook` leaves it.
+    /// exit, will run the exit path even if `ExitHook` leaves it. (Read
+    /// by `ExitHook` only, which loom builds leave out.)
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) keyed: Cell<bool>,
     /// Counts not yet published to `stats`.
     pub(crate) counts: ManuallyDrop<LocalCounts>,

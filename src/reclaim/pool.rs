@@ -107,6 +107,7 @@ fn install_hooks() {
 
 /// How long the exit hook waits, at most, for its turn to free what waits
 /// in the inboxes and for the batches runners are freeing.
+#[cfg_attr(loom, allow(dead_code))] // the hooks are left out under loom
 const EXIT_WAIT: Duration = Duration::from_millis(250);
 
 /// At normal process exit: frees, on the exiting thread, everything still
@@ -116,6 +117,7 @@ const EXIT_WAIT: Duration = Duration::from_millis(250);
 /// left behind, and what it has not freed yet is not freed. On a thread
 /// inside a section, the inboxes are left to the runners for that time
 /// too: their batches must not run under the exiting thread's locks.
+#[cfg_attr(loom, allow(dead_code))] // the hooks are left out under loom
 fn exit_hook() {
     let _ = panic::catch_unwind(|| {
         EXITED.store(true, StaticSeqCst);
@@ -262,6 +264,7 @@ impl Pool {
     }
 
     /// The exit hook's [`quiesce`](Pool::quiesce), each wait bounded.
+    #[cfg_attr(loom, allow(dead_code))] // the hooks are left out under loom
     fn at_exit(&self) {
         let deadline = Some(Instant::now() + EXIT_WAIT);
         let nested = inline_only();

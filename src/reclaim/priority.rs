@@ -6,7 +6,6 @@
 
 use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
 
-use crate::platform;
 use crate::sync::StaticAtomicUsize;
 
 /// How freeq's own reclaimer threads are scheduled; see
@@ -80,6 +79,6 @@ pub(crate) fn follow_priority() {
             return;
         }
         a.set(Some(want));
-        platform::set_idle_priority(want == 0);
+        crate::platform::set_idle_priority(want == 0);
     });
 }
