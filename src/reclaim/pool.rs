@@ -18,7 +18,8 @@
 //! `platform` and the queue's `in_section`.
 
 use std::panic;
-use std::sync::OnceLock;
+use std::ptr;
+use std::sync::atomic::Ordering::Acquire as StaticAcquire;
 use std::sync::atomic::Ordering::Relaxed as StaticRelaxed;
 use std::sync::atomic::Ordering::SeqCst as StaticSeqCst;
 use std::time::Duration;
@@ -50,7 +51,21 @@ pub(crate) struct Pool {
     all_started: std::sync::atomic::AtomicBool,
 }
 
-static POOL: OnceLock<Pool> = OnceLock::new();
+/// The pool, published once by a compare-and-swap (a `Box` leaked for the
+/// process's lifetime), not built under a `OnceLock`: a child forked while
+/// another thread of its parent was building the pool finds no pool (and
+/// builds its own) or the finished one, never a build in progress it would
+/// wait on forever.
+static POOL: std::sync::atomic::AtomicPtr<Pool> =
+    std::sync::atomic::AtomicPtr::new(ptr::null_mut());
+
+/// The pool, if one was published.
+fn pool_if_any() -> Option<&'static Pool> {
+    let p = POOL.load(StaticAcquire);
+    // SAFETY: (1) a non-null `POOL` came from `Box::into_raw` in `pool`,
+    // published once and never freed: it lives as long as the process.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
 
 /// Set by the exit hook: from then on, everything is freed inline.
 static EXITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -58,7 +73,31 @@ static EXITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 /// The pool, created (with no thread yet) on first use, freeing through
 /// `frees`.
 fn pool(frees: Frees) -> &'static Pool {
-    POOL.get_or_init(|| {
+    if let Some(pool) = pool_if_any() {
+        return pool;
+    }
+    // Before the pool is published: a child forked once it is knows to
+    // leave the parent's batches alone.
+    install_hooks();
+    let built = Box::into_raw(Box::new(build(frees)));
+    match POOL.compare_exchange(ptr::null_mut(), built, StaticSeqCst, StaticAcquire) {
+        Ok(_) => {
+            // SAFETY: (2) as in (1): `built` is now the published pool.
+            unsafe { &*built }
+        }
+        Err(winner) => {
+            // SAFETY: (3) `built` came from `Box::into_raw` above and was
+            // not published: this thread owns it. It has no thread yet.
+            drop(unsafe { Box::from_raw(built) });
+            // SAFETY: (4) as in (1).
+            unsafe { &*winner }
+        }
+    }
+}
+
+/// A new pool, with no thread yet, freeing through `frees`.
+fn build(frees: Frees) -> Pool {
+    {
         let cpus = CpuSet::of_process();
         let n = cpus.as_ref().map(CpuSet::count);
         let n = n
@@ -66,7 +105,6 @@ fn pool(frees: Frees) -> &'static Pool {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut reclaimer = Reclaimer::build(n, n, frees);
         reclaimer.courteous = true;
-        install_hooks();
         let cpu_ids = cpus.as_ref().map(CpuSet::cpus).unwrap_or_default();
         Pool {
             reclaimer,
@@ -77,11 +115,16 @@ fn pool(frees: Frees) -> &'static Pool {
             born: Instant::now(),
             all_started: std::sync::atomic::AtomicBool::new(false),
         }
-    })
+    }
 }
 
-/// Registers the exit hook and the fork hook, once.
+/// Registers the exit hook and the fork hook, once (by a flag, not a
+/// `Once`: see [`POOL`]).
 fn install_hooks() {
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.load(StaticAcquire) || INSTALLED.swap(true, StaticSeqCst) {
+        return;
+    }
     #[cfg(not(loom))]
     {
         extern "C" fn at_exit() {
@@ -92,7 +135,7 @@ fn install_hooks() {
         extern "C" fn in_child() {
             FORKS.fetch_add(1, StaticSeqCst);
             // The batches waiting in the inboxes are the parent's.
-            if let Some(pool) = POOL.get() {
+            if let Some(pool) = pool_if_any() {
                 for inbox in pool.reclaimer.inboxes.iter() {
                     inbox.abandon_all();
                 }
@@ -121,7 +164,7 @@ const EXIT_WAIT: Duration = Duration::from_millis(250);
 fn exit_hook() {
     let _ = panic::catch_unwind(|| {
         EXITED.store(true, StaticSeqCst);
-        if let Some(pool) = POOL.get() {
+        if let Some(pool) = pool_if_any() {
             pool.check_fork();
             pool.at_exit();
         }
@@ -311,7 +354,7 @@ pub(crate) fn start(frees: Frees) {
 
 /// The pool's `quiesce`, if there is a pool.
 pub(crate) fn quiesce() {
-    if let Some(pool) = POOL.get() {
+    if let Some(pool) = pool_if_any() {
         pool.quiesce();
     }
 }
