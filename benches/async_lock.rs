@@ -4,7 +4,11 @@
 //! N tasks each loop: build a fresh value (outside the lock), think (a
 //! short spin, then a yield), lock, swap the value in, unlock. The old
 //! value owns `--allocs` heap boxes, so freeing it costs one `free` each.
-//! Strategies, run interleaved in the same process, `--rounds` times each:
+//! The releasing task's poll goes on to build its next value; in the
+//! `yielding` part tasks yield right after their release instead (and not
+//! before they lock), so that their poll ends at the release.
+//! Strategies, run interleaved in the same process (every other round in
+//! reverse order), `--rounds` times each:
 //!
 //! - `under`: tokio's `Mutex`, the old value dropped under the lock;
 //! - `freeq-drop`: `freeq::tokio::Mutex`, `defer(old)`, the guard dropped,
@@ -34,7 +38,8 @@
 //! statement: frees made in place included), the share of hand-offs whose
 //! waiter ran on the releasing holder's thread, and the share of releases
 //! over 100 µs (a costly value freed in place); then ratios against
-//! `under`. The hand-off part counts its slow hand-offs (over 50 µs), those
+//! `under` (throughput: each round's against `under`'s run of the same
+//! round, the median over the rounds). The hand-off part counts its slow hand-offs (over 50 µs), those
 //! on the releasing thread, and those during which that thread waited for
 //! a CPU (`/proc/thread-self/schedstat`) for at least half the hand-off. A second
 //! part runs the same on a current-thread runtime, and a third replaces a
@@ -148,6 +153,10 @@ struct Config {
     /// its own, whose learned drop cost the costly values of the other
     /// parts do not raise.
     cheap: bool,
+    /// Tasks yield right after their release (and not before they lock):
+    /// the releasing poll ends at the release, as `unlock().await` ends
+    /// it, whatever the strategy.
+    yield_after: bool,
 }
 
 /// The cheap part's values, deferred under a type of their own (freeq
@@ -280,7 +289,9 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
     for _ in 0..ops {
         let fresh = build(c.allocs);
         spin(c.think);
-        tokio::task::yield_now().await;
+        if !c.yield_after {
+            tokio::task::yield_now().await;
+        }
         let asked = s.now();
         match (&s.lock, strategy) {
             (Lock::Tokio(m), _) => {
@@ -337,6 +348,9 @@ async fn task(s: Arc<Shared>, strategy: Strategy, c: Config, ops: usize) -> Hist
                 drop(g);
                 release_done(&s, &mut h, done);
             }
+        }
+        if c.yield_after {
+            tokio::task::yield_now().await;
         }
     }
     h
@@ -472,9 +486,16 @@ fn compare(
     rounds: usize,
 ) {
     let mut runs: Vec<Vec<Run>> = strategies.iter().map(|_| Vec::new()).collect();
-    for _ in 0..rounds {
-        for (i, &s) in strategies.iter().enumerate() {
-            runs[i].push(run(rt, s, c));
+    for round in 0..rounds {
+        // Every other round in reverse order (ABCD DCBA ...), so that a
+        // drift of the machine over the rounds weighs on every strategy
+        // alike, and each is paired with the base run of its own round.
+        let mut order: Vec<usize> = (0..strategies.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            runs[i].push(run(rt, strategies[i], c));
         }
     }
     println!(
@@ -501,6 +522,14 @@ fn compare(
     let mut med = Vec::new();
     for (i, &s) in strategies.iter().enumerate() {
         let r = &runs[i];
+        // Throughput against the base run of the same round, median over
+        // the rounds: what the ratio columns quote.
+        let paired = median_f64(
+            r.iter()
+                .zip(&runs[0])
+                .map(|(r, b)| r.throughput / b.throughput)
+                .collect(),
+        );
         let m = |f: &dyn Fn(&Run) -> u64| median_u64(r.iter().map(f).collect());
         let row = (
             [m(&|r| r.wait[0]), m(&|r| r.wait[1]), m(&|r| r.wait[2])],
@@ -539,18 +568,19 @@ fn compare(
                 if c.cheap { f64::NAN } else { same },
                 if c.cheap { f64::NAN } else { slow },
                 if c.cheap { f64::NAN } else { worked },
+                paired,
             ],
         );
-        med.push(row);
+        med.push((row, paired));
     }
     println!("(times in us; medians of {rounds} interleaved rounds)");
-    let base = &med[0];
+    let base = &med[0].0;
     println!(
-        "ratios to {}: wait p99 and p99.9 (base / this: higher is better), handoff p50 (base / this), throughput (this / base)",
+        "ratios to {}: wait p99 and p99.9 (base / this: higher is better), handoff p50 (base / this), throughput (this / base, the median of the rounds' ratios)",
         strategies[0].name()
     );
     for (i, &s) in strategies.iter().enumerate().skip(1) {
-        let r = &med[i];
+        let (r, paired) = &med[i];
         let div = |a: u64, b: u64| a as f64 / b.max(1) as f64;
         println!(
             "  {:<13} wait p99 {:>6.1}x  p99.9 {:>6.1}x  handoff p50 {:>7.1}x  throughput {:.3}x",
@@ -558,7 +588,7 @@ fn compare(
             div(base.0[1], r.0[1]),
             div(base.0[2], r.0[2]),
             div(base.1[0], r.1[0]),
-            r.2 / base.2
+            paired
         );
     }
 }
@@ -622,6 +652,7 @@ fn handoff(title: &str, rt: &tokio::runtime::Runtime, allocs: usize, reps: usize
                 f64::NAN,
                 rows[i].0 as f64,
                 rows[i].1 as f64,
+                f64::NAN,
                 f64::NAN,
                 f64::NAN,
                 f64::NAN,
@@ -784,7 +815,7 @@ async fn handoff_run(
 /// the releasing thread, the share of releases over 100 µs and of those
 /// the holder's thread spent working; NaN where the table has no such
 /// column.
-fn row_line(section: &str, strategy: &str, values: &[f64; 10]) {
+fn row_line(section: &str, strategy: &str, values: &[f64; 11]) {
     if std::env::var_os(ONE_PROCESS).is_none() {
         return;
     }
@@ -875,18 +906,12 @@ fn over_processes(processes: usize) {
             );
         }
         let col = |i: usize| -> Vec<f64> { runs.iter().map(|r| r[i]).collect() };
-        // Per process: the base's figure over this one's (wait: higher is
-        // better), this one's over the base's (throughput).
-        let ratio = |i: usize, inverse: bool| -> Vec<f64> {
+        // Per process: the base's wait over this one's (higher is better).
+        // Throughput's ratio is the process's own, paired by round.
+        let wait_ratio = |i: usize| -> Vec<f64> {
             runs.iter()
                 .zip(&base)
-                .map(|(r, b)| {
-                    if inverse {
-                        b[i] / r[i].max(1.0)
-                    } else {
-                        r[i] / b[i]
-                    }
-                })
+                .map(|(r, b)| b[i] / r[i].max(1.0))
                 .collect()
         };
         println!(
@@ -902,12 +927,12 @@ fn over_processes(processes: usize) {
             range(&col(7), 0.01, 0),
             range(&col(8), 0.01, 1),
             range(&col(9), 0.01, 1),
-            range(&ratio(1, true), 1.0, 1),
-            range(&ratio(5, false), 1.0, 3),
+            range(&wait_ratio(1), 1.0, 1),
+            range(&col(10), 1.0, 3),
         );
     }
     println!(
-        "\n(ratios per process against the section's first row: wait p99 base/this, higher is better; ops/s this/base)"
+        "\n(ratios per process against the section's first row: wait p99 base/this, higher is better; ops/s this/base in the same round, the median over the rounds)"
     );
     if !notes.is_empty() {
         println!();
@@ -939,7 +964,13 @@ struct Options {
 }
 
 /// The bench's parts, in the order they run.
-const PARTS: [&str; 4] = ["handoff", "multi-thread", "current-thread", "cheap"];
+const PARTS: [&str; 5] = [
+    "handoff",
+    "multi-thread",
+    "yielding",
+    "current-thread",
+    "cheap",
+];
 
 const HELP: &str = "async_lock: lock wait, hand-off and throughput of async locks whose
 holders replace values that are expensive to drop.
@@ -957,8 +988,9 @@ Options:
   --processes N    fresh processes, figures given as ranges over them (default 3;
                    1 prints that one process's full tables)
   --reclaimers P   freeq's reclaimer priority, idle or normal (default idle)
-  --parts P,P,..   which parts run: handoff, multi-thread, current-thread, cheap
-                   (default all)
+  --parts P,P,..   which parts run: handoff, multi-thread, yielding (multi-thread,
+                   tasks yielding right after their release), current-thread,
+                   cheap (default all)
   --count S        only S's cheap replace loop (under, freeq-nodefer, freeq-drop,
                    freeq-unlock), --cheap-ops times by one task on a current-thread
                    runtime, nothing measured: run it under `valgrind --tool=callgrind`
@@ -1152,8 +1184,26 @@ fn main() {
             allocs: o.allocs,
             think,
             cheap: false,
+            yield_after: false,
         };
         compare("multi-thread", &multi, &Strategy::ALL, c, o.rounds);
+    }
+    for &tasks in o.tasks.iter().filter(|_| part("yielding")) {
+        let c = Config {
+            tasks,
+            ops: o.ops,
+            allocs: o.allocs,
+            think,
+            cheap: false,
+            yield_after: true,
+        };
+        compare(
+            "multi-thread, yielding after release",
+            &multi,
+            &Strategy::ALL,
+            c,
+            o.rounds,
+        );
     }
     let c = Config {
         tasks: 64,
@@ -1161,6 +1211,7 @@ fn main() {
         allocs: o.allocs,
         think,
         cheap: false,
+        yield_after: false,
     };
     if part("current-thread") {
         compare("current-thread", &current, &Strategy::ALL, c, o.rounds);
@@ -1175,6 +1226,7 @@ fn main() {
         allocs: 1,
         think: Duration::ZERO,
         cheap: true,
+        yield_after: false,
     };
     compare(
         "cheap values, multi-thread",
