@@ -111,7 +111,7 @@ pub use lock::tokio;
 pub use defer::{defer, defer_fn, defer_heavy, defer_with, retire};
 pub use deferred::Deferred;
 pub use free_queue::FreeQueue;
-pub use lock::async_guard::AsyncGuard;
+pub use lock::async_guard::{AsyncGuard, AsyncUnlock};
 pub use lock::condvar::{Condvar, RawDeferredCondvar, WaitTimeoutResult};
 pub use lock::guard::{LockGuard, Section, section};
 pub use lock::raw::{DeferredGuard, RawDeferred};

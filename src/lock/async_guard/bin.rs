@@ -33,6 +33,8 @@ struct OneMeta {
     /// Frees the item here and now where [`dispatch::free_one`] takes it
     /// within the given budget (returns `true`), else leaves it in place.
     free_within: unsafe fn(*mut OneSlot, u64) -> bool,
+    /// Whether `free_within` would free it, given that budget.
+    within: fn(u64) -> bool,
 }
 
 /// Whether an `F` fits a [`OneSlot`].
@@ -172,6 +174,7 @@ impl Bin {
                     &OneMeta {
                         spill: spill_one::<F>,
                         free_within: free_one_within::<F>,
+                        within: |limit_ns| dispatch::frees_one_here(TypeId::of::<F>(), limit_ns),
                     }
                 },
             );
@@ -237,6 +240,36 @@ impl Bin {
             self.one_meta = Some(meta);
         }
         freed
+    }
+
+    /// Frees the bin here and now if it is one item that a plain drop
+    /// frees in place, as that would (within [`BIN_BUDGET_NS`]): whether
+    /// it did (the bin is then empty). A sampled guard's free is timed.
+    #[inline]
+    pub(super) fn free_if_cheap(&mut self) -> bool {
+        if self.sample.is_some() {
+            return self.free_if_cheap_sampled();
+        }
+        self.free_if_within(BIN_BUDGET_NS)
+    }
+
+    /// [`Bin::free_if_cheap`] of a sampled guard's bin: the sample is
+    /// taken only for a free that happens here.
+    #[cold]
+    #[inline(never)]
+    fn free_if_cheap_sampled(&mut self) -> bool {
+        match self.one_meta {
+            Some(meta) if (meta.within)(BIN_BUDGET_NS) => {}
+            _ => return false,
+        }
+        let timed = self.released();
+        // Freed in place either way: if the type's estimate moved in
+        // between, through the thread's queue.
+        if !self.free_if_within(BIN_BUDGET_NS) {
+            self.free();
+        }
+        drop(timed);
+        true
     }
 
     /// Frees the bin: a lone cheap item right here (as the queue would,

@@ -94,22 +94,47 @@ impl<F: Future> Future for WrapGuard<F> {
     }
 }
 
-/// A future that returns `Pending` once, waking its task first: the
-/// runtime runs whatever is queued ahead of it (a waiter just handed the
-/// lock) before polling it again. Runtime-agnostic.
-struct YieldOnce {
+/// The future of [`AsyncGuard::unlock`]: the lock is released already;
+/// awaited, it yields once (waking its task first: the runtime runs
+/// whatever is queued ahead of it, a waiter just handed the lock, before
+/// polling it again; runtime-agnostic), then frees the guard's bin in
+/// place. Dropped before that, it frees the bin as a plain drop of the
+/// guard would.
+#[must_use = "the lock is released; awaiting this lets a waiter run before the frees"]
+pub struct AsyncUnlock {
+    /// The bin left to free after the yield; `None` once there is
+    /// nothing left to do (ready at the next poll).
+    bin: Option<Bin>,
     yielded: bool,
 }
 
-impl Future for YieldOnce {
+impl Future for AsyncUnlock {
     type Output = ();
+
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
+        if self.bin.is_none() {
             return Poll::Ready(());
         }
-        self.yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        if !self.yielded {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let mut bin = self.bin.take().expect("checked above");
+        // Freed here, on this thread, whatever it costs: the waiter ran
+        // during the yield (which is not `moved` time).
+        let timed = bin.released();
+        bin.free();
+        drop(timed);
+        Poll::Ready(())
+    }
+}
+
+impl fmt::Debug for AsyncUnlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncUnlock")
+            .field("pending", &self.bin.as_ref().map_or(0, Bin::len))
+            .finish()
     }
 }
 
@@ -130,7 +155,8 @@ impl Future for YieldOnce {
 ///   calls, frees held by [`DeferFrees`](crate::alloc::DeferFrees)) into
 ///   the bin;
 /// - [`unlock`](AsyncGuard::unlock)`.await` releases, lets a task already
-///   queued on the lock run, then frees.
+///   queued on the lock run, then frees (one cheap value it frees at
+///   once, with no trip through the scheduler).
 ///
 /// # Dropping a guard
 ///
@@ -182,9 +208,11 @@ impl Future for YieldOnce {
 /// by then, waiting that long, and with many tasks the waits chain into
 /// a convoy. [`unlock`](AsyncGuard::unlock)`.await` is worth writing
 /// there: it releases and yields once, so that the waiter runs first,
-/// then frees the bin in place whatever it costs (with an empty bin it
-/// does not yield: follow it with `tokio::task::yield_now().await` where
-/// the poll must end there whatever the bin holds). Write it too where the
+/// then frees the bin in place whatever it costs (with an empty bin, or
+/// one value of a type known to be cheap, which it frees at once as a
+/// plain drop would, it does not yield: follow it with
+/// `tokio::task::yield_now().await` where the poll must end there
+/// whatever the bin holds). Write it too where the
 /// frees should stay on the releasing task's thread (memory a per-thread
 /// allocator should get back there, or a machine with no CPU to spare for
 /// a reclaimer).
@@ -409,18 +437,29 @@ impl<G> AsyncGuard<G> {
         bin.catch(|| f(&**guard))
     }
 
-    /// Releases the lock, lets a task already waiting for it run (it
-    /// yields once to the runtime, only if the bin holds anything), then
-    /// frees the bin (one cheap value as a plain drop frees it, with no
-    /// queue).
+    /// Releases the lock now, and returns a future that lets a task
+    /// already waiting for it run, then frees the bin: awaited, it yields
+    /// once to the runtime and then frees the bin in place, whatever it
+    /// costs (one cheap value as a plain drop frees it, with no queue).
+    ///
+    /// Where the yield would cost more than it saves, there is none, and
+    /// the bin is freed before this returns (the future is then ready at
+    /// once): an empty bin, and a bin of one value whose type freeq knows
+    /// to cost less than 10 µs to free (a plain drop frees that in place
+    /// too; a waiter waits that long at most). So a cheap value costs no
+    /// more than a plain drop, and no trip through the scheduler.
     ///
     /// A plain drop moves a costly bin off the thread instead (see
     /// [`AsyncGuard`], "Dropping a guard"); `unlock().await` keeps the
     /// frees on this task, after the waiter has run, and ends the poll at
-    /// the release (if the bin holds anything), which a plain drop cannot. Cancelled (the future
-    /// dropped before it finished), it still releases and frees exactly
-    /// once: the bin is freed as a plain drop frees it, where the future is
-    /// dropped.
+    /// the release (when it yields), which a plain drop cannot. Write
+    /// `tokio::task::yield_now().await` after it where the poll must end
+    /// there whatever the bin holds.
+    ///
+    /// The lock is released by the call, before the future is polled.
+    /// Dropped before it finished (cancelled, or never awaited), the
+    /// future frees the bin as a plain drop frees it, where it is dropped;
+    /// each value is freed exactly once.
     ///
     /// ```
     /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -438,21 +477,21 @@ impl<G> AsyncGuard<G> {
     /// });
     /// assert!(m.try_lock().is_ok());
     /// ```
-    pub async fn unlock(self) {
+    pub fn unlock(self) -> AsyncUnlock {
         let AsyncGuard { guard, mut bin } = self;
         drop(guard);
         bin.note_release();
-        if bin.is_empty() {
-            return;
+        if bin.is_empty() || bin.free_if_cheap() {
+            // Nothing left that a waiter should not wait for.
+            return AsyncUnlock {
+                bin: None,
+                yielded: false,
+            };
         }
-        YieldOnce { yielded: false }.await;
-        // Freed here, on this thread, whatever it costs: the waiter ran
-        // during the yield (which is not `moved` time). If this future is
-        // dropped instead of coming back from the yield, the bin is freed
-        // as a plain drop frees it.
-        let timed = bin.released();
-        bin.free();
-        drop(timed);
+        AsyncUnlock {
+            bin: Some(bin),
+            yielded: false,
+        }
     }
 
     /// Turns the wrapped guard into another (a mapped or downgraded one),

@@ -31,7 +31,7 @@
 //! cheap bin in place (one small value with no queue at all) and hands a
 //! costly one (by its types' learned drop cost) to freeq's reclaimers, and
 //! `unlock().await` yields once, letting the waiter run, before it frees
-//! in place. Whatever
+//! in place (one cheap value it frees at once, as a plain drop does). Whatever
 //! else the releasing task does in the same poll delays the waiter too:
 //! where it goes on working after the release, `unlock().await` (which
 //! ends the poll there) is the one to write.
