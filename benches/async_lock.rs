@@ -949,6 +949,9 @@ struct Options {
     processes: usize,
     /// freeq's reclaimers at normal priority instead of idle.
     normal_reclaimers: bool,
+    /// freeq's reclaimers never give a batch back (no backlog bound, no
+    /// wait bound): every costly bin leaves the releasing thread.
+    unbounded: bool,
     tasks: Vec<usize>,
     ops: usize,
     allocs: usize,
@@ -988,6 +991,8 @@ Options:
   --processes N    fresh processes, figures given as ranges over them (default 3;
                    1 prints that one process's full tables)
   --reclaimers P   freeq's reclaimer priority, idle or normal (default idle)
+  --unbounded      freeq's reclaimers never give a bin back (no backlog or wait
+                   bound): every costly bin leaves the releasing thread
   --parts P,P,..   which parts run: handoff, multi-thread, yielding (multi-thread,
                    tasks yielding right after their release), current-thread,
                    cheap (default all)
@@ -1003,6 +1008,7 @@ fn parse() -> Options {
     let mut o = Options {
         processes: 3,
         normal_reclaimers: false,
+        unbounded: false,
         tasks: vec![16, 256],
         ops: 600,
         allocs: 30_000,
@@ -1081,6 +1087,7 @@ fn parse() -> Options {
                     }),
                 )
             }
+            "--unbounded" => o.unbounded = true,
             "--reclaimers" => {
                 o.normal_reclaimers = match value().as_str() {
                     "idle" => false,
@@ -1156,6 +1163,10 @@ fn main() {
     if o.normal_reclaimers {
         freeq::set_reclaimer_priority(freeq::ReclaimerPriority::Normal);
     }
+    if o.unbounded {
+        freeq::set_offload_bound(usize::MAX / 2);
+        freeq::set_offload_max_wait(Duration::ZERO);
+    }
     let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -1164,11 +1175,16 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "# async_lock (tokio, 2 workers unless current-thread; freeq's reclaimers at {} priority)",
+        "# async_lock (tokio, 2 workers unless current-thread; freeq's reclaimers at {} priority{})",
         if o.normal_reclaimers {
             "normal"
         } else {
             "idle"
+        },
+        if o.unbounded {
+            ", never giving a bin back"
+        } else {
+            ""
         }
     );
     let part = |p: &str| o.parts.iter().any(|q| q == p);

@@ -99,7 +99,19 @@ impl<F: Future> Future for WrapGuard<F> {
 /// whatever is queued ahead of it, a waiter just handed the lock, before
 /// polling it again; runtime-agnostic), then frees the guard's bin in
 /// place. Dropped before that, it frees the bin as a plain drop of the
-/// guard would.
+/// guard would. It holds no part of the guard: it is `Send` and `Sync`
+/// whatever the guard was.
+///
+/// ```
+/// fn send_sync<T: Send + Sync>(_: &T) {}
+/// let m = std::sync::Mutex::new(Vec::<String>::new());
+/// let mut g = freeq::AsyncGuard::new(m.lock().unwrap()); // a std guard is not `Send`
+/// g.defer(String::from("x"));
+/// let unlocking = g.unlock();
+/// send_sync(&unlocking);
+/// assert!(m.try_lock().is_ok()); // released by the call
+/// drop(unlocking); // frees the string, as a plain drop would
+/// ```
 #[must_use = "the lock is released; awaiting this lets a waiter run before the frees"]
 pub struct AsyncUnlock {
     /// The bin left to free after the yield; `None` once there is
