@@ -206,17 +206,24 @@ pub(crate) fn on_thread_end(hook: fn()) -> bool {
 /// The pthread key behind [`on_thread_end`].
 #[cfg(unix)]
 mod thread_end {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
 
     /// The key plus one; 0 before it is created, `usize::MAX` if creating
     /// it failed.
     static KEY: AtomicUsize = AtomicUsize::new(0);
-    /// What the key's destructor runs.
-    static HOOK: OnceLock<fn()> = OnceLock::new();
+    /// What the key's destructor runs: a `fn()`, or null before the first
+    /// registration. Set by a compare-and-swap, not under a `OnceLock`: a
+    /// child forked while another thread of its parent was setting it
+    /// would wait forever on the `OnceLock` it inherited half set.
+    static HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 
     unsafe extern "C" fn on_thread_exit(_: *mut libc::c_void) {
-        if let Some(hook) = HOOK.get() {
+        let hook = HOOK.load(SeqCst);
+        if !hook.is_null() {
+            // SAFETY: (3f) a non-null `HOOK` was stored from a `fn()` by
+            // `register`, and function pointers and data pointers have
+            // the same size on every unix target.
+            let hook = unsafe { std::mem::transmute::<*mut (), fn()>(hook) };
             hook();
         }
     }
@@ -250,7 +257,8 @@ mod thread_end {
     /// Sets this thread's value of the key (non-null, so that its
     /// destructor runs at thread exit); `false` if that failed.
     pub(super) fn register(hook: fn()) -> bool {
-        let _ = HOOK.get_or_init(|| hook);
+        // The first hook registered stays (freeq registers one only).
+        let _ = HOOK.compare_exchange(std::ptr::null_mut(), hook as *mut (), SeqCst, SeqCst);
         let Some(key) = key() else { return false };
         // The value only has to be non-null; nothing reads it.
         let value = std::ptr::NonNull::<u8>::dangling()

@@ -3,7 +3,7 @@
 //!
 //! This file calls `platform` (for `Instant`) only.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering::AcqRel, Ordering::Acquire};
 
 use crate::platform::Instant;
 
@@ -17,24 +17,49 @@ struct Clock {
     base_tick: u64,
 }
 
+/// The clock, published by a compare-and-swap once read (a leaked box,
+/// one per process), not built under a `OnceLock`: a child forked while
+/// another thread of its parent was reading the clock (which can take a
+/// few tries on a busy machine) would wait forever on the `OnceLock` it
+/// inherited half built. Threads that race build one each; one is kept.
 fn clock() -> &'static Clock {
-    static CLOCK: OnceLock<Clock> = OnceLock::new();
-    CLOCK.get_or_init(|| {
-        let tsc = invariant_tsc();
-        if !tsc {
-            return Clock {
-                tsc,
-                base: Instant::now(),
-                base_tick: 0,
-            };
+    static CLOCK: AtomicPtr<Clock> = AtomicPtr::new(std::ptr::null_mut());
+    let now = CLOCK.load(Acquire);
+    if !now.is_null() {
+        // SAFETY: (2) a non-null `CLOCK` is a leaked `Box<Clock>`, never
+        // freed, written before it was published (release, read acquire).
+        return unsafe { &*now };
+    }
+    let mine = Box::into_raw(Box::new(read_clock()));
+    match CLOCK.compare_exchange(std::ptr::null_mut(), mine, AcqRel, Acquire) {
+        // SAFETY: (3) `mine` is the box just leaked and now published:
+        // never freed.
+        Ok(_) => unsafe { &*mine },
+        Err(first) => {
+            // SAFETY: (4) `mine` was never published: this thread owns it.
+            drop(unsafe { Box::from_raw(mine) });
+            // SAFETY: (5) as in (2), for the clock another thread published.
+            unsafe { &*first }
         }
-        let (base, base_tick) = paired_reading(Instant::now);
-        Clock {
+    }
+}
+
+/// Reads the clock's base: see [`Clock`].
+fn read_clock() -> Clock {
+    let tsc = invariant_tsc();
+    if !tsc {
+        return Clock {
             tsc,
-            base,
-            base_tick,
-        }
-    })
+            base: Instant::now(),
+            base_tick: 0,
+        };
+    }
+    let (base, base_tick) = paired_reading(Instant::now);
+    Clock {
+        tsc,
+        base,
+        base_tick,
+    }
 }
 
 /// Most ticks allowed between the two counter readings around one
