@@ -130,6 +130,10 @@ fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so the probes are learned as costly: a plain drop sends them to freeq's reclaimer threads, and they are freed later, elsewhere"
+)]
 fn drop_releases_then_frees() {
     current_thread().block_on(async {
         let m = Arc::new(Mutex::new(0));
@@ -224,6 +228,10 @@ fn guards_are_send_across_awaits_on_a_multi_thread_runtime() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so the probes are learned as costly: a plain drop sends them to freeq's reclaimer threads, and they are freed later, elsewhere"
+)]
 fn unlock_await_lets_a_queued_waiter_in_before_the_frees() {
     current_thread().block_on(async {
         let m = Arc::new(Mutex::new(0));
@@ -258,6 +266,10 @@ fn unlock_await_lets_a_queued_waiter_in_before_the_frees() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so the probes are learned as costly: a plain drop sends them to freeq's reclaimer threads, and they are freed later, elsewhere"
+)]
 fn a_cancelled_unlock_frees_once_where_it_is_dropped() {
     let m = Arc::new(Mutex::new(0));
     let t = Target::Mutex(m.clone());
@@ -280,6 +292,10 @@ fn a_cancelled_unlock_frees_once_where_it_is_dropped() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so the probes are learned as costly: a plain drop sends them to freeq's reclaimer threads, and they are freed later, elsewhere"
+)]
 fn cancelled_tasks_release_then_free_exactly_once() {
     let rt = current_thread();
     let m = Arc::new(Mutex::new(0));
@@ -351,6 +367,10 @@ fn cancelled_tasks_release_then_free_exactly_once() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so the probes are learned as costly: a plain drop sends them to freeq's reclaimer threads, and they are freed later, elsewhere"
+)]
 fn with_catches_implicit_drops_of_deferred_values() {
     current_thread().block_on(async {
         let m = Arc::new(Mutex::new(0));
@@ -415,6 +435,10 @@ fn marked() -> Box<[u8; MARK]> {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so the probes are learned as costly: a plain drop sends them to freeq's reclaimer threads, and they are freed later, elsewhere"
+)]
 fn with_moves_held_allocator_frees_into_the_bin() {
     let m = Mutex::new(vec![marked(), marked(), marked()]);
     let before = MARKED_FREES.load(SeqCst);
@@ -656,6 +680,10 @@ fn with_carries_retired_values_to_the_epoch_after_the_release() {
 /// (kept in the guard) nor for a few (a spare block of the thread's
 /// queue), freed by a plain drop or by `unlock().await`.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "under Miri every free is slow, so the probes are learned as costly: a plain drop sends them to freeq's reclaimer threads, and they are freed later, elsewhere"
+)]
 fn guards_allocate_nothing_in_steady_state() {
     let rt = current_thread();
     rt.block_on(async {
