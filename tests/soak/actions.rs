@@ -4,7 +4,7 @@
 //! Lock order, to stay free of deadlocks whatever a step nests: the std
 //! maps by index, the parking_lot maps by index, `rw`, `pl_rw`, `plain`,
 //! `blobs`, the condvar queues, `slot_lock`. A condvar wait holds only its
-//! own queue's lock.
+//! own queue's lock; the async map is taken alone.
 
 use std::collections::VecDeque;
 use std::mem;
@@ -37,6 +37,10 @@ pub struct World {
     cv_pl: (PlMutex<VecDeque<Tracked>>, freeq::parking_lot::Condvar),
     pub slots: Slots,
     slot_lock: PlMutex<()>,
+    /// Held through `freeq::AsyncGuard` (futures' mutex, on futures'
+    /// executor): plain drops, `unlock().await`, an unawaited unlock and
+    /// cancelled acquisitions.
+    async_map: futures::lock::Mutex<Vec<Tracked>>,
 }
 
 /// Counters over all threads.
@@ -78,6 +82,7 @@ impl World {
             ),
             slots: Slots::new(8, rng),
             slot_lock: PlMutex::new(()),
+            async_map: futures::lock::Mutex::new(entries(rng)),
         })
     }
 
@@ -110,8 +115,13 @@ impl World {
         *self.blobs.lock() = Vec::new();
         freeq::defer(mem::take(&mut *lk(&self.cv_std.0)));
         freeq::defer(mem::take(&mut *self.cv_pl.0.lock()));
-        let _g = self.slot_lock.lock();
-        self.slots.retire_all();
+        {
+            let _g = self.slot_lock.lock();
+            self.slots.retire_all();
+        }
+        let mut g = freeq::AsyncGuard::new(futures::executor::block_on(self.async_map.lock()));
+        let old = mem::take(&mut *g);
+        g.defer(old);
     }
 }
 
@@ -240,7 +250,8 @@ fn label(kind: u64) -> &'static str {
         85..=87 => "defer_heavy",
         88..=93 => "set_policy",
         94 => "quiesce",
-        _ => "Deferred::into_inner",
+        95 => "Deferred::into_inner",
+        _ => "async guards",
     }
 }
 
@@ -369,7 +380,7 @@ fn one_step(world: &Arc<World>, rng: &mut Rng, kind: u64) {
             }
         }
         // Deferred values moved between maps: into_inner never defers.
-        _ => {
+        95 => {
             let mut g = lk(&world.std_maps[0]);
             let i = rng.below(ENTRIES as u64) as usize;
             let v = mem::replace(&mut g[i], Deferred::new(rng.value()));
@@ -377,7 +388,47 @@ fn one_step(world: &Arc<World>, rng: &mut Rng, kind: u64) {
             drop(g);
             world.pl_maps[MAPS - 1].lock()[i] = inner;
         }
+        // Async guards: a bin freed after the release, whatever ends it.
+        _ => async_guard(world, rng),
     }
+}
+
+/// One async critical section on the async map, on futures' executor:
+/// values put in the guard's bin (by `defer`, and caught by `with`), then
+/// a plain drop, `unlock().await`, an `unlock()` never awaited, or a
+/// second acquisition cancelled while the first holds the lock. A bin is
+/// freed on this thread or by a reclaimer, never before the release.
+fn async_guard(world: &World, rng: &mut Rng) {
+    futures::executor::block_on(async {
+        let mut g = freeq::AsyncGuard::new(world.async_map.lock().await);
+        let mut ids = Vec::new();
+        for _ in 0..rng.below(3) + 1 {
+            let i = rng.below(ENTRIES as u64) as usize;
+            let old = mem::replace(&mut g[i], rng.value());
+            ids.push(old.id());
+            if rng.one_in(3) {
+                // Caught: dropped as a `Deferred` inside the closure.
+                g.with(|_| drop(Deferred::new(old)));
+            } else {
+                g.defer(old);
+            }
+        }
+        not_freed(&ids, "async guard, before the release");
+        match rng.below(4) {
+            0 => drop(g),
+            1 => g.unlock().await,
+            2 => drop(g.unlock()),
+            _ => {
+                // Another acquisition, cancelled while this one holds.
+                let mut second = std::pin::pin!(world.async_map.lock());
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if second.as_mut().poll(&mut cx).is_ready() {
+                    fail("async guard: a held futures mutex locked twice".into());
+                }
+                drop(g);
+            }
+        }
+    });
 }
 
 /// Takes a random ordered subset of the locks, deferring at each level,
