@@ -1193,33 +1193,21 @@ fn main() {
         handoff("multi-thread", &multi, 50_000, o.handoff_reps, o.rounds);
         handoff("current-thread", &current, 50_000, o.handoff_reps, o.rounds);
     }
-    for &tasks in o.tasks.iter().filter(|_| part("multi-thread")) {
-        let c = Config {
-            tasks,
-            ops: o.ops,
-            allocs: o.allocs,
-            think,
-            cheap: false,
-            yield_after: false,
-        };
-        compare("multi-thread", &multi, &Strategy::ALL, c, o.rounds);
-    }
-    for &tasks in o.tasks.iter().filter(|_| part("yielding")) {
-        let c = Config {
-            tasks,
-            ops: o.ops,
-            allocs: o.allocs,
-            think,
-            cheap: false,
-            yield_after: true,
-        };
-        compare(
-            "multi-thread, yielding after release",
-            &multi,
-            &Strategy::ALL,
-            c,
-            o.rounds,
-        );
+    for (name, title, yield_after) in [
+        ("multi-thread", "multi-thread", false),
+        ("yielding", "multi-thread, yielding after release", true),
+    ] {
+        for &tasks in o.tasks.iter().filter(|_| part(name)) {
+            let c = Config {
+                tasks,
+                ops: o.ops,
+                allocs: o.allocs,
+                think,
+                cheap: false,
+                yield_after,
+            };
+            compare(title, &multi, &Strategy::ALL, c, o.rounds);
+        }
     }
     let c = Config {
         tasks: 64,
