@@ -28,7 +28,7 @@ cargo +nightly miri test --features tokio --test tokio --test profile_async "$@"
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
     cargo +nightly miri test --test reclaim --test stats --test failure_paths --test offload_rule --test profile "$@" -- --include-ignored
 MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-tree-borrows -Zmiri-ignore-leaks" \
-    cargo +nightly miri test --features tokio --test tokio "$@" -- --include-ignored epoch
+    cargo +nightly miri test --features tokio --test tokio "$@" -- --include-ignored epoch costly_bin
 for target in i686-unknown-linux-gnu s390x-unknown-linux-gnu; do
     t=${target//-/_}
     env "CC_$t=gcc" "AR_$t=ar" CRATE_CC_NO_DEFAULTS=1 \
