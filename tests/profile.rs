@@ -180,11 +180,16 @@ fn a_batch_the_executor_frees_is_moved_time_of_its_site() {
     let h = site(&p, heavy_at);
     assert_eq!(h.offloaded_batches(), 1, "{p}");
     assert!(h.offloaded() >= 10 * MS, "{p}");
-    assert_eq!(
-        p.sites()[0].line(),
-        at,
-        "sorted by moved, offloaded included\n{p}"
-    );
+    // Miri's clock counts the work of every thread of the test binary,
+    // so there a site's times also hold other tests' work: only the
+    // lower bounds above are certain.
+    if !cfg!(miri) {
+        assert_eq!(
+            p.sites()[0].line(),
+            at,
+            "sorted by moved, offloaded included\n{p}"
+        );
+    }
     assert!(p.to_string().contains("offloaded"), "{p}");
     println!("{p}");
 }
