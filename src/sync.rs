@@ -63,9 +63,49 @@ impl<T: ?Sized> NoPoison for loom::sync::RwLock<T> {}
 /// live in statics, and settings are not what the models check, so these
 /// are `std`'s in both modes.
 pub(crate) use std::sync::atomic::{
-    AtomicU8 as StaticAtomicU8, AtomicU32 as StaticAtomicU32, AtomicU64 as StaticAtomicU64,
-    AtomicUsize as StaticAtomicUsize,
+    AtomicPtr as StaticAtomicPtr, AtomicU8 as StaticAtomicU8, AtomicU32 as StaticAtomicU32,
+    AtomicU64 as StaticAtomicU64, AtomicUsize as StaticAtomicUsize,
 };
+
+/// What `slot` has published, if anything: see [`publish_once`].
+#[inline]
+pub(crate) fn published<T>(slot: &'static StaticAtomicPtr<T>) -> Option<&'static T> {
+    let p = slot.load(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: (1) a non-null `slot` holds a `Box<T>` leaked by
+    // `publish_once`, written before it was published (release; read
+    // here with acquire) and never freed: it lives as long as the process.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// A process-wide value built once, on first use, and published by a
+/// compare-and-swap (a `Box` leaked for the process's lifetime), where a
+/// `OnceLock` would not do: a child forked while another thread of its
+/// parent was inside `OnceLock::get_or_init` inherits it half built and
+/// waits on it forever, while here it finds either nothing (and builds its
+/// own) or the finished value. Threads that race build one each; the
+/// first published is kept and the others dropped.
+pub(crate) fn publish_once<T>(
+    slot: &'static StaticAtomicPtr<T>,
+    build: impl FnOnce() -> T,
+) -> &'static T {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire};
+    if let Some(v) = published(slot) {
+        return v;
+    }
+    let mine = Box::into_raw(Box::new(build()));
+    match slot.compare_exchange(std::ptr::null_mut(), mine, AcqRel, Acquire) {
+        // SAFETY: (2) `mine` is the box just leaked, now published: never
+        // freed.
+        Ok(_) => unsafe { &*mine },
+        Err(first) => {
+            // SAFETY: (3) `mine` came from `Box::into_raw` above and was
+            // never published: this thread owns it.
+            drop(unsafe { Box::from_raw(mine) });
+            // SAFETY: (4) as in (1), for the value another thread published.
+            unsafe { &*first }
+        }
+    }
+}
 
 /// `thread_local!` with a `const` initialiser under `std` (the fast,
 /// lazily-registered kind) and loom's tracked thread-locals under loom.
@@ -132,4 +172,69 @@ pub(crate) fn park_timeout(timeout: std::time::Duration) {
 /// Shrinks a constant under loom and Miri, where every step costs.
 pub(crate) const fn scaled(normal: usize, small: usize) -> usize {
     if cfg!(any(loom, miri)) { small } else { normal }
+}
+
+#[cfg(all(test, unix, not(miri), not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::time::{Duration, Instant};
+
+    /// A child forked while another thread of its parent is inside
+    /// `publish_once`'s build gets a value of its own, and does not wait
+    /// for that build (which, in the child, never ends: its thread was not
+    /// forked). The same test over a `OnceLock` has its child killed at
+    /// the deadline.
+    #[test]
+    fn a_child_forked_during_a_build_builds_its_own() {
+        static SLOT: StaticAtomicPtr<u64> = StaticAtomicPtr::new(std::ptr::null_mut());
+        static BUILDING: Barrier = Barrier::new(2);
+        static FORKED: Barrier = Barrier::new(2);
+        let builder = std::thread::spawn(|| {
+            *publish_once(&SLOT, || {
+                BUILDING.wait();
+                FORKED.wait();
+                1
+            })
+        });
+        BUILDING.wait();
+        // SAFETY: the child only reads and builds the slot (a
+        // compare-and-swap and an allocation; glibc's allocator is
+        // fork-safe) and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let v = *publish_once(&SLOT, || 2);
+            // SAFETY: `_exit` ends the child without running the parent's
+            // exit handlers or tests.
+            unsafe { libc::_exit(if v == 2 { 0 } else { 1 }) };
+        }
+        FORKED.wait();
+        assert_eq!(builder.join().unwrap(), 1);
+        assert_eq!(*published(&SLOT).unwrap(), 1);
+        // The child has 10 s (it needs microseconds): past that it waits
+        // on the build it inherited, and is killed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut status = 0;
+        loop {
+            // SAFETY: `pid` is this process's child; `status` is writable.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("the forked child waited on the build it inherited");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's own build was not published: status {status}"
+        );
+    }
 }

@@ -1,11 +1,10 @@
 //! The profile's clock: the time-stamp counter where it ticks at a
 //! constant rate, paired with `Instant` to convert its ticks.
 //!
-//! This file calls `platform` (for `Instant`) only.
-
-use std::sync::atomic::{AtomicPtr, Ordering::AcqRel, Ordering::Acquire};
+//! This file calls `platform` (for `Instant`) and the `sync` shim only.
 
 use crate::platform::Instant;
+use crate::sync::{StaticAtomicPtr, publish_once};
 
 /// The profile's clock: the time-stamp counter where it ticks at a
 /// constant rate in every power state (x86-64 with an invariant TSC),
@@ -17,31 +16,13 @@ struct Clock {
     base_tick: u64,
 }
 
-/// The clock, published by a compare-and-swap once read (a leaked box,
-/// one per process), not built under a `OnceLock`: a child forked while
-/// another thread of its parent was reading the clock (which can take a
-/// few tries on a busy machine) would wait forever on the `OnceLock` it
-/// inherited half built. Threads that race build one each; one is kept.
+/// The clock, read once and published without a `OnceLock` (see
+/// [`publish_once`]): a child forked while another thread of its parent
+/// was reading the clock (which can take a few tries on a busy machine)
+/// would otherwise wait on it forever.
 fn clock() -> &'static Clock {
-    static CLOCK: AtomicPtr<Clock> = AtomicPtr::new(std::ptr::null_mut());
-    let now = CLOCK.load(Acquire);
-    if !now.is_null() {
-        // SAFETY: (2) a non-null `CLOCK` is a leaked `Box<Clock>`, never
-        // freed, written before it was published (release, read acquire).
-        return unsafe { &*now };
-    }
-    let mine = Box::into_raw(Box::new(read_clock()));
-    match CLOCK.compare_exchange(std::ptr::null_mut(), mine, AcqRel, Acquire) {
-        // SAFETY: (3) `mine` is the box just leaked and now published:
-        // never freed.
-        Ok(_) => unsafe { &*mine },
-        Err(first) => {
-            // SAFETY: (4) `mine` was never published: this thread owns it.
-            drop(unsafe { Box::from_raw(mine) });
-            // SAFETY: (5) as in (2), for the clock another thread published.
-            unsafe { &*first }
-        }
-    }
+    static CLOCK: StaticAtomicPtr<Clock> = StaticAtomicPtr::new(std::ptr::null_mut());
+    publish_once(&CLOCK, read_clock)
 }
 
 /// Reads the clock's base: see [`Clock`].

@@ -33,7 +33,7 @@ use crate::reclaim::priority::become_reclaimer;
 use crate::reclaim::reclaimer::{FORKS, NOT_STARTED, RUNNING, Reclaimer, Runner, STARTING};
 use crate::reclaim::thresholds::{offload_bound, offload_max_wait};
 use crate::reclaim::timing::leave_out_cpu_waits;
-use crate::sync::{Ordering::*, StaticAtomicUsize};
+use crate::sync::{Ordering::*, StaticAtomicPtr, StaticAtomicUsize, publish_once, published};
 
 /// freeq's reclaimers and the fork generation they belong to.
 pub(crate) struct Pool {
@@ -51,20 +51,15 @@ pub(crate) struct Pool {
     all_started: std::sync::atomic::AtomicBool,
 }
 
-/// The pool, published once by a compare-and-swap (a `Box` leaked for the
-/// process's lifetime), not built under a `OnceLock`: a child forked while
-/// another thread of its parent was building the pool finds no pool (and
-/// builds its own) or the finished one, never a build in progress it would
-/// wait on forever.
-static POOL: std::sync::atomic::AtomicPtr<Pool> =
-    std::sync::atomic::AtomicPtr::new(ptr::null_mut());
+/// The pool, published once without a `OnceLock` ([`publish_once`]): a
+/// child forked while another thread of its parent was building the pool
+/// finds no pool (and builds its own) or the finished one, never a build
+/// in progress it would wait on forever.
+static POOL: StaticAtomicPtr<Pool> = StaticAtomicPtr::new(ptr::null_mut());
 
 /// The pool, if one was published.
 fn pool_if_any() -> Option<&'static Pool> {
-    let p = POOL.load(StaticAcquire);
-    // SAFETY: (1) a non-null `POOL` came from `Box::into_raw` in `pool`,
-    // published once and never freed: it lives as long as the process.
-    (!p.is_null()).then(|| unsafe { &*p })
+    published(&POOL)
 }
 
 /// Set by the exit hook: from then on, everything is freed inline.
@@ -79,42 +74,28 @@ fn pool(frees: Frees) -> &'static Pool {
     // Before the pool is published: a child forked once it is knows to
     // leave the parent's batches alone.
     install_hooks();
-    let built = Box::into_raw(Box::new(build(frees)));
-    match POOL.compare_exchange(ptr::null_mut(), built, StaticSeqCst, StaticAcquire) {
-        Ok(_) => {
-            // SAFETY: (2) as in (1): `built` is now the published pool.
-            unsafe { &*built }
-        }
-        Err(winner) => {
-            // SAFETY: (3) `built` came from `Box::into_raw` above and was
-            // not published: this thread owns it. It has no thread yet.
-            drop(unsafe { Box::from_raw(built) });
-            // SAFETY: (4) as in (1).
-            unsafe { &*winner }
-        }
-    }
+    // A pool that loses the race has no thread yet: dropping it is free.
+    publish_once(&POOL, || build(frees))
 }
 
 /// A new pool, with no thread yet, freeing through `frees`.
 fn build(frees: Frees) -> Pool {
-    {
-        let cpus = CpuSet::of_process();
-        let n = cpus.as_ref().map(CpuSet::count);
-        let n = n
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let mut reclaimer = Reclaimer::build(n, n, frees);
-        reclaimer.courteous = true;
-        let cpu_ids = cpus.as_ref().map(CpuSet::cpus).unwrap_or_default();
-        Pool {
-            reclaimer,
-            generation: StaticAtomicUsize::new(FORKS.load(StaticSeqCst)),
-            cpus,
-            cpu_ids,
-            retry_at_ms: StaticAtomicUsize::new(0),
-            born: Instant::now(),
-            all_started: std::sync::atomic::AtomicBool::new(false),
-        }
+    let cpus = CpuSet::of_process();
+    let n = cpus.as_ref().map(CpuSet::count);
+    let n = n
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut reclaimer = Reclaimer::build(n, n, frees);
+    reclaimer.courteous = true;
+    let cpu_ids = cpus.as_ref().map(CpuSet::cpus).unwrap_or_default();
+    Pool {
+        reclaimer,
+        generation: StaticAtomicUsize::new(FORKS.load(StaticSeqCst)),
+        cpus,
+        cpu_ids,
+        retry_at_ms: StaticAtomicUsize::new(0),
+        born: Instant::now(),
+        all_started: std::sync::atomic::AtomicBool::new(false),
     }
 }
 

@@ -309,8 +309,10 @@ impl<G> AsyncGuard<G> {
     ///
     /// The call is the guard's site for [`freeq::profile`](crate::profile)
     /// ([`LockKind::AsyncGuard`](crate::profile::LockKind::AsyncGuard), no
-    /// wait measured). A sampled site's first sample readies its row,
-    /// which allocates once, here, with the lock held.
+    /// wait measured). With the lock already held, a sampled call
+    /// allocates here: its sample (one small box, in one call of N while
+    /// the profile samples one in N), and, the first time, its site's row.
+    /// The acquisitions of `freeq::tokio` do both before they lock.
     #[inline]
     #[track_caller]
     pub fn new(guard: G) -> Self {
